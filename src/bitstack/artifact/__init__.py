@@ -1,0 +1,1 @@
+"""The on-disk artifact: a directory with a JSON manifest and safetensors files (no pickle)."""

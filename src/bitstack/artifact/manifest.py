@@ -1,0 +1,284 @@
+"""The artifact manifest (``manifest.json``): what the artifact holds, in what order, how big.
+
+Format version 1, one JSON object:
+
+- ``format``: ``"bitstack"``; ``format_version``: 1; ``library_version``: writer's version.
+- ``model``: ``source`` (what was compressed), ``config`` (the transformers config dict),
+  ``generation_config`` (dict or null).
+- ``tokenizer``: ``{"dir": "tokenizer", "files": {name: sha256}}`` or null.
+- ``compression``: the :class:`~bitstack.config.CompressConfig` used.
+- ``base``: ``file``, ``sha256`` of the whole file, ``tensors`` (list of ``{name, kind, dtype,
+  shape}``; kind ``param`` is cast to the load dtype, ``buffer`` keeps its dtype), ``aliases``
+  (``{name: name it shares storage with}``, e.g. a tied LM head).
+- ``weights``: the decomposed linears ``{name, out_features, in_features, rank, num_blocks,
+  block_bytes, bias, input_scale}`` (``bias``/``input_scale``: whether base holds
+  ``NAME.bias`` / ``NAME.input_scale``).
+- ``shards``: ``{file, bytes, sha256}`` of each block shard, in stack order.
+- ``stack``: the universal order, one entry per block ``{tensor, index, shard, offset, bytes,
+  sha256}``: ``tensor`` names the weight, ``index`` is the block's iteration, ``offset`` is its
+  position in the shard's data section, where it is stored as ``u`` (float16 (out, r)), ``v``
+  (float16 (r, in)) then ``signs`` (uint8 (out, ceil(in/8))) back to back.
+- ``floor_blocks``: length of the head (first block of every weight); ``base_bytes``;
+  ``prefix_bytes``: resident bytes with the first n blocks loaded, n = 0 … len(stack), at the
+  stored dtypes.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from bitstack.artifact.safetensors_io import DTYPES
+from bitstack.errors import ArtifactError
+
+FORMAT_NAME = "bitstack"
+FORMAT_VERSION = 1
+MANIFEST_NAME = "manifest.json"
+MAX_MANIFEST_BYTES = 512 * 1000 * 1000
+
+
+@dataclass(frozen=True)
+class BaseTensor:
+    name: str
+    kind: str  # "param" or "buffer"
+    dtype: str  # safetensors dtype name
+    shape: tuple[int, ...]
+
+    def nbytes(self, param_itemsize: int | None = None) -> int:
+        itemsize = param_itemsize if (self.kind == "param" and param_itemsize) else _itemsize(self.dtype)
+        return math.prod(self.shape) * itemsize
+
+
+@dataclass(frozen=True)
+class WeightEntry:
+    name: str
+    out_features: int
+    in_features: int
+    rank: int
+    num_blocks: int
+    block_bytes: int
+    bias: bool
+    input_scale: bool
+
+
+@dataclass(frozen=True)
+class ShardEntry:
+    file: str
+    bytes: int
+    sha256: str
+
+
+@dataclass(frozen=True)
+class BlockEntry:
+    tensor: str
+    index: int
+    shard: int
+    offset: int
+    bytes: int
+    sha256: str
+
+
+@dataclass(frozen=True)
+class Manifest:
+    library_version: str
+    model: dict[str, Any]
+    tokenizer: dict[str, Any] | None
+    compression: dict[str, Any]
+    base: dict[str, Any]
+    weights: tuple[WeightEntry, ...]
+    shards: tuple[ShardEntry, ...]
+    stack: tuple[BlockEntry, ...]
+    floor_blocks: int
+    base_bytes: int
+    prefix_bytes: tuple[int, ...]
+    format: str = FORMAT_NAME
+    format_version: int = FORMAT_VERSION
+
+    # ---- derived views -------------------------------------------------------------------
+    @property
+    def base_tensors(self) -> tuple[BaseTensor, ...]:
+        return tuple(BaseTensor(t["name"], t["kind"], t["dtype"], tuple(t["shape"])) for t in self.base["tensors"])
+
+    @property
+    def floor_bytes(self) -> int:
+        return self.prefix_bytes[self.floor_blocks]
+
+    @property
+    def full_bytes(self) -> int:
+        return self.prefix_bytes[-1]
+
+    @property
+    def weight_index(self) -> dict[str, int]:
+        return {w.name: i for i, w in enumerate(self.weights)}
+
+    def decomposed_params(self) -> int:
+        return sum(w.out_features * w.in_features for w in self.weights)
+
+    # ---- (de)serialisation ------------------------------------------------------------------
+    def to_json(self) -> str:
+        data = asdict(self)
+        ordered = {"format": data.pop("format"), "format_version": data.pop("format_version"), **data}
+        return json.dumps(ordered, indent=1) + "\n"
+
+    @classmethod
+    def from_json(cls, text: str | bytes, *, what: str = MANIFEST_NAME) -> "Manifest":
+        try:
+            data = json.loads(text)
+        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as err:
+            raise ArtifactError(f"{what} is not valid JSON: {err}") from err
+        return cls.from_dict(data, what=what)
+
+    @classmethod
+    def from_dict(cls, data: Any, *, what: str = MANIFEST_NAME) -> "Manifest":
+        if not isinstance(data, dict):
+            raise ArtifactError(f"{what} is not a JSON object")
+        if data.get("format") != FORMAT_NAME:
+            raise ArtifactError(f"{what} is not a bitstack manifest (format is {data.get('format')!r})")
+        version = data.get("format_version")
+        if type(version) is not int:
+            raise ArtifactError(f"{what} has no integer format_version")
+        if version > FORMAT_VERSION:
+            raise ArtifactError(
+                f"{what} has format version {version}, newer than this bitstack reads ({FORMAT_VERSION}): "
+                "upgrade bitstack"
+            )
+        if version < 1:
+            raise ArtifactError(f"{what} has invalid format version {version}")
+        _check_keys(data, {f.name for f in fields(cls)}, what)
+        try:
+            manifest = cls(
+                format=data["format"],
+                format_version=version,
+                library_version=_typed(data, "library_version", str, what),
+                model=_typed(data, "model", dict, what),
+                tokenizer=data["tokenizer"] if data["tokenizer"] is None else _typed(data, "tokenizer", dict, what),
+                compression=_typed(data, "compression", dict, what),
+                base=_typed(data, "base", dict, what),
+                weights=tuple(_record(WeightEntry, e, f"{what}: weights[{i}]") for i, e in enumerate(_typed(data, "weights", list, what))),
+                shards=tuple(_record(ShardEntry, e, f"{what}: shards[{i}]") for i, e in enumerate(_typed(data, "shards", list, what))),
+                stack=tuple(_record(BlockEntry, e, f"{what}: stack[{i}]") for i, e in enumerate(_typed(data, "stack", list, what))),
+                floor_blocks=_typed(data, "floor_blocks", int, what),
+                base_bytes=_typed(data, "base_bytes", int, what),
+                prefix_bytes=tuple(_typed(data, "prefix_bytes", list, what)),
+            )
+        except RecursionError as err:
+            raise ArtifactError(f"{what} is nested too deeply") from err
+        manifest.validate(what=what)
+        return manifest
+
+    def validate(self, *, what: str = MANIFEST_NAME) -> None:
+        """Check internal consistency; raise :class:`ArtifactError` naming the first problem."""
+        _check_keys(self.model, {"source", "config", "generation_config"}, f"{what}: model")
+        if not isinstance(self.model["config"], dict) or not isinstance(self.model["config"].get("model_type"), str):
+            raise ArtifactError(f"{what}: model.config has no model_type")
+        _check_keys(self.base, {"file", "sha256", "tensors", "aliases"}, f"{what}: base")
+        for key in ("file", "sha256"):
+            if not isinstance(self.base[key], str):
+                raise ArtifactError(f"{what}: base.{key} must be a string")
+        _safe_name(self.base["file"], what)
+        if not isinstance(self.base["tensors"], list) or not isinstance(self.base["aliases"], dict):
+            raise ArtifactError(f"{what}: base.tensors must be a list and base.aliases an object")
+        names: set[str] = set()
+        for i, t in enumerate(self.base["tensors"]):
+            if not isinstance(t, dict) or set(t) != {"name", "kind", "dtype", "shape"}:
+                raise ArtifactError(f"{what}: base.tensors[{i}] must have exactly name, kind, dtype, shape")
+            if not isinstance(t["name"], str) or t["kind"] not in ("param", "buffer") or t["dtype"] not in DTYPES:
+                raise ArtifactError(f"{what}: base.tensors[{i}] has a bad name, kind or dtype")
+            if not isinstance(t["shape"], list) or not all(type(d) is int and d >= 0 for d in t["shape"]):
+                raise ArtifactError(f"{what}: base.tensors[{i}] has a bad shape")
+            names.add(t["name"])
+        for alias, target in self.base["aliases"].items():
+            if target not in names:
+                raise ArtifactError(f"{what}: base alias {alias!r} points to unknown tensor {target!r}")
+        if self.tokenizer is not None:
+            _check_keys(self.tokenizer, {"dir", "files"}, f"{what}: tokenizer")
+            if not isinstance(self.tokenizer["dir"], str) or not isinstance(self.tokenizer["files"], dict):
+                raise ArtifactError(f"{what}: tokenizer must have a dir string and a files object")
+            _safe_name(self.tokenizer["dir"], what)
+            for name, digest in self.tokenizer["files"].items():
+                _safe_name(name, what)
+                if not isinstance(digest, str):
+                    raise ArtifactError(f"{what}: tokenizer file {name!r} has no sha256")
+        seen: dict[str, int] = {}
+        for w in self.weights:
+            if w.name in seen:
+                raise ArtifactError(f"{what}: weight {w.name!r} is listed twice")
+            if min(w.out_features, w.in_features, w.rank) < 1 or w.num_blocks < 0:
+                raise ArtifactError(f"{what}: weight {w.name!r} has non-positive sizes")
+            expected = w.out_features * ((w.in_features + 7) // 8) + 2 * w.rank * (w.out_features + w.in_features)
+            if w.block_bytes != expected:
+                raise ArtifactError(f"{what}: weight {w.name!r} says block_bytes={w.block_bytes}, its shapes give {expected}")
+            seen[w.name] = 0
+        for s in self.shards:
+            _safe_name(s.file, what)
+        by_name = {w.name: w for w in self.weights}
+        for pos, b in enumerate(self.stack):
+            w = by_name.get(b.tensor)
+            if w is None:
+                raise ArtifactError(f"{what}: stack[{pos}] names unknown weight {b.tensor!r}")
+            if b.index != seen[b.tensor]:
+                raise ArtifactError(f"{what}: stack[{pos}] is block {b.index} of {b.tensor!r}, expected block {seen[b.tensor]}")
+            seen[b.tensor] += 1
+            if b.bytes != w.block_bytes:
+                raise ArtifactError(f"{what}: stack[{pos}] has {b.bytes} bytes, weight {b.tensor!r} blocks have {w.block_bytes}")
+            if not 0 <= b.shard < len(self.shards) or b.offset < 0 or b.offset + b.bytes > self.shards[b.shard].bytes:
+                raise ArtifactError(f"{what}: stack[{pos}] points outside its shard")
+        for w in self.weights:
+            if seen[w.name] != w.num_blocks:
+                raise ArtifactError(f"{what}: weight {w.name!r} has {w.num_blocks} blocks but the stack holds {seen[w.name]}")
+        if not 0 <= self.floor_blocks <= len(self.stack):
+            raise ArtifactError(f"{what}: floor_blocks is out of range")
+        expected_prefix = [self.base_bytes]
+        for b in self.stack:
+            expected_prefix.append(expected_prefix[-1] + b.bytes)
+        if list(self.prefix_bytes) != expected_prefix:
+            raise ArtifactError(f"{what}: prefix_bytes do not match base_bytes plus the block sizes")
+
+
+def _itemsize(dtype_name: str) -> int:
+    import torch
+
+    return torch.empty((), dtype=DTYPES[dtype_name]).element_size()
+
+
+def _check_keys(data: dict, expected: set[str], what: str) -> None:
+    missing, extra = sorted(expected - set(data)), sorted(set(data) - expected)
+    if missing:
+        raise ArtifactError(f"{what} is missing field(s): {', '.join(missing)}")
+    if extra:
+        raise ArtifactError(f"{what} has unknown field(s): {', '.join(extra)} (written by a newer bitstack?)")
+
+
+def _typed(data: dict, key: str, kind: type, what: str) -> Any:
+    value = data[key]
+    if kind is int:
+        ok = type(value) is int
+    else:
+        ok = isinstance(value, kind)
+    if not ok:
+        raise ArtifactError(f"{what}: field {key!r} must be of type {kind.__name__}")
+    if kind is list and key == "prefix_bytes" and not all(type(v) is int for v in value):
+        raise ArtifactError(f"{what}: prefix_bytes must be integers")
+    return value
+
+
+def _record(cls: type, entry: Any, what: str) -> Any:
+    if not isinstance(entry, dict):
+        raise ArtifactError(f"{what} is not an object")
+    spec = {f.name: f.type for f in fields(cls)}
+    _check_keys(entry, set(spec), what)
+    for name, typ in spec.items():
+        value = entry[name]
+        ok = {"str": isinstance(value, str), "int": type(value) is int, "bool": type(value) is bool}[typ]
+        if not ok:
+            raise ArtifactError(f"{what}: field {name!r} must be of type {typ}")
+    return cls(**entry)
+
+
+def _safe_name(name: Any, what: str) -> None:
+    """File names in a manifest must stay inside the artifact directory."""
+    if not isinstance(name, str) or not name or name.startswith(("/", "\\")) or ".." in Path(name).parts or "\x00" in name:
+        raise ArtifactError(f"{what}: unsafe file name {name!r}")

@@ -1,0 +1,145 @@
+"""Reading an artifact: the manifest, the base weights, and any range of the block stack.
+
+Blocks are read with one ``readinto`` each, straight into a buffer of exactly the block's size,
+and checked against the manifest's sha256 when ``verify`` is on.  Nothing in an artifact is
+ever executed: the manifest is JSON, tensors are safetensors, the tokenizer is loaded by
+transformers from its JSON files.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+from typing import BinaryIO, Iterator
+
+import torch
+
+from bitstack.artifact.layout import block_from_buffer, block_parts, block_tensor_names
+from bitstack.artifact.manifest import MANIFEST_NAME, MAX_MANIFEST_BYTES, BlockEntry, Manifest
+from bitstack.artifact.safetensors_io import DTYPES, SafetensorsHeader, read_header, read_into, sha256_file
+from bitstack.core.avd import ResidualBlock
+from bitstack.errors import ArtifactError, InputError
+
+
+class ArtifactReader:
+    """An open artifact directory.  Use as a context manager, or call :meth:`close`."""
+
+    def __init__(self, path: str | Path, *, verify: bool = True):
+        self.path = Path(path)
+        self.verify = verify
+        if not self.path.exists():
+            raise InputError(f"artifact {self.path} does not exist")
+        manifest_path = self.path / MANIFEST_NAME
+        if not self.path.is_dir() or not manifest_path.is_file():
+            raise InputError(f"{self.path} is not a bitstack artifact: it has no {MANIFEST_NAME}")
+        if manifest_path.stat().st_size > MAX_MANIFEST_BYTES:
+            raise ArtifactError(f"{manifest_path} is implausibly large")
+        self.manifest = Manifest.from_json(manifest_path.read_bytes(), what=str(manifest_path))
+        self._handles: dict[int, BinaryIO] = {}
+        self._headers: dict[int, SafetensorsHeader] = {}
+        self._weights = {w.name: w for w in self.manifest.weights}
+
+    # ---- lifecycle ----------------------------------------------------------------------
+    def close(self) -> None:
+        for handle in self._handles.values():
+            handle.close()
+        self._handles.clear()
+
+    def __enter__(self) -> "ArtifactReader":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # ---- base weights -------------------------------------------------------------------
+    def read_base(self, dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
+        """All base tensors on the CPU; floating ``param`` tensors are cast to ``dtype``."""
+        base_path = self.path / self.manifest.base["file"]
+        header = read_header(base_path)
+        expected = {t.name: t for t in self.manifest.base_tensors}
+        if set(header.tensors) != set(expected):
+            raise ArtifactError(f"{base_path} holds different tensors than the manifest lists")
+        if self.verify and sha256_file(base_path) != self.manifest.base["sha256"]:
+            raise ArtifactError(f"{base_path} is corrupted: its sha256 does not match the manifest")
+        out: dict[str, torch.Tensor] = {}
+        with open(base_path, "rb") as handle:
+            for name, info in header.tensors.items():
+                spec = expected[name]
+                if DTYPES[spec.dtype] != info.dtype or tuple(spec.shape) != info.shape:
+                    raise ArtifactError(f"{base_path}: tensor {name!r} does not match the manifest's dtype/shape")
+                raw = read_into(handle, header.data_start + info.begin, info.end - info.begin, what=str(base_path))
+                tensor = raw.view(info.dtype).view(info.shape)
+                if dtype is not None and spec.kind == "param" and tensor.is_floating_point():
+                    tensor = tensor.to(dtype)
+                out[name] = tensor
+        return out
+
+    # ---- blocks -------------------------------------------------------------------------
+    def _shard(self, number: int) -> tuple[BinaryIO, SafetensorsHeader]:
+        if number not in self._handles:
+            entry = self.manifest.shards[number]
+            path = self.path / entry.file
+            header = read_header(path)
+            if header.data_bytes != entry.bytes:
+                raise ArtifactError(f"{path} holds {header.data_bytes} bytes of blocks, the manifest says {entry.bytes}")
+            self._check_shard_header(number, header, path)
+            self._headers[number] = header
+            self._handles[number] = open(path, "rb")
+        return self._handles[number], self._headers[number]
+
+    def _check_shard_header(self, number: int, header: SafetensorsHeader, path: Path) -> None:
+        for block in self.manifest.stack:
+            if block.shard != number:
+                continue
+            weight = self._weights[block.tensor]
+            offset = block.offset
+            for name, (dtype, shape) in zip(
+                block_tensor_names(block.tensor, block.index), block_parts(weight.out_features, weight.in_features, weight.rank)
+            ):
+                info = header.tensors.get(name)
+                nbytes = shape[0] * shape[1] * torch.empty((), dtype=dtype).element_size()
+                if info is None or info.dtype != dtype or info.shape != shape or info.begin != offset or info.end != offset + nbytes:
+                    raise ArtifactError(f"{path}: block {block.index} of {block.tensor} does not match the manifest ({name})")
+                offset += nbytes
+
+    def read_block(self, position: int, device: torch.device | str | None = None) -> ResidualBlock:
+        """The block at ``position`` in the stack, as views of one buffer on ``device``."""
+        entry = self.manifest.stack[position]
+        handle, header = self._shard(entry.shard)
+        path = self.path / self.manifest.shards[entry.shard].file
+        what = f"{path} (block {entry.index} of {entry.tensor})"
+        buffer = read_into(handle, header.data_start + entry.offset, entry.bytes, what=what)
+        if self.verify and hashlib.sha256(buffer.numpy()).hexdigest() != entry.sha256:
+            raise ArtifactError(f"{what} is corrupted: its sha256 does not match the manifest")
+        if device is not None and torch.device(device).type != "cpu":
+            buffer = buffer.to(device)
+        weight = self._weights[entry.tensor]
+        return block_from_buffer(buffer, weight.out_features, weight.in_features, weight.rank)
+
+    def iter_blocks(self, start: int, stop: int, device: torch.device | str | None = None) -> Iterator[tuple[BlockEntry, ResidualBlock]]:
+        """Blocks ``start <= position < stop`` of the stack, in order."""
+        for position in range(start, stop):
+            yield self.manifest.stack[position], self.read_block(position, device)
+
+    # ---- tokenizer ----------------------------------------------------------------------
+    def load_tokenizer(self):
+        """The tokenizer saved in the artifact (``None`` if it has none)."""
+        section = self.manifest.tokenizer
+        if section is None:
+            return None
+        folder = self.path / section["dir"]
+        for name, digest in section["files"].items():
+            file = folder / name
+            if not file.is_file():
+                raise ArtifactError(f"tokenizer file {file} is missing")
+            if self.verify and sha256_file(file) != digest:
+                raise ArtifactError(f"tokenizer file {file} is corrupted: its sha256 does not match the manifest")
+        from transformers import AutoTokenizer
+
+        return AutoTokenizer.from_pretrained(str(folder), local_files_only=True, trust_remote_code=False)
+
+
+def artifact_size_on_disk(path: str | Path) -> int:
+    """Total bytes of the files of an artifact directory."""
+    return sum(os.path.getsize(p) for p in Path(path).rglob("*") if p.is_file())

@@ -1,0 +1,1 @@
+"""Hugging Face model handling: where models come from, and how their structure is found."""

@@ -1,0 +1,1 @@
+"""Running compressed models: the BitStack linear module, budgets, loading."""

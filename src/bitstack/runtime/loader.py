@@ -1,0 +1,166 @@
+"""``bitstack.load``: build a transformers model from an artifact at a memory budget.
+
+The model skeleton is built on the meta device (no memory), every decomposed linear is replaced
+by a :class:`BitStackLinear`, the base tensors are assigned from ``base.safetensors`` and the
+longest prefix of the block stack that fits the budget is read — and nothing else.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from bitstack.artifact.reader import ArtifactReader
+from bitstack.errors import ArtifactError, InputError
+from bitstack.memory import parse_memory
+from bitstack.runtime.budget import blocks_for_budget, memory_bytes, prefix_bytes_at
+from bitstack.runtime.linear import BitStackLinear
+
+_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
+
+
+@dataclass
+class StackState:
+    """What a loaded model knows of its artifact (``model.bitstack``)."""
+
+    reader: ArtifactReader
+    modules: dict[str, BitStackLinear]
+    loaded: int  # blocks of the stack that are resident (a prefix)
+    dtype: torch.dtype
+    device: torch.device
+    budget: int | None = None
+    prefix_bytes: list[int] = field(default_factory=list)
+
+    @property
+    def manifest(self):
+        return self.reader.manifest
+
+
+def resolve_dtype(dtype: torch.dtype | str | None, default: str) -> torch.dtype:
+    if dtype is None:
+        dtype = default
+    if isinstance(dtype, torch.dtype):
+        if dtype not in _DTYPES.values():
+            raise InputError(f"dtype must be one of {', '.join(_DTYPES)}, got {dtype}")
+        return dtype
+    if dtype not in _DTYPES:
+        raise InputError(f"dtype must be one of {', '.join(_DTYPES)}, got {dtype!r}")
+    return _DTYPES[dtype]
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _build_skeleton(manifest) -> nn.Module:
+    from transformers import AutoConfig, AutoModelForCausalLM, GenerationConfig
+
+    config_dict = dict(manifest.model["config"])
+    model_type = config_dict.pop("model_type")
+    try:
+        config = AutoConfig.for_model(model_type, **config_dict)
+    except (ValueError, KeyError) as err:
+        raise ArtifactError(f"the artifact's model type {model_type!r} is unknown to this transformers: {err}") from err
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config)
+    if manifest.model.get("generation_config"):
+        model.generation_config = GenerationConfig.from_dict(manifest.model["generation_config"])
+    return model
+
+
+def _assign(model: nn.Module, name: str, tensor: torch.Tensor) -> None:
+    owner_name, _, attr = name.rpartition(".")
+    try:
+        owner = model.get_submodule(owner_name) if owner_name else model
+    except AttributeError as err:
+        raise ArtifactError(f"the artifact has tensor {name!r}, which the model does not have") from err
+    if attr in owner._parameters:
+        owner._parameters[attr] = nn.Parameter(tensor, requires_grad=False)
+    elif attr in owner._buffers:
+        owner._buffers[attr] = tensor
+    else:
+        raise ArtifactError(f"the artifact has tensor {name!r}, which the model does not have")
+
+
+def _share(model: nn.Module, alias: str, target: str) -> None:
+    source_owner, _, source_attr = target.rpartition(".")
+    owner_name, _, attr = alias.rpartition(".")
+    source = model.get_submodule(source_owner)
+    owner = model.get_submodule(owner_name) if owner_name else model
+    if source_attr in source._parameters and attr in owner._parameters:
+        owner._parameters[attr] = source._parameters[source_attr]
+    elif source_attr in source._buffers and attr in owner._buffers:
+        owner._buffers[attr] = source._buffers[source_attr]
+    else:
+        raise ArtifactError(f"the artifact ties {alias!r} to {target!r}, which the model cannot do")
+
+
+def load(path: str | Path, memory: str | int | None = None, *, device: torch.device | str | None = None,
+         dtype: torch.dtype | str | None = None, verify: bool = True) -> nn.Module:
+    """Load a BitStack artifact as a transformers ``PreTrainedModel`` within ``memory``.
+
+    Args:
+        path: artifact directory.
+        memory: budget for resident weight bytes (``"120MB"``, ``"1.5GiB"``, an int); the model
+            gets the longest prefix of the block stack that fits.  ``None`` loads the whole stack.
+        device: where the weights live (default: CUDA if available, else CPU).
+        dtype: dtype of the non-decomposed weights and of computation (default: the artifact's
+            storage dtype).  Blocks always keep uint8 signs and float16 u, v.
+        verify: check every tensor read against the manifest's sha256.
+    Returns:
+        The model in eval mode; ``model.bitstack`` describes the loaded stack, and
+        :func:`bitstack.memory_bytes` gives its resident bytes (always ≤ ``memory``).
+    """
+    budget = None if memory is None else parse_memory(memory)
+    device = torch.device(device) if device is not None else default_device()
+    reader = ArtifactReader(path, verify=verify)
+    try:
+        manifest = reader.manifest
+        dtype = resolve_dtype(dtype, manifest.compression.get("dtype", "bfloat16"))
+        count = blocks_for_budget(manifest, budget, dtype)
+        model = _build_skeleton(manifest)
+        modules: dict[str, BitStackLinear] = {}
+        for weight in manifest.weights:
+            parent_name, _, child = weight.name.rpartition(".")
+            try:
+                parent = model.get_submodule(parent_name)
+                original = getattr(parent, child)
+            except AttributeError as err:
+                raise ArtifactError(f"the artifact decomposes {weight.name!r}, which the model does not have") from err
+            if not isinstance(original, nn.Linear) or (original.out_features, original.in_features) != (weight.out_features, weight.in_features):
+                raise ArtifactError(f"{weight.name!r} in the artifact does not match the model's layer")
+            module = BitStackLinear(weight.in_features, weight.out_features, weight.rank, bias=weight.bias,
+                                    input_scale=weight.input_scale, device="meta", dtype=dtype)
+            setattr(parent, child, module)
+            modules[weight.name] = module
+        for name, tensor in reader.read_base(dtype).items():
+            _assign(model, name, tensor.to(device))
+        for alias, target in manifest.base["aliases"].items():
+            _share(model, alias, target)
+        missing = [n for n, t in list(model.named_parameters()) + list(model.named_buffers()) if t.device.type == "meta"]
+        if missing:
+            raise ArtifactError(f"the artifact lacks tensors the model needs: {', '.join(missing[:5])}")
+        for entry, block in reader.iter_blocks(0, count, device):
+            modules[entry.tensor].blocks.append(block)
+        model.eval()
+        model.bitstack = StackState(reader, modules, count, dtype, device, budget, prefix_bytes_at(manifest, dtype))
+    except BaseException:
+        reader.close()
+        raise
+    resident = memory_bytes(model)
+    expected = model.bitstack.prefix_bytes[count]
+    if resident != expected:
+        raise ArtifactError(f"loaded model holds {resident} bytes, the manifest predicts {expected}")
+    return model
+
+
+def load_tokenizer(path: str | Path):
+    """The tokenizer stored in an artifact."""
+    with ArtifactReader(path, verify=True) as reader:
+        tokenizer = reader.load_tokenizer()
+    if tokenizer is None:
+        raise InputError(f"artifact {path} has no tokenizer")
+    return tokenizer

@@ -285,13 +285,14 @@ def _encode_requests(
     tokenizer, requests: Sequence[Request], add_bos_token: bool
 ) -> list[tuple[list[int], list[int]]]:
     """Token ids ``(context_ids, continuation_ids)`` for each request (see :func:`encode_pair`)."""
-    contexts, wholes = [], []
+    contexts, conts, wholes = [], [], []
     for r in requests:
         ctx, cont = r.context, r.continuation
         n_space = len(ctx) - len(ctx.rstrip())
         if n_space:
             ctx, cont = ctx[:-n_space], ctx[-n_space:] + cont
         contexts.append(ctx)
+        conts.append(cont)
         wholes.append(ctx + cont)
     # Contexts repeat across the choices of a document: tokenize each distinct one once.
     unique_ctx = list(dict.fromkeys(contexts))
@@ -301,7 +302,7 @@ def _encode_requests(
     if add_bos_token and bos is None:
         raise ZeroShotError("add_bos_token=True but the tokenizer has no BOS token")
     pairs = []
-    for ctx, cont_text, whole in zip(contexts, (r.continuation for r in requests), whole_ids):
+    for ctx, cont_text, whole in zip(contexts, conts, whole_ids):
         c = ctx_ids[ctx]
         cont = whole[len(c):]
         if not cont:  # the continuation merged into the context's last token: score it alone

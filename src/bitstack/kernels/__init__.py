@@ -1,0 +1,106 @@
+"""Fused GPU kernels for BitStack linears (Triton), their PyTorch references, and the layout.
+
+Importing this package never imports Triton nor initialises CUDA: the Triton modules
+(``decode``, ``prefill``, ``_signs``) are imported inside the functions that launch them.
+
+API (all ``y = x · Ŵᵀ (+ bias)`` with Ŵ = Σ_{i<J} S_i ⊙ (u_i v_i); same signature everywhere):
+
+* ``repack(blocks, input_scale=None, group=64) -> PackedBitStack`` — pure function, stacks the J
+  stored blocks of one weight into the kernels' layout (see :mod:`bitstack.kernels.layout`), byte
+  size ``packed_nbytes(N, K, k, J)`` = the stored blocks' size.
+* ``bitstack_linear(x, packed, bias=None)`` — picks the decode kernel for few tokens
+  (``tokens ≤ decode_max_tokens(rank)``) and the prefill kernel otherwise.
+* ``bitstack_linear_decode(x, packed, bias=None)`` / ``bitstack_linear_prefill(x, packed, bias=None)``.
+* ``reference.bitstack_linear_reference(x, packed, bias=None)`` (and ``..._decode_reference``,
+  ``..._prefill_reference``, the same function) — float32 PyTorch, any device.
+
+x: float16 or bfloat16, shape (..., K); bias: optional float (N,); result (..., N) in x's dtype.
+``input_scale`` (the layer's x multiplier) is folded into v by ``repack``; bias is an argument.
+Bad dtypes, shapes or devices raise ValueError.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+
+import torch
+
+from bitstack.kernels.layout import DEFAULT_GROUP, PackedBitStack, packed_nbytes, repack
+from bitstack.kernels.reference import (
+    bitstack_linear_decode_reference,
+    bitstack_linear_naive,
+    bitstack_linear_prefill_reference,
+    bitstack_linear_reference,
+)
+
+__all__ = [
+    "DEFAULT_GROUP",
+    "PackedBitStack",
+    "packed_nbytes",
+    "repack",
+    "triton_available",
+    "decode_max_tokens",
+    "bitstack_linear",
+    "bitstack_linear_decode",
+    "bitstack_linear_prefill",
+    "bitstack_linear_reference",
+    "bitstack_linear_decode_reference",
+    "bitstack_linear_prefill_reference",
+    "bitstack_linear_naive",
+]
+
+# Largest (padded rank) × (padded tokens) sent to the decode kernel by ``bitstack_linear``; above it
+# the prefill kernel is faster (measured on an H100, see benchmarks/kernels/NOTES.md).
+DECODE_MAX_WIDTH = 64
+
+
+def triton_available() -> bool:
+    """True if Triton can be imported (it is not imported by this check)."""
+    return importlib.util.find_spec("triton") is not None
+
+
+def _next_pow2(n: int) -> int:
+    return 1 << max(0, (n - 1).bit_length())
+
+
+def decode_max_tokens(rank: int) -> int:
+    """Token counts up to this use the decode kernel in :func:`bitstack_linear`."""
+    return max(1, DECODE_MAX_WIDTH // _next_pow2(rank))
+
+
+def bitstack_linear_decode(x: torch.Tensor, packed: PackedBitStack,
+                           bias: torch.Tensor | None = None) -> torch.Tensor:
+    """Decode kernel (few tokens), see :func:`bitstack.kernels.decode.bitstack_linear_decode`."""
+    from bitstack.kernels.decode import bitstack_linear_decode as run
+
+    return run(x, packed, bias)
+
+
+def bitstack_linear_prefill(x: torch.Tensor, packed: PackedBitStack,
+                            bias: torch.Tensor | None = None) -> torch.Tensor:
+    """Prefill kernel (many tokens), see :func:`bitstack.kernels.prefill.bitstack_linear_prefill`."""
+    from bitstack.kernels.prefill import bitstack_linear_prefill as run
+
+    return run(x, packed, bias)
+
+
+def bitstack_linear(x: torch.Tensor, packed: PackedBitStack,
+                    bias: torch.Tensor | None = None) -> torch.Tensor:
+    """y = x · Ŵᵀ (+ bias) on the GPU with the kernel that suits the token count.
+
+    Args:
+        x: float16 or bfloat16, shape (..., K), CUDA (or CPU under TRITON_INTERPRET=1).
+        packed: :class:`PackedBitStack` (from :func:`repack`) on x's device.
+        bias: optional float tensor (N,).
+    Returns:
+        (..., N) in x's dtype.
+    Raises:
+        ValueError on bad dtypes, shapes or devices.
+    """
+    from bitstack.kernels._checks import check_linear_args
+
+    check_linear_args(x, packed, bias, need_gpu=True)
+    tokens = x.numel() // x.shape[-1]
+    if tokens <= decode_max_tokens(packed.rank):
+        return bitstack_linear_decode(x, packed, bias)
+    return bitstack_linear_prefill(x, packed, bias)

@@ -1,0 +1,231 @@
+"""Decode kernel (few tokens): y = Σ_i Σ_r u_i[:, r] ⊙ (S_i · (v_i[r] ⊙ x)) — no weight is rebuilt.
+
+Imports Triton at module level: import this module lazily (``bitstack.kernels`` does).
+
+Per program: a tile of ``BN`` output rows and a range of column groups (split-K).  For each block
+``i`` and each group of ``8G`` columns it loads the ``BN × G`` sign bytes once, and for each bit
+plane ``b`` (8 per byte) multiplies the ±1 tile (``BN × G``, built in registers) by
+``Z = v_i[:, cols_b]ᵀ ⊙ x[:, cols_b]ᵀ`` (``G × k·M``) on the tensor cores: the only large operand
+is the sign matrix, read once.  After its column range, the ``BN × k·M`` accumulator is contracted
+with ``u_i`` (``BN × k``) into the ``BN × M`` output tile.
+
+Split-K: programs that share a row tile add their fp32 partials into a workspace with atomics;
+the last one to finish (a per-tile counter) writes ``y`` (+ bias) in x's dtype and re-zeroes the
+workspace tile and the counter, so one launch does everything and the scratch stays zero between
+calls.  Workspace and counters are cached per (device, M, N, BN): ``4·M·N + 4·ceil(N/BN)`` bytes.
+Calls that share a workspace must be serialised (one stream), as usual for a layer's forward.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import triton
+import triton.language as tl
+
+from bitstack.kernels._checks import check_linear_args, interpret_mode
+from bitstack.kernels._signs import sign_plane
+from bitstack.kernels.layout import PackedBitStack
+
+
+@triton.jit
+def _decode_kernel(
+    x_ptr, s_ptr, u_ptr, v_ptr, b_ptr, y_ptr, ws_ptr, cnt_ptr,
+    M, N, K, RANK, KB, J,
+    stride_xm, stride_ym,
+    n_groups, groups_per_split,
+    G: tl.constexpr, BN: tl.constexpr, KR: tl.constexpr, MP: tl.constexpr,
+    UNPACK: tl.constexpr, SPLIT: tl.constexpr, HAS_BIAS: tl.constexpr, DOT_F32: tl.constexpr,
+):
+    DT: tl.constexpr = x_ptr.dtype.element_ty
+    NR: tl.constexpr = KR * MP
+    pid_n = tl.program_id(0)
+    pid_s = tl.program_id(1)
+    n_splits = tl.num_programs(1)
+
+    offs_n = pid_n * BN + tl.arange(0, BN)
+    nmask = offs_n < N
+    offs_c = tl.arange(0, G)
+    offs_r = tl.arange(0, KR)
+    rmask = offs_r < RANK
+    offs_m = tl.arange(0, MP)
+    mmask = offs_m < M
+
+    g0 = pid_s * groups_per_split
+    g1 = tl.minimum(g0 + groups_per_split, n_groups)
+
+    y_acc = tl.zeros([BN, MP], dtype=tl.float32)
+    for i in range(J):
+        s_base = s_ptr + i * (N * KB)
+        v_base = v_ptr + i * (RANK * K)
+        acc = tl.zeros([BN, NR], dtype=tl.float32)
+        for g in range(g0, g1):
+            base = g * (8 * G)
+            gs = tl.minimum(G, (K - base + 7) // 8)  # bytes in this group = column stride of a plane
+            cmask_b = offs_c < gs
+            P = tl.load(s_base + offs_n[:, None] * KB + (g * G + offs_c)[None, :],
+                        mask=nmask[:, None] & cmask_b[None, :], other=0)
+            P16 = P.to(tl.int16)
+            SRC1 = P16 << 1
+            SRC2 = P16 >> 5
+            for jb in tl.static_range(8):
+                cols = base + jb * gs + offs_c
+                cmask = cmask_b & (cols < K)
+                vt = tl.load(v_base + offs_r[None, :] * K + cols[:, None],
+                             mask=cmask[:, None] & rmask[None, :], other=0.0).to(tl.float32)  # (G, KR)
+                if MP == 1:
+                    xt = tl.load(x_ptr + cols, mask=cmask, other=0.0).to(tl.float32)  # (G,)
+                    z = (vt * xt[:, None]).to(DT)  # (G, KR)
+                else:
+                    xt = tl.load(x_ptr + offs_m[None, :] * stride_xm + cols[:, None],
+                                 mask=cmask[:, None] & mmask[None, :], other=0.0).to(tl.float32)  # (G, MP)
+                    z = tl.reshape((vt[:, :, None] * xt[:, None, :]).to(DT), [G, NR])
+                a = sign_plane(P16, SRC1, SRC2, jb, DT, UNPACK)  # (BN, G) of ±1
+                if DOT_F32:  # interpreter only: it cannot multiply bf16; same values, upcast
+                    acc = tl.dot(a.to(tl.float32), z.to(tl.float32), acc)
+                else:
+                    acc = tl.dot(a, z, acc)
+        ut = tl.load(u_ptr + i * (N * RANK) + offs_n[:, None] * RANK + offs_r[None, :],
+                     mask=nmask[:, None] & rmask[None, :], other=0.0).to(tl.float32)  # (BN, KR)
+        if MP == 1:
+            y_acc += tl.sum(acc * ut, axis=1)[:, None]
+        else:
+            y_acc += tl.sum(tl.reshape(acc, [BN, KR, MP]) * ut[:, :, None], axis=1)
+
+    omask = nmask[:, None] & mmask[None, :]
+    if SPLIT:
+        ws_offs = offs_m[None, :] * N + offs_n[:, None]
+        tl.atomic_add(ws_ptr + ws_offs, y_acc, mask=omask, sem="relaxed")
+        tl.debug_barrier()
+        count = tl.atomic_add(cnt_ptr + pid_n, 1, sem="acq_rel")
+        if count == n_splits - 1:
+            zero = tl.zeros([BN, MP], dtype=tl.float32)
+            total = tl.atomic_add(ws_ptr + ws_offs, zero, mask=omask, sem="relaxed")  # coherent read (L2)
+            tl.store(ws_ptr + ws_offs, zero, mask=omask)
+            if HAS_BIAS:
+                total += tl.load(b_ptr + offs_n, mask=nmask, other=0.0).to(tl.float32)[:, None]
+            tl.store(y_ptr + offs_m[None, :] * stride_ym + offs_n[:, None], total.to(DT), mask=omask)
+            tl.atomic_xchg(cnt_ptr + pid_n, 0, sem="relaxed")
+    else:
+        if HAS_BIAS:
+            y_acc += tl.load(b_ptr + offs_n, mask=nmask, other=0.0).to(tl.float32)[:, None]
+        tl.store(y_ptr + offs_m[None, :] * stride_ym + offs_n[:, None], y_acc.to(DT), mask=omask)
+
+
+@dataclass(frozen=True)
+class DecodeConfig:
+    """Launch parameters of the decode kernel.
+
+    block_n: output rows per program.  splits: programs along K (None: chosen from the SM count).
+    unpack: sign-unpack implementation (0 plain Triton, 1 and 2 PTX; see ``_signs``); None: 2 on
+    GPU, 0 in the interpreter.
+    """
+
+    block_n: int = 128
+    splits: int | None = None
+    num_warps: int = 4
+    num_stages: int = 3
+    unpack: int | None = None
+
+
+_SCRATCH: dict = {}
+
+
+def _scratch(device: torch.device, M: int, N: int, BN: int):
+    key = (str(device), M, N, BN)
+    buf = _SCRATCH.get(key)
+    if buf is None:
+        buf = (torch.zeros(M * N, dtype=torch.float32, device=device),
+               torch.zeros(triton.cdiv(N, BN), dtype=torch.int32, device=device))
+        _SCRATCH[key] = buf
+    return buf
+
+
+def _sm_count(device: torch.device) -> int:
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).multi_processor_count
+    return 4
+
+
+def _next_pow2(n: int) -> int:
+    return 1 << max(0, (n - 1).bit_length())
+
+
+def max_decode_tokens(rank: int) -> int:
+    """Largest token count the decode kernel accepts for this rank (k·M ≤ 256 after padding)."""
+    return max(1, 256 // _next_pow2(rank))
+
+
+def decode_launch(x: torch.Tensor, packed: PackedBitStack, bias: torch.Tensor | None = None,
+                  config: DecodeConfig | None = None) -> torch.Tensor:
+    """:func:`bitstack_linear_decode` with explicit launch parameters (benchmarks use this)."""
+    check_linear_args(x, packed, bias, need_gpu=True)
+    cfg = config or DecodeConfig()
+    N, K, k, G, J = packed.out_features, packed.in_features, packed.rank, packed.group, packed.num_blocks
+    x2 = x.reshape(-1, K)
+    if not x2.is_contiguous():
+        x2 = x2.contiguous()
+    M = x2.shape[0]
+    if M < 1:
+        raise ValueError("x holds no token")
+    MP = _next_pow2(M)
+    KR = max(_next_pow2(k), 16 // MP if MP < 16 else 1)
+    if KR * MP > 256:
+        raise ValueError(f"decode kernel handles rank*tokens <= 256 (got rank {k}, {M} tokens): "
+                         "use bitstack_linear_prefill for more tokens")
+    unpack = cfg.unpack if cfg.unpack is not None else (0 if interpret_mode() else 2)
+    if interpret_mode():
+        unpack = 0  # inline PTX cannot run in the interpreter
+    BN = cfg.block_n
+    n_tiles = triton.cdiv(N, BN)
+    n_groups = triton.cdiv(K, 8 * G)
+    if cfg.splits is None:
+        splits = max(1, min(n_groups, triton.cdiv(2 * _sm_count(x.device), n_tiles)))
+    else:
+        splits = max(1, min(cfg.splits, n_groups))
+    gps = triton.cdiv(n_groups, splits)
+    splits = triton.cdiv(n_groups, gps)
+    y = torch.empty(M, N, dtype=x.dtype, device=x.device)
+    if splits > 1:
+        ws, cnt = _scratch(x.device, M, N, BN)
+    else:
+        ws, cnt = y, y  # unused
+    _decode_kernel[(n_tiles, splits)](
+        x2, packed.signs, packed.u, packed.v, bias if bias is not None else y, y, ws, cnt,
+        M, N, K, k, (K + 7) // 8, J,
+        x2.stride(0), y.stride(0),
+        n_groups, gps,
+        G=G, BN=BN, KR=KR, MP=MP, UNPACK=unpack, SPLIT=splits > 1, HAS_BIAS=bias is not None,
+        DOT_F32=interpret_mode() and x.dtype == torch.bfloat16,
+        num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+    )
+    return y.reshape(*x.shape[:-1], N)
+
+
+def default_decode_config(M: int, N: int, K: int, rank: int, device: torch.device) -> DecodeConfig:
+    """Launch parameters used by :func:`bitstack_linear_decode` (tuned on an H100; see NOTES.md)."""
+    return DecodeConfig()
+
+
+def bitstack_linear_decode(x: torch.Tensor, packed: PackedBitStack,
+                           bias: torch.Tensor | None = None) -> torch.Tensor:
+    """y = x · Ŵᵀ (+ bias) for few tokens, without rebuilding Ŵ.
+
+    Args:
+        x: float16 or bfloat16, shape (..., K), CUDA (or CPU under TRITON_INTERPRET=1); the product
+            of its leading dims (tokens M) times the padded rank must be <= 256
+            (:func:`max_decode_tokens`).
+        packed: :class:`PackedBitStack` of the J loaded blocks, same device.
+        bias: optional float tensor (N,), added in float32 before the final rounding.
+    Returns:
+        shape (..., N), x's dtype.  Math: ±1 and ``fp(v·x)`` operands in x's dtype on the tensor
+        cores with float32 accumulation.  ``input_scale`` is not an argument: fold it into ``v``
+        with ``repack(blocks, input_scale=...)`` or multiply x yourself.
+    Raises:
+        ValueError on bad dtypes, shapes or devices.
+    """
+    check_linear_args(x, packed, bias, need_gpu=True)
+    M = x.numel() // max(1, x.shape[-1]) if x.shape[-1] else 0
+    cfg = default_decode_config(M, packed.out_features, packed.in_features, packed.rank, x.device)
+    return decode_launch(x, packed, bias, cfg)

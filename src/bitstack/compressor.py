@@ -171,7 +171,7 @@ def compress(
         u, v, signs = (handles[layer].get_tensor(n) for n in block_tensor_names(weights[w].name, i))
         return ResidualBlock(signs=signs, u=u, v=v)
 
-    shards, stack = write_shards(work, weights, order, get_block, shard_bytes=config.shard_mb * 1000 * 1000, progress=progress)
+    shards, stack = write_shards(work, weights, order, get_block, shard_bytes=int(config.shard_mb * 1000 * 1000), progress=progress)
     handles.clear()
     tokenizer_section = write_tokenizer(work, tokenizer)
     prefix = [base_bytes]

@@ -46,12 +46,14 @@ class CompressConfig:
     batch_size: int = _opt(8, "calibration sequences per forward pass")
     svd_oversample: int = _opt(8, "extra random vectors of the truncated SVD")
     svd_power_iters: int = _opt(4, "power iterations of the truncated SVD")
-    shard_mb: int = _opt(64, "target size of one block shard file, in MB")
+    shard_mb: float = _opt(64.0, "target size of one block shard file, in MB")
 
     version: int = CONFIG_VERSION
 
     def __post_init__(self) -> None:
-        for name in ("nsamples", "seqlen", "niter", "rank", "batch_size", "shard_mb"):
+        if not isinstance(self.shard_mb, (int, float)) or isinstance(self.shard_mb, bool) or not self.shard_mb > 0:
+            raise InputError(f"shard_mb must be a positive number, got {self.shard_mb!r}")
+        for name in ("nsamples", "seqlen", "niter", "rank", "batch_size"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise InputError(f"{name} must be a positive integer, got {value!r}")

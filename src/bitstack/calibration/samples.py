@@ -9,9 +9,9 @@ import torch
 from bitstack.errors import InputError
 
 
-def tokenize_text(tokenizer, text: str) -> torch.Tensor:
-    """Token ids of a whole text, int64 (n,), without special tokens added."""
-    ids = tokenizer(text, return_tensors="pt", add_special_tokens=False).input_ids
+def tokenize_text(tokenizer, text: str, *, special_tokens: bool = False) -> torch.Tensor:
+    """Token ids of a whole text, int64 (n,); ``special_tokens`` adds the tokenizer's BOS/EOS."""
+    ids = tokenizer(text, return_tensors="pt", add_special_tokens=special_tokens).input_ids
     return ids[0].to(torch.int64)
 
 

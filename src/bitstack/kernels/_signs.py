@@ -1,16 +1,17 @@
 """Triton helpers that turn sign bits into ±1 MMA operands (imports Triton: load lazily).
 
-``sign_plane(P16, SRC1, SRC2, jb, DT, UNPACK)`` returns, for every element of the int16 tensor
-``P16`` (low byte = one byte of the bit-plane layout), ``+1`` if bit ``jb`` is set else ``-1``, as
-``DT`` (float16 or bfloat16).  ``SRC1 = P16 << 1`` and ``SRC2 = P16 >> 5`` are precomputed once per
-byte tile by the caller (only UNPACK=2 reads them).  Three implementations, same results:
+``sign_plane(P, jb, DT, UNPACK)`` returns, for every element of the uint8 tensor ``P`` (one byte of
+the bit-plane layout each), ``+1`` if bit ``jb`` is set else ``-1``, as ``DT`` (float16 or
+bfloat16), in P's layout.  Three implementations, same results:
 
 * UNPACK=0: plain Triton (shift, and, select).  The only one the CPU interpreter can run.
-* UNPACK=1: PTX, two elements per 32-bit register: ``shl`` moves bit jb of both halves to the
-  sign bits (15, 31), one ``lop3`` keeps them and ORs in the bits of 1.0 → ±1.  2 ALU ops / 2 elts.
-* UNPACK=2: PTX, "mantissa" trick: bit ``p`` (1..8 for fp16, 1..6 for bf16) of a byte placed at
-  mantissa position p, one ``lop3`` gives 1 or 1+2^(p-m) (m = mantissa bits), then one packed
-  ``fma`` with exact constants maps it to -1 / +1.  1 ALU op + 1 FMA-pipe op / 2 elts.
+* UNPACK=1: PTX on 4 bytes per 32-bit register: one ``shl`` brings bit jb of every byte to bit 7
+  of that byte, two ``prmt`` move bytes 0,1 (2,3) to the high byte of each 16-bit half, two ``lop3``
+  keep the sign bits (15, 31) and OR in the bits of 1.0.  5 ALU ops for 4 elements.
+* UNPACK=2: PTX "mantissa" trick: ``prmt`` puts bytes 0,1 (2,3) in the low byte of each 16-bit
+  half, one ``lop3`` keeps bit jb (a mantissa bit) and ORs in 1.0 → 1 or 1 + 2^(jb-m) (m mantissa
+  bits), then one packed ``fma`` with exact constants maps that to -1 / +1.  4 ALU + 2 FMA-pipe ops
+  for 4 elements (planes whose bit is not a usable mantissa position use UNPACK=1's code).
 """
 
 from __future__ import annotations
@@ -18,59 +19,59 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-
-@triton.jit
-def _u1_fp16(P16, jb: tl.constexpr):
-    return tl.inline_asm_elementwise(
-        "{ .reg .b32 t; shl.b32 t, $1, $2; lop3.b32 $0, t, 0x80008000, 0x3C003C00, 0xEA; }",
-        "=r,r,r,r", [P16, 15 - jb], dtype=tl.float16, is_pure=True, pack=2)
-
-
-@triton.jit
-def _u1_bf16(P16, jb: tl.constexpr):
-    return tl.inline_asm_elementwise(
-        "{ .reg .b32 t; shl.b32 t, $1, $2; lop3.b32 $0, t, 0x80008000, 0x3F803F80, 0xEA; }",
-        "=r,r,r,r", [P16, 15 - jb], dtype=tl.bfloat16, is_pure=True, pack=2)
-
-
-@triton.jit
-def _u2_fp16(SRC, p: tl.constexpr):
-    # value 1 + bit * 2^(p-10); a = 2^(11-p), b = -(a + 1): a*value + b = ±1 exactly.
-    MASK: tl.constexpr = 0x00010001 << p
-    A: tl.constexpr = ((26 - p) << 10) * 0x10001
-    B: tl.constexpr = (0x8000 | ((26 - p) << 10) | (1 << (p - 1))) * 0x10001 - (1 << 32)
-    return tl.inline_asm_elementwise(
-        "{ .reg .b32 t; lop3.b32 t, $1, $2, 0x3C003C00, 0xEA; fma.rn.f16x2 $0, t, $4, $6; }",
-        "=r,r,r,r,r,r,r,r", [SRC, MASK, A, B], dtype=tl.float16, is_pure=True, pack=2)
+_U1_FP16 = tl.constexpr("{ .reg .b32 s, t0, t1; shl.b32 s, $2, $3; prmt.b32 t0, s, s, 0x1000; prmt.b32 t1, s, s, 0x3020; "
+            "lop3.b32 $0, t0, 0x80008000, 0x3C003C00, 0xEA; lop3.b32 $1, t1, 0x80008000, 0x3C003C00, 0xEA; }")
+_U1_BF16 = tl.constexpr("{ .reg .b32 s, t0, t1; shl.b32 s, $2, $3; prmt.b32 t0, s, s, 0x1000; prmt.b32 t1, s, s, 0x3020; "
+            "lop3.b32 $0, t0, 0x80008000, 0x3F803F80, 0xEA; lop3.b32 $1, t1, 0x80008000, 0x3F803F80, 0xEA; }")
+_U2_FP16 = tl.constexpr("{ .reg .b32 z, t0, t1; mov.b32 z, 0; prmt.b32 t0, $2, z, 0x4140; prmt.b32 t1, $2, z, 0x4342; "
+            "lop3.b32 t0, t0, $3, 0x3C003C00, 0xEA; lop3.b32 t1, t1, $3, 0x3C003C00, 0xEA; "
+            "fma.rn.f16x2 $0, t0, $7, $11; fma.rn.f16x2 $1, t1, $7, $11; }")
+_U2_BF16 = tl.constexpr("{ .reg .b32 z, t0, t1; mov.b32 z, 0; prmt.b32 t0, $2, z, 0x4140; prmt.b32 t1, $2, z, 0x4342; "
+            "lop3.b32 t0, t0, $3, 0x3F803F80, 0xEA; lop3.b32 t1, t1, $3, 0x3F803F80, 0xEA; "
+            "fma.rn.bf16x2 $0, t0, $7, $11; fma.rn.bf16x2 $1, t1, $7, $11; }")
+_C1 = tl.constexpr("=r,=r,r,r,r,r,r")
+_C2 = tl.constexpr("=r,=r,r,r,r,r,r,r,r,r,r,r,r,r,r")
 
 
 @triton.jit
-def _u2_bf16(SRC, p: tl.constexpr):
-    # value 1 + bit * 2^(p-7); a = 2^(8-p), b = -(a + 1).
-    MASK: tl.constexpr = 0x00010001 << p
-    A: tl.constexpr = ((135 - p) << 7) * 0x10001
-    B: tl.constexpr = (0x8000 | ((135 - p) << 7) | (1 << (p - 1))) * 0x10001 - (1 << 32)
-    return tl.inline_asm_elementwise(
-        "{ .reg .b32 t; lop3.b32 t, $1, $2, 0x3F803F80, 0xEA; fma.rn.bf16x2 $0, t, $4, $6; }",
-        "=r,r,r,r,r,r,r,r", [SRC, MASK, A, B], dtype=tl.bfloat16, is_pure=True, pack=2)
-
-
-@triton.jit
-def sign_plane(P16, SRC1, SRC2, jb: tl.constexpr, DT: tl.constexpr, UNPACK: tl.constexpr):
-    if UNPACK == 1:
-        if DT == tl.float16:
-            out = _u1_fp16(P16, jb)
-        else:
-            out = _u1_bf16(P16, jb)
-    elif UNPACK == 2:
-        if DT == tl.float16:
-            out = _u2_fp16(SRC1, jb + 1)
-        else:
-            if jb < 6:
-                out = _u2_bf16(SRC1, jb + 1)
-            else:
-                out = _u2_bf16(SRC2, jb - 5)
+def _u1(P, jb: tl.constexpr, DT: tl.constexpr):
+    if DT == tl.float16:
+        out = tl.inline_asm_elementwise(_U1_FP16, _C1, [P, 7 - jb], dtype=tl.float16, is_pure=True, pack=4)
     else:
-        bit = (P16 >> jb) & 1
+        out = tl.inline_asm_elementwise(_U1_BF16, _C1, [P, 7 - jb], dtype=tl.bfloat16, is_pure=True, pack=4)
+    return out
+
+
+@triton.jit
+def _u2(P, jb: tl.constexpr, DT: tl.constexpr):
+    # bit jb sits at mantissa position p = jb: value 1 + bit * 2^(jb - m), m = 10 (fp16) or 7 (bf16);
+    # a = 2^(m + 1 - jb) and b = -(a + 1) are exact for jb >= 1, and a * value + b = ±1 exactly.
+    MASK: tl.constexpr = 0x00010001 << jb
+    if DT == tl.float16:
+        A: tl.constexpr = ((26 - jb) << 10) * 0x10001
+        B: tl.constexpr = (0x8000 | ((26 - jb) << 10) | (1 << (jb - 1))) * 0x10001 - (1 << 32)
+        out = tl.inline_asm_elementwise(_U2_FP16, _C2, [P, MASK, A, B], dtype=tl.float16, is_pure=True, pack=4)
+    else:
+        A: tl.constexpr = ((135 - jb) << 7) * 0x10001
+        B: tl.constexpr = (0x8000 | ((135 - jb) << 7) | (1 << (jb - 1))) * 0x10001 - (1 << 32)
+        out = tl.inline_asm_elementwise(_U2_BF16, _C2, [P, MASK, A, B], dtype=tl.bfloat16, is_pure=True, pack=4)
+    return out
+
+
+@triton.jit
+def sign_plane(P, jb: tl.constexpr, DT: tl.constexpr, UNPACK: tl.constexpr):
+    if UNPACK == 1:
+        out = _u1(P, jb, DT)
+    elif UNPACK == 2:
+        if jb == 0:
+            out = _u1(P, jb, DT)
+        elif DT == tl.float16:
+            out = _u2(P, jb, DT)
+        elif jb == 7:
+            out = _u1(P, jb, DT)
+        else:
+            out = _u2(P, jb, DT)
+    else:
+        bit = (P.to(tl.int32) >> jb) & 1
         out = tl.where(bit != 0, 1.0, -1.0).to(DT)
     return out

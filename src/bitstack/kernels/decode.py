@@ -31,12 +31,13 @@ from bitstack.kernels.layout import PackedBitStack
 
 @triton.jit
 def _decode_kernel(
-    x_ptr, s_ptr, u_ptr, v_ptr, b_ptr, y_ptr, ws_ptr, cnt_ptr,
+    x_ptr, s_ptr, u_ptr, v_ptr, b_ptr, y_ptr, ws_ptr, cnt_ptr, z_ptr,
     M, N, K, RANK, KB, J,
     stride_xm, stride_ym,
     n_groups, groups_per_split,
     G: tl.constexpr, BN: tl.constexpr, KR: tl.constexpr, MP: tl.constexpr,
     UNPACK: tl.constexpr, SPLIT: tl.constexpr, HAS_BIAS: tl.constexpr, DOT_F32: tl.constexpr,
+    EVEN_K: tl.constexpr, EVEN_N: tl.constexpr, EVEN_R: tl.constexpr, ZPRE: tl.constexpr,
 ):
     DT: tl.constexpr = x_ptr.dtype.element_ty
     NR: tl.constexpr = KR * MP
@@ -62,26 +63,44 @@ def _decode_kernel(
         acc = tl.zeros([BN, NR], dtype=tl.float32)
         for g in range(g0, g1):
             base = g * (8 * G)
-            gs = tl.minimum(G, (K - base + 7) // 8)  # bytes in this group = column stride of a plane
-            cmask_b = offs_c < gs
-            P = tl.load(s_base + offs_n[:, None] * KB + (g * G + offs_c)[None, :],
-                        mask=nmask[:, None] & cmask_b[None, :], other=0)
-            P16 = P.to(tl.int16)
-            SRC1 = P16 << 1
-            SRC2 = P16 >> 5
-            for jb in tl.static_range(8):
-                cols = base + jb * gs + offs_c
-                cmask = cmask_b & (cols < K)
-                vt = tl.load(v_base + offs_r[None, :] * K + cols[:, None],
-                             mask=cmask[:, None] & rmask[None, :], other=0.0).to(tl.float32)  # (G, KR)
-                if MP == 1:
-                    xt = tl.load(x_ptr + cols, mask=cmask, other=0.0).to(tl.float32)  # (G,)
-                    z = (vt * xt[:, None]).to(DT)  # (G, KR)
+            if EVEN_K:  # every group is full: no column masks
+                gs = G
+                if EVEN_N:
+                    P = tl.load(s_base + offs_n[:, None] * KB + (g * G + offs_c)[None, :])
                 else:
-                    xt = tl.load(x_ptr + offs_m[None, :] * stride_xm + cols[:, None],
-                                 mask=cmask[:, None] & mmask[None, :], other=0.0).to(tl.float32)  # (G, MP)
-                    z = tl.reshape((vt[:, :, None] * xt[:, None, :]).to(DT), [G, NR])
-                a = sign_plane(P16, SRC1, SRC2, jb, DT, UNPACK)  # (BN, G) of ±1
+                    P = tl.load(s_base + offs_n[:, None] * KB + (g * G + offs_c)[None, :],
+                                mask=nmask[:, None], other=0)
+            else:
+                gs = tl.minimum(G, (K - base + 7) // 8)  # bytes in this group = column stride of a plane
+                P = tl.load(s_base + offs_n[:, None] * KB + (g * G + offs_c)[None, :],
+                            mask=nmask[:, None] & (offs_c < gs)[None, :], other=0)
+            for jb in tl.static_range(8):
+                if ZPRE:  # Z precomputed by _zprep_kernel: contiguous zero-padded (G, NR) tiles
+                    z = tl.load(z_ptr + ((i * n_groups + g) * 8 + jb) * (G * NR)
+                                + offs_c[:, None] * NR + tl.arange(0, NR)[None, :])
+                else:
+                    cols = base + jb * gs + offs_c
+                    v_ptrs = v_base + offs_r[None, :] * K + cols[:, None]
+                    if EVEN_K:
+                        cmask = offs_c < G
+                        if EVEN_R:
+                            vt = tl.load(v_ptrs).to(tl.float32)  # (G, KR)
+                        else:
+                            vt = tl.load(v_ptrs, mask=rmask[None, :], other=0.0).to(tl.float32)
+                    else:
+                        cmask = (offs_c < gs) & (cols < K)
+                        vt = tl.load(v_ptrs, mask=cmask[:, None] & rmask[None, :], other=0.0).to(tl.float32)
+                    if MP == 1:
+                        if EVEN_K:
+                            xt = tl.load(x_ptr + cols).to(tl.float32)  # (G,)
+                        else:
+                            xt = tl.load(x_ptr + cols, mask=cmask, other=0.0).to(tl.float32)
+                        z = (vt * xt[:, None]).to(DT)  # (G, KR)
+                    else:
+                        xt = tl.load(x_ptr + offs_m[None, :] * stride_xm + cols[:, None],
+                                     mask=cmask[:, None] & mmask[None, :], other=0.0).to(tl.float32)  # (G, MP)
+                        z = tl.reshape((vt[:, :, None] * xt[:, None, :]).to(DT), [G, NR])
+                a = sign_plane(P, jb, DT, UNPACK)  # (BN, G) of ±1
                 if DOT_F32:  # interpreter only: it cannot multiply bf16; same values, upcast
                     acc = tl.dot(a.to(tl.float32), z.to(tl.float32), acc)
                 else:
@@ -113,6 +132,33 @@ def _decode_kernel(
         tl.store(y_ptr + offs_m[None, :] * stride_ym + offs_n[:, None], y_acc.to(DT), mask=omask)
 
 
+@triton.jit
+def _zprep_kernel(
+    x_ptr, v_ptr, z_ptr, M, K, RANK, n_groups, stride_xm,
+    G: tl.constexpr, KR: tl.constexpr, MP: tl.constexpr,
+):
+    """Z[i, g, b, c, r*MP + m] = v_i[r, col] * x[m, col], col = 8G*g + b*gs + c (0 past the group)."""
+    DT: tl.constexpr = x_ptr.dtype.element_ty
+    NR: tl.constexpr = KR * MP
+    i = tl.program_id(0)
+    g = tl.program_id(1)
+    offs_c = tl.arange(0, G)
+    offs_r = tl.arange(0, KR)
+    offs_m = tl.arange(0, MP)
+    base = g * (8 * G)
+    gs = tl.minimum(G, (K - base + 7) // 8)
+    for jb in tl.static_range(8):
+        cols = base + jb * gs + offs_c
+        cmask = (offs_c < gs) & (cols < K)
+        vt = tl.load(v_ptr + i * (RANK * K) + offs_r[None, :] * K + cols[:, None],
+                     mask=cmask[:, None] & (offs_r < RANK)[None, :], other=0.0).to(tl.float32)  # (G, KR)
+        xt = tl.load(x_ptr + offs_m[None, :] * stride_xm + cols[:, None],
+                     mask=cmask[:, None] & (offs_m < M)[None, :], other=0.0).to(tl.float32)  # (G, MP)
+        z = tl.reshape((vt[:, :, None] * xt[:, None, :]).to(DT), [G, NR])
+        tl.store(z_ptr + ((i * n_groups + g) * 8 + jb) * (G * NR) + offs_c[:, None] * NR
+                 + tl.arange(0, NR)[None, :], z)
+
+
 @dataclass(frozen=True)
 class DecodeConfig:
     """Launch parameters of the decode kernel.
@@ -120,16 +166,20 @@ class DecodeConfig:
     block_n: output rows per program.  splits: programs along K (None: chosen from the SM count).
     unpack: sign-unpack implementation (0 plain Triton, 1 and 2 PTX; see ``_signs``); None: 2 on
     GPU, 0 in the interpreter.
+    zpre: compute Z = v ⊙ x for all blocks first (one small extra launch, ``_zprep_kernel``) instead
+    of in every program.
     """
 
     block_n: int = 128
     splits: int | None = None
-    num_warps: int = 4
+    num_warps: int = 8
     num_stages: int = 3
     unpack: int | None = None
+    zpre: bool = True
 
 
 _SCRATCH: dict = {}
+LAST_COMPILED: dict = {}  # last launched compiled kernel (benchmarks read its registers/IR)
 
 
 def _scratch(device: torch.device, M: int, N: int, BN: int):
@@ -191,13 +241,21 @@ def decode_launch(x: torch.Tensor, packed: PackedBitStack, bias: torch.Tensor | 
         ws, cnt = _scratch(x.device, M, N, BN)
     else:
         ws, cnt = y, y  # unused
-    _decode_kernel[(n_tiles, splits)](
-        x2, packed.signs, packed.u, packed.v, bias if bias is not None else y, y, ws, cnt,
+    NR = KR * MP
+    if cfg.zpre:
+        z = torch.empty(J * n_groups * 8 * G * NR, dtype=x.dtype, device=x.device)
+        _zprep_kernel[(J, n_groups)](x2, packed.v, z, M, K, k, n_groups, x2.stride(0),
+                                     G=G, KR=KR, MP=MP, num_warps=4)
+    else:
+        z = y  # unused
+    LAST_COMPILED["decode"] = _decode_kernel[(n_tiles, splits)](
+        x2, packed.signs, packed.u, packed.v, bias if bias is not None else y, y, ws, cnt, z,
         M, N, K, k, (K + 7) // 8, J,
         x2.stride(0), y.stride(0),
         n_groups, gps,
         G=G, BN=BN, KR=KR, MP=MP, UNPACK=unpack, SPLIT=splits > 1, HAS_BIAS=bias is not None,
         DOT_F32=interpret_mode() and x.dtype == torch.bfloat16,
+        EVEN_K=K % (8 * G) == 0, EVEN_N=N % BN == 0, EVEN_R=k == KR, ZPRE=cfg.zpre,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )
     return y.reshape(*x.shape[:-1], N)

@@ -1,0 +1,94 @@
+"""The main job: compress the embedded SmolLM2-135M offline and show quality at three budgets.
+
+Quality is perplexity on held-out text sampled from the float model itself (a seed different
+from calibration's), so that the demo needs no data files; pass a text file (e.g. WikiText-2)
+to score that too.  Budgets are 4, 3 and 2.5 bits per decomposed parameter, next to the full
+stack and the float model.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import torch
+
+from bitstack.config import CompressConfig
+from bitstack.memory import format_bytes
+
+DEMO_MODEL = "smollm2-135m"
+DEMO_BITS = (4.0, 3.0, 2.5)
+EVAL_SEED = 1234
+PROMPT = "The capital of France is"
+
+
+def _greedy(model, tokenizer, device, tokens: int = 12) -> str:
+    ids = tokenizer(PROMPT, return_tensors="pt").to(device)
+    with torch.no_grad():
+        out = model.generate(**ids, max_new_tokens=tokens, do_sample=False, top_p=None, top_k=None, temperature=None,
+                             pad_token_id=tokenizer.eos_token_id)
+    return tokenizer.decode(out[0, ids.input_ids.shape[1]:], skip_special_tokens=True).replace("\n", " ").strip()
+
+
+def run_demo(*, output: str = "smollm2-135m.bstk", ppl_file: str | None = None, nsamples: int = 32, seqlen: int = 512,
+             eval_seqlen: int = 512, eval_windows: int = 8, device: str | None = None, progress: bool = True) -> list[dict]:
+    """Compress (or reuse) the demo artifact, evaluate it at three budgets, print a table."""
+    from bitstack.artifact.reader import ArtifactReader
+    from bitstack.calibration.samples import self_samples
+    from bitstack.compressor import compress
+    from bitstack.evaluation.perplexity import perplexity, window_perplexity
+    from bitstack.models.source import load_float_model
+    from bitstack.runtime.loader import default_device, load, load_tokenizer
+    from bitstack.runtime.report import memory_report
+
+    dev = torch.device(device) if device else default_device()
+    torch.set_grad_enabled(False)
+    path = Path(output)
+    if (path / "manifest.json").is_file():
+        print(f"reusing artifact {path} (delete it to recompress)")
+    else:
+        started = time.time()
+        config = CompressConfig(calib="self", nsamples=nsamples, seqlen=seqlen)
+        compress(DEMO_MODEL, path, config, device=dev, progress=progress)
+        print(f"compressed {DEMO_MODEL} in {time.time() - started:.0f} s -> {path}")
+    with ArtifactReader(path, verify=False) as reader:
+        manifest = reader.manifest
+    tokenizer = load_tokenizer(path)
+
+    float_model = load_float_model(DEMO_MODEL).model.to(dev, torch.bfloat16).eval()
+    held_out = self_samples(float_model, tokenizer, eval_windows, eval_seqlen, EVAL_SEED, progress=progress)
+    text = Path(ppl_file).read_text(encoding="utf-8") if ppl_file else None
+
+    def score(model) -> dict:
+        row = {"self_ppl": window_perplexity(model, held_out, progress=False).ppl}
+        if text is not None:
+            row["text_ppl"] = perplexity(model, tokenizer, text, seqlen=eval_seqlen, max_windows=eval_windows, progress=False).ppl
+        row["sample"] = _greedy(model, tokenizer, dev)
+        return row
+
+    params = manifest.decomposed_params()
+    dense_bytes = sum(p.numel() * p.element_size() for p in float_model.parameters())
+    rows = [{"setting": "float (bf16)", "memory_bytes": dense_bytes, "bits_per_param": 16.0, **score(float_model)}]
+    del float_model
+    budgets = [("full stack", None)] + [(f"{bits:g} bits/param", manifest.base_bytes + int(bits * params / 8)) for bits in DEMO_BITS]
+    for label, budget in budgets:
+        if budget is not None and budget < manifest.floor_bytes:
+            print(f"skipping {label}: {format_bytes(budget)} is below the floor {format_bytes(manifest.floor_bytes)}")
+            continue
+        model = load(path, budget, device=dev)
+        report = memory_report(model)
+        rows.append({"setting": label, "memory_bytes": report["memory_bytes"], "bits_per_param": report["bits_per_param"], **score(model)})
+        del model
+
+    what = f"self-generated held-out text, {eval_windows}×{eval_seqlen} tokens"
+    header = f"| setting | memory | bits/param | ppl ({what}) |" + (" ppl (text file) |" if text else "") + " greedy: \"" + PROMPT + "…\" |"
+    print()
+    print(header)
+    print("|" + "---|" * (header.count("|") - 1))
+    for row in rows:
+        cells = [row["setting"], format_bytes(row["memory_bytes"]), f"{row['bits_per_param']:.2f}", f"{row['self_ppl']:.2f}"]
+        if text:
+            cells.append(f"{row['text_ppl']:.2f}")
+        cells.append(row["sample"][:60])
+        print("| " + " | ".join(cells) + " |")
+    return rows

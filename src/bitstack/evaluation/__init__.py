@@ -1,0 +1,1 @@
+"""Quality evaluation: perplexity (standard protocol) and zero-shot tasks."""

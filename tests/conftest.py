@@ -1,0 +1,36 @@
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+
+@pytest.fixture(autouse=True)
+def _deterministic():
+    torch.manual_seed(0)
+    yield
+
+
+def sqnr_db(ref: torch.Tensor, approx: torch.Tensor) -> float:
+    """Signal-to-quantization-noise ratio in dB."""
+    noise = (ref.double() - approx.double()).norm()
+    return float(20 * torch.log10(ref.double().norm() / noise.clamp_min(1e-300)))
+
+
+@pytest.fixture(scope="session")
+def tiny_artifact(tmp_path_factory):
+    """A compressed tiny Llama (GQA, so o_proj keeps a run-time scale) with its float model."""
+    from tiny_models import tiny_model, tiny_tokenizer
+
+    import bitstack
+    from bitstack.config import CompressConfig
+
+    model = tiny_model("llama", num_hidden_layers=3)
+    reference = tiny_model("llama", num_hidden_layers=3)  # identical weights, never modified
+    tokenizer = tiny_tokenizer()
+    path = tmp_path_factory.mktemp("art") / "tiny.bstk"
+    config = CompressConfig(nsamples=4, seqlen=32, niter=6, rank=4, dtype="float32", batch_size=2, shard_mb=0.05)
+    bitstack.compress(model, path, config, tokenizer=tokenizer, device="cpu", progress=False)
+    return path, reference, tokenizer

@@ -5,7 +5,7 @@ Importing this package never imports Triton nor initialises CUDA: the Triton mod
 
 API (all ``y = x · Ŵᵀ (+ bias)`` with Ŵ = Σ_{i<J} S_i ⊙ (u_i v_i); same signature everywhere):
 
-* ``repack(blocks, input_scale=None, group=64) -> PackedBitStack`` — pure function, stacks the J
+* ``repack(blocks, input_scale=None, group=32) -> PackedBitStack`` — pure function, stacks the J
   stored blocks of one weight into the kernels' layout (see :mod:`bitstack.kernels.layout`), byte
   size ``packed_nbytes(N, K, k, J)`` = the stored blocks' size.
 * ``bitstack_linear(x, packed, bias=None)`` — picks the decode kernel for few tokens

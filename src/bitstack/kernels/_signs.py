@@ -75,3 +75,28 @@ def sign_plane(P, jb: tl.constexpr, DT: tl.constexpr, UNPACK: tl.constexpr):
         bit = (P.to(tl.int32) >> jb) & 1
         out = tl.where(bit != 0, 1.0, -1.0).to(DT)
     return out
+
+
+# w + (uv with its sign flipped where bit jb of the sign byte is 0), four elements per call:
+# $0-$3 out, $4-$7 w, $8-$11 uv, $12 = 4 sign bytes, $13 = 7 - jb.  After s = bytes << (7 - jb),
+# bit jb of byte e sits at bit 8e + 7; shifting by 24 - 8e brings it to the float sign bit 31, and
+# one lop3 (c ^ (~a & b), LUT 0xA6) flips uv's sign where it is 0.
+_FLIP_ADD = tl.constexpr(
+    "{ .reg .b32 s, t; shl.b32 s, $12, $13; "
+    "shl.b32 t, s, 24; lop3.b32 t, t, 0x80000000, $8, 0xA6; add.f32 $0, $4, t; "
+    "shl.b32 t, s, 16; lop3.b32 t, t, 0x80000000, $9, 0xA6; add.f32 $1, $5, t; "
+    "shl.b32 t, s, 8; lop3.b32 t, t, 0x80000000, $10, 0xA6; add.f32 $2, $6, t; "
+    "lop3.b32 t, s, 0x80000000, $11, 0xA6; add.f32 $3, $7, t; }")
+_C_FLIP = tl.constexpr("=r,=r,=r,=r,r,r,r,r,r,r,r,r,r,r,r,r,r")
+
+
+@triton.jit
+def signed_add(w, uv, P, jb: tl.constexpr, UNPACK: tl.constexpr):
+    """w + (uv where bit jb of the byte P is 1, else -uv); float32 w and uv, uint8 P, one layout."""
+    if UNPACK == 0:
+        flip = ((P.to(tl.int32) << (31 - jb)) & -2147483648) ^ -2147483648
+        out = w + (uv.to(tl.int32, bitcast=True) ^ flip).to(tl.float32, bitcast=True)
+    else:
+        out = tl.inline_asm_elementwise(_FLIP_ADD, _C_FLIP, [w, uv, P, 7 - jb], dtype=tl.float32,
+                                        is_pure=True, pack=4)
+    return out

@@ -6,7 +6,7 @@ apart, so that "bit ``b`` of a tile of bytes" is itself a contiguous tile of col
 therefore re-orders the bits inside each row (the byte count per row is unchanged) and stacks the
 ``j`` blocks of one weight contiguously.
 
-Bit-plane layout (parameter ``group`` = G bytes, default 64)
+Bit-plane layout (parameter ``group`` = G bytes, default 32)
 ------------------------------------------------------------
 The ``K = in_features`` columns are cut into groups of ``8G`` columns: group ``g`` covers columns
 ``[8G·g, min(8G·(g+1), K))``; the last group may be shorter (width ``w``) and then uses
@@ -46,7 +46,7 @@ __all__ = [
     "unpack_bitplane",
 ]
 
-DEFAULT_GROUP = 64
+DEFAULT_GROUP = 32
 _ALLOWED_GROUPS = (16, 32, 64, 128)
 
 

@@ -22,6 +22,7 @@ import triton
 import triton.language as tl
 
 from bitstack.kernels._checks import check_linear_args, interpret_mode
+from bitstack.kernels._signs import signed_add
 from bitstack.kernels.layout import PackedBitStack
 
 
@@ -33,6 +34,7 @@ def _prefill_kernel(
     J: tl.constexpr, G: tl.constexpr, BN: tl.constexpr, BM: tl.constexpr, KR: tl.constexpr,
     GROUP_N: tl.constexpr, HAS_BIAS: tl.constexpr, DOT_F32: tl.constexpr,
     EVEN_K: tl.constexpr, EVEN_N: tl.constexpr, EVEN_M: tl.constexpr, EVEN_R: tl.constexpr,
+    UNPACK: tl.constexpr,
 ):
     DT: tl.constexpr = x_ptr.dtype.element_ty
     pid = tl.program_id(0)
@@ -89,9 +91,7 @@ def _prefill_kernel(
                     uv = tl.dot(ut.to(tl.float32), vt.to(tl.float32))
                 else:
                     uv = tl.dot(ut, vt)
-                # flip the sign bit of uv where the sign bit of the weight is 0 (sign -1)
-                flip = ((P.to(tl.int32) << (31 - jb)) & -2147483648) ^ -2147483648
-                w += (uv.to(tl.int32, bitcast=True) ^ flip).to(tl.float32, bitcast=True)
+                w = signed_add(w, uv, P, jb, UNPACK)  # w += ±uv, sign from bit jb of P
             if DOT_F32:  # interpreter only: it cannot multiply bf16; same values, upcast
                 acc = tl.dot(w.to(DT).to(tl.float32), xt.to(tl.float32), acc)
             else:
@@ -108,10 +108,11 @@ class PrefillConfig:
     """Launch parameters of the prefill kernel (feature tile, token tile, warps, stages, grouping)."""
 
     block_n: int = 128
-    block_m: int = 128
+    block_m: int = 256
     num_warps: int = 8
     num_stages: int = 2
     group_n: int = 8
+    unpack: int = 1  # 1: sign flip + add in PTX; 0: plain Triton
 
 
 LAST_COMPILED: dict = {}  # last launched compiled kernel (benchmarks read its registers/IR)
@@ -145,6 +146,7 @@ def prefill_launch(x: torch.Tensor, packed: PackedBitStack, bias: torch.Tensor |
         J=J, G=G, BN=BN, BM=BM, KR=KR, GROUP_N=cfg.group_n, HAS_BIAS=bias is not None,
         DOT_F32=interpret_mode() and x.dtype == torch.bfloat16,
         EVEN_K=K % (8 * G) == 0, EVEN_N=N % BN == 0, EVEN_M=M % BM == 0, EVEN_R=k == KR,
+        UNPACK=0 if interpret_mode() else cfg.unpack,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )
     return y.reshape(*x.shape[:-1], N)

@@ -1,0 +1,369 @@
+"""Validate and time the BitStack Triton kernels on a GPU (issue 5, parts 1 and 5).
+
+One script, three phases (``--phases``):
+
+* ``validate``: every kernel variant (decode with each sign-unpack implementation, prefill), fp16
+  and bf16, on odd and real shapes, against the float32 PyTorch reference; fresh random inputs,
+  output memory poisoned with NaN first.  Prints the relative error of each; any failure is listed
+  again at the end.
+* ``probe``: launch-parameter sweep on the two target shapes (decode at J=3, prefill at J=4) with
+  registers/spills and IR op counts of each compiled variant.
+* ``table``: per shape (out × in) × tokens × J: fp16 ``F.linear`` (dense weight), the naive path
+  (rebuild Ŵ, then ``F.linear``), and the kernels, all timed in this run with
+  ``triton.testing.do_bench`` (median, L2 flushed before every call); achieved GB/s against the
+  device-to-device copy bandwidth measured here first.
+
+Usage (GPU machine): ``python benchmarks/kernels/bench_kernels.py --out $OUT``.
+Writes ``results.json`` and ``table.md`` under --out and prints a short table last.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "src"))
+
+from bitstack.kernels import PackedBitStack, repack  # noqa: E402
+from bitstack.kernels.reference import bitstack_linear_naive, bitstack_linear_reference  # noqa: E402
+
+SHAPES = [(4096, 4096), (1024, 4096), (14336, 4096), (4096, 14336)]  # (out, in) = F.linear weight
+RANK = 16
+
+
+def log(*a):
+    print(*a, flush=True)
+
+
+def rel_err(y, ref):
+    return ((y.float() - ref.float()).norm() / ref.float().norm()).item()
+
+
+def random_packed(N, K, k, J, device, seed=0, group=32):
+    """Random blocks directly in the kernel layout (random bits are random in any order)."""
+    g = torch.Generator(device=device).manual_seed(seed)
+    signs = torch.randint(0, 256, (J, N, (K + 7) // 8), dtype=torch.uint8, device=device, generator=g)
+    if K % 8:
+        raise ValueError("random_packed needs K % 8 == 0 (no padding bits)")
+    u = (torch.randn(J, N, k, device=device, generator=g) * 0.1).half()
+    v = (torch.randn(J, k, K, device=device, generator=g) * 0.1).half()
+    return PackedBitStack(signs, u, v, N, K, k, group)
+
+
+def stored_blocks(N, K, k, J, device, seed):
+    from bitstack.core.packing import pack_signs
+
+    g = torch.Generator(device=device).manual_seed(seed)
+    return [(pack_signs(torch.rand(N, K, device=device, generator=g) > 0.5),
+             (torch.randn(N, k, device=device, generator=g) * 0.3).half(),
+             (torch.randn(k, K, device=device, generator=g) * 0.3).half()) for _ in range(J)]
+
+
+SMOKE = False  # --smoke: CPU interpreter dry run of the script's logic (tiny shapes, one call per timing)
+
+
+def bench(fn, rep=60):
+    if SMOKE:
+        t0 = time.perf_counter()
+        fn()
+        return (time.perf_counter() - t0) * 1e6
+    import triton.testing
+
+    return triton.testing.do_bench(fn, warmup=10, rep=rep, return_mode="median") * 1e3  # µs
+
+
+def copy_bandwidth(device):
+    n = 1 << (16 if SMOKE else 30)
+    a = torch.empty(n, dtype=torch.uint8, device=device).random_()
+    b = torch.empty_like(a)
+    t = bench(lambda: b.copy_(a), rep=200)
+    del a, b
+    return 2 * n / (t * 1e-6) / 1e9  # GB/s, bytes read + written
+
+
+def matmul_tflops(device):
+    n = 64 if SMOKE else 8192
+    a = torch.randn(n, n, device=device, dtype=torch.float16)
+    b = torch.randn(n, n, device=device, dtype=torch.float16)
+    t = bench(lambda: a @ b, rep=200)
+    return 2 * n ** 3 / (t * 1e-6) / 1e12
+
+
+def poison(nbytes, device):
+    """Fill the caching allocator's next block with NaN so unwritten outputs show."""
+    p = torch.full((max(1, nbytes // 2),), float("nan"), dtype=torch.float16, device=device)
+    del p
+
+
+def ir_stats(compiled):
+    out = {}
+    try:
+        out["regs"] = compiled.n_regs
+        out["spills"] = compiled.n_spills
+        ttgir = compiled.asm.get("ttgir", "")
+        ptx = compiled.asm.get("ptx", "")
+        for key in ("local_alloc", "convert_layout", "warp_group_dot", "tt.dot ", "local_load", "async_copy"):
+            out["ttgir:" + key.strip()] = ttgir.count(key)
+        for key in ("wgmma.mma_async", "mma.sync", "lop3.b32", "fma.rn.f16x2", "fma.rn.bf16x2", "ld.shared",
+                    "st.shared", "ldmatrix", "ld.global", "cp.async"):
+            out["ptx:" + key] = ptx.count(key)
+    except Exception as exc:  # pragma: no cover - diagnostics only
+        out["error"] = repr(exc)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+def phase_validate(device, results):
+    from bitstack.kernels.decode import DecodeConfig, decode_launch
+    from bitstack.kernels.prefill import PrefillConfig, prefill_launch
+
+    tol = {torch.float16: 3e-3, torch.bfloat16: 1.5e-2}
+    failures = []
+    rows = []
+    cases = [
+        # N, K, k, J, M, group
+        (1000, 1030, 16, 3, 1, 32), (1000, 1030, 16, 3, 3, 32), (1000, 1030, 4, 2, 16, 64),
+        (4096, 4096, 16, 2, 1, 32), (4096, 14336, 16, 4, 1, 32), (333, 577, 1, 1, 2, 16),
+    ]
+    if SMOKE:
+        cases = [(40, 70, 4, 2, 1, 16), (24, 300, 16, 1, 3, 32)]
+    seed = 100
+    for (N, K, k, J, M, group) in cases:
+        seed += 1
+        packed = repack(stored_blocks(N, K, k, J, device, seed), group=group)
+        for dtype in (torch.float16, torch.bfloat16):
+            x = torch.randn(M, K, device=device, generator=torch.Generator(device=device).manual_seed(seed)).to(dtype)
+            bias = torch.randn(N, device=device)
+            ref = bitstack_linear_reference(x, packed, bias)
+            variants = [("decode", dict(unpack=u)) for u in (0, 1, 2)] + [("decode", dict(zpre=False)),
+                                                                           ("decode", dict(block_n=64, num_warps=4))]
+            variants += [("prefill", dict(unpack=u)) for u in (0, 1)] + [("prefill", dict(block_m=128))]
+            for kind, c in variants:
+                poison(M * N * 2, device)
+                name = f"{kind}/{c}"
+                if kind == "decode":
+                    y = decode_launch(x, packed, bias, DecodeConfig(**c))
+                else:
+                    y = prefill_launch(x, packed, bias, PrefillConfig(**c))
+                if not SMOKE:
+                    torch.cuda.synchronize()
+                err = rel_err(y, ref)
+                ok = bool(torch.isfinite(y).all()) and err < tol[dtype]
+                rows.append(dict(kernel=name, N=N, K=K, k=k, J=J, M=M, group=group, dtype=str(dtype), err=err, ok=ok))
+                if not ok:
+                    failures.append(rows[-1])
+    # prefill at a real size
+    NP, MP_ = (64, 32) if SMOKE else (4096, 2048)
+    packed = repack(stored_blocks(NP, NP, 16, 4, device, 7), group=32)
+    for dtype in (torch.float16, torch.bfloat16):
+        x = torch.randn(MP_, NP, device=device).to(dtype)
+        ref = bitstack_linear_reference(x, packed)
+        poison(MP_ * NP * 2, device)
+        y = prefill_launch(x, packed, None)
+        err = rel_err(y, ref)
+        ok = bool(torch.isfinite(y).all()) and err < tol[dtype]
+        rows.append(dict(kernel="prefill", N=4096, K=4096, k=16, J=4, M=2048, group=32, dtype=str(dtype), err=err, ok=ok))
+        if not ok:
+            failures.append(rows[-1])
+    # repeatability of the split-K reduction (a race would move the result)
+    NR_, KR_ = (64, 512) if SMOKE else (4096, 14336)
+    packed = random_packed(NR_, KR_, 16, 3, device, seed=3)
+    x = torch.randn(1, KR_, device=device).half()
+    ys = [decode_launch(x, packed, None, DecodeConfig(splits=8)).float() for _ in range(2 if SMOKE else 20)]
+    spread = max((y - ys[0]).abs().max().item() for y in ys)
+    rows.append(dict(kernel="decode split-K repeat x20", spread=spread, ok=spread < 1e-2))
+    for r in rows:
+        log("  validate", {k: (f"{v:.2e}" if isinstance(v, float) else v) for k, v in r.items()})
+    results["validate"] = rows
+    results["validate_failures"] = failures
+    log(f"validate: {len(rows)} checks, {len(failures)} failures")
+    return not failures
+
+
+# ---------------------------------------------------------------------------------------------
+def phase_probe(device, results, args):
+    from bitstack.kernels import decode as dec
+    from bitstack.kernels import prefill as pre
+
+    rows = []
+    for (N, K) in ([(128, 512)] if SMOKE else [(14336, 4096), (4096, 14336)]):
+        packed = random_packed(N, K, RANK, 3, device, seed=1)
+        x = torch.randn(1, K, device=device).half()
+        ref = bitstack_linear_reference(x, packed)
+        w = torch.randn(N, K, device=device).half()
+        t_lin = bench(lambda: F.linear(x, w))
+        configs = [
+            dict(), dict(unpack=1), dict(unpack=0), dict(zpre=False), dict(zpre=False, unpack=1),
+            dict(block_n=64, num_warps=4), dict(block_n=64, num_warps=4, zpre=False),
+            dict(splits=1), dict(splits=2), dict(splits=4), dict(splits=8),
+            dict(num_stages=2), dict(num_stages=4), dict(num_warps=4),
+        ]
+        for c in configs:
+            cfg = dec.DecodeConfig(**c)
+            try:
+                y = dec.decode_launch(x, packed, None, cfg)
+                err = rel_err(y, ref)
+                t = bench(lambda: dec.decode_launch(x, packed, None, cfg))
+                st = ir_stats(dec.LAST_COMPILED["decode"])
+            except Exception as exc:
+                log("  probe decode failed", N, K, c, repr(exc)[:300])
+                continue
+            rows.append(dict(kernel="decode", N=N, K=K, J=3, M=1, cfg=c, us=t, lin_us=t_lin, speedup=t_lin / t, err=err, **st))
+            log(f"  probe decode {N}x{K} J=3 {c}: {t:.1f} us (fp16 {t_lin:.1f}, x{t_lin / t:.2f}) err {err:.1e} "
+                f"regs {st.get('regs')} spills {st.get('spills')}")
+    # prefill
+    N, K, M = (128, 512, 64) if SMOKE else (14336, 4096, 2048)
+    x = torch.randn(M, K, device=device).half()
+    w = torch.randn(N, K, device=device).half()
+    t_lin = bench(lambda: F.linear(x, w))
+    for group in (32,):
+        packed = random_packed(N, K, RANK, 4, device, seed=2, group=group)
+        configs = [
+            dict(), dict(num_stages=3), dict(unpack=0), dict(block_m=128), dict(block_m=128, num_stages=3),
+            dict(block_n=64, block_m=256, num_warps=4), dict(group_n=1), dict(group_n=16),
+        ]
+        for c in configs:
+            cfg = pre.PrefillConfig(**c)
+            try:
+                t0 = time.time()
+                pre.prefill_launch(x, packed, None, cfg)
+                if not SMOKE:
+                    torch.cuda.synchronize()
+                tc = time.time() - t0
+                t = bench(lambda: pre.prefill_launch(x, packed, None, cfg))
+                st = ir_stats(pre.LAST_COMPILED["prefill"])
+            except Exception as exc:
+                log("  probe prefill failed", group, c, repr(exc)[:300])
+                continue
+            rows.append(dict(kernel="prefill", N=N, K=K, J=4, M=M, group=group, cfg=c, us=t, lin_us=t_lin,
+                             ratio=t / t_lin, compile_s=tc, **st))
+            log(f"  probe prefill G={group} {c}: {t:.1f} us (fp16 {t_lin:.1f}, {t / t_lin:.2f}x of fp16) "
+                f"compile {tc:.1f}s regs {st.get('regs')} spills {st.get('spills')}")
+    results["probe"] = rows
+
+
+# ---------------------------------------------------------------------------------------------
+def phase_table(device, results, args, bw):
+    from bitstack.kernels import decode as dec
+    from bitstack.kernels import prefill as pre
+
+    dcfg = dec.DecodeConfig(**json.loads(args.decode_config)) if args.decode_config else None
+    pcfg = pre.PrefillConfig(**json.loads(args.prefill_config)) if args.prefill_config else None
+    rows = []
+    blocks = [int(b) for b in args.blocks.split(",")]
+    for (N, K) in [tuple(int(v) for v in s.split("x")) for s in args.shapes.split(",")]:
+        w = torch.randn(N, K, device=device).half()
+        for M in [int(m) for m in args.tokens.split(",")]:
+            x = torch.randn(M, K, device=device).half()
+            t_lin = bench(lambda: F.linear(x, w))
+            lin_bytes = 2 * (N * K + M * K + M * N)
+            for J in blocks:
+                packed = random_packed(N, K, RANK, J, device, seed=J)
+                kbytes = packed.nbytes + 2 * (M * K + M * N)
+                flops = 2 * M * N * K
+                row = dict(N=N, K=K, M=M, J=J, lin_us=t_lin, lin_GBs=lin_bytes / t_lin / 1e3, bytes=kbytes, flops=flops)
+                if not args.skip_naive:
+                    row["naive_us"] = bench(lambda: bitstack_linear_naive(x, packed))
+                if M <= 16:
+                    t = bench(lambda: dec.decode_launch(x, packed, None, dcfg))
+                    row["decode_us"] = t
+                    row["decode_GBs"] = kbytes / t / 1e3
+                if M >= 16:
+                    t = bench(lambda: pre.prefill_launch(x, packed, None, pcfg))
+                    row["prefill_us"] = t
+                    row["prefill_TFLOPs"] = flops / t / 1e6
+                best = min(row.get("decode_us", math.inf), row.get("prefill_us", math.inf))
+                row["best_us"] = best
+                row["speedup_vs_fp16"] = t_lin / best
+                if "naive_us" in row:
+                    row["speedup_vs_naive"] = row["naive_us"] / best
+                rows.append(row)
+                log("  table", {k: (round(v, 2) if isinstance(v, float) else v) for k, v in row.items()})
+    results["table"] = rows
+    return rows
+
+
+def markdown_table(rows, bw):
+    lines = ["| out×in | tokens | J | fp16 F.linear µs | naive µs | decode µs | prefill µs | best vs fp16 | "
+             "best vs naive | kernel GB/s (% of copy) |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        def f(key, fmt="{:.1f}"):
+            return fmt.format(r[key]) if key in r else "–"
+        gbs = r["bytes"] / r["best_us"] / 1e3
+        lines.append(f"| {r['N']}×{r['K']} | {r['M']} | {r['J']} | {r['lin_us']:.1f} | {f('naive_us')} | "
+                     f"{f('decode_us')} | {f('prefill_us')} | {r['speedup_vs_fp16']:.2f}× | "
+                     f"{f('speedup_vs_naive', '{:.1f}×')} | {gbs:.0f} ({100 * gbs / bw:.0f}%) |")
+    return "\n".join(lines)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--phases", default="validate,probe,table")
+    ap.add_argument("--shapes", default=",".join(f"{n}x{k}" for n, k in SHAPES))
+    ap.add_argument("--tokens", default="1,16,2048")
+    ap.add_argument("--blocks", default="1,2,3,4,5,6,7,8")
+    ap.add_argument("--decode-config", default="", help="JSON kwargs of DecodeConfig for the table")
+    ap.add_argument("--prefill-config", default="", help="JSON kwargs of PrefillConfig for the table")
+    ap.add_argument("--skip-naive", action="store_true")
+    ap.add_argument("--out", default=os.environ.get("OUT", "bench_out"))
+    ap.add_argument("--smoke", action="store_true", help="CPU interpreter dry run (TRITON_INTERPRET=1), tiny sizes")
+    args = ap.parse_args()
+    global SMOKE
+    SMOKE = args.smoke
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    device = torch.device("cpu" if SMOKE else "cuda")
+    import triton
+
+    results = {"command": " ".join(sys.argv), "torch": torch.__version__, "triton": triton.__version__}
+    if not SMOKE:
+        results["device"] = torch.cuda.get_device_name(device)
+        results["sms"] = torch.cuda.get_device_properties(device).multi_processor_count
+    log(results)
+    t0 = time.time()
+    bw = copy_bandwidth(device)
+    tf = matmul_tflops(device)
+    results["copy_GBs"] = bw
+    results["fp16_matmul_TFLOPs"] = tf
+    log(f"device copy bandwidth {bw:.0f} GB/s (read+write), fp16 8192^3 matmul {tf:.0f} TFLOP/s")
+    phases = args.phases.split(",")
+    ok = True
+    if "validate" in phases:
+        ok = phase_validate(device, results)
+        log(f"[{time.time() - t0:.0f}s] validate done")
+    if "probe" in phases:
+        phase_probe(device, results, args)
+        log(f"[{time.time() - t0:.0f}s] probe done")
+    rows = []
+    if "table" in phases:
+        rows = phase_table(device, results, args, bw)
+        log(f"[{time.time() - t0:.0f}s] table done")
+    (out / "results.json").write_text(json.dumps(results, indent=1, default=str))
+    if rows:
+        md = markdown_table(rows, bw)
+        (out / "table.md").write_text(md + "\n")
+        log(md)
+    if "probe" in phases:
+        for r in results["probe"]:
+            extra = f"x{r['speedup']:.2f} vs fp16" if r["kernel"] == "decode" else f"{r['ratio']:.2f}x fp16 time"
+            log(f"probe {r['kernel']} {r['N']}x{r['K']} {r['cfg']} G={r.get('group', 32)}: {r['us']:.1f} us, {extra}, "
+                f"regs {r.get('regs')} spills {r.get('spills')}")
+    if results.get("validate_failures"):
+        log("VALIDATION FAILURES:")
+        for r in results["validate_failures"]:
+            log("  ", r)
+    log(f"validation {'passed' if ok else 'FAILED'}; total {time.time() - t0:.0f}s")
+
+
+if __name__ == "__main__":
+    main()

@@ -168,8 +168,15 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 # ---- parser -------------------------------------------------------------------------------
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors (exit code 2), like the library's own errors."""
+
+    def error(self, message: str):  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="bitstack", description="Compress an LLM once; load it at any memory budget.")
+    parser = _Parser(prog="bitstack", description="Compress an LLM once; load it at any memory budget.")
     parser.add_argument("--version", action="version", version=f"bitstack {__import__('bitstack').__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 

@@ -27,11 +27,12 @@ from bitstack.artifact.manifest import Manifest, WeightEntry
 from bitstack.artifact.safetensors_io import write_safetensors
 from bitstack.artifact.writer import BaseTensorSpec, finish, prepare_output, write_base, write_shards, write_tokenizer
 from bitstack.calibration.layerwise import capture_layer_inputs, run_layer
-from bitstack.calibration.samples import calibration_samples
+from bitstack.calibration.samples import calibration_samples, check_source
 from bitstack.config import CompressConfig
 from bitstack.core.avd import ResidualBlock, avd_decompose, block_nbytes
 from bitstack.core.ordering import WeightStats, universal_order
 from bitstack.core.scaling import activation_scale
+from bitstack.errors import InputError
 from bitstack.models.architecture import find_decoder_layers, layer_linears, plan_folds
 from bitstack.models.folding import fold_into_norm, fold_into_rows
 from bitstack.runtime.loader import default_device, resolve_dtype
@@ -93,24 +94,24 @@ def compress(
     device = torch.device(device) if device is not None else default_device()
     storage_dtype = resolve_dtype(config.dtype, "bfloat16")
     started = time.time()
+    check_source(config.calib)
+    if Path(output).exists() and not overwrite:
+        raise InputError(f"output {output} already exists: choose another path or pass --overwrite")
     if isinstance(model, (str, Path)):
         loaded = load_float_model(str(model))
         model, tokenizer, source = loaded.model, loaded.tokenizer, loaded.source
     else:
         if tokenizer is None:
-            from bitstack.errors import InputError
-
             raise InputError("compress() needs the tokenizer when given a model object")
         source = getattr(model.config, "_name_or_path", "") or type(model).__name__
     model.eval().float()
     decoder = find_decoder_layers(model)
     all_linears = [layer_linears(layer) for layer in decoder.layers]  # fails fast on odd layers
-    work = prepare_output(output, overwrite=overwrite)
-    (work / "work").mkdir(exist_ok=True)
-
     model.to(device)
     samples = calibration_samples(config.calib, model, tokenizer, config.nsamples, config.seqlen, config.seed,
                                   batch_size=config.batch_size, progress=progress)
+    work = prepare_output(output, overwrite=overwrite)
+    (work / "work").mkdir(exist_ok=True)
     inputs = capture_layer_inputs(model, decoder.layers[0], samples, config.batch_size, device)
 
     weights: list[WeightEntry] = []

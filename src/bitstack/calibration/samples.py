@@ -100,10 +100,25 @@ def self_samples(model, tokenizer, nsamples: int, seqlen: int, seed: int, *, bat
     return torch.cat(rows)
 
 
+def check_source(source: str) -> None:
+    """Fail fast, before any model is loaded, on a calibration file that cannot be used."""
+    if source == "self" or not _is_file_source(source):
+        return
+    path = Path(source)
+    if not path.is_file():
+        raise InputError(f"calibration file {path} does not exist")
+    if path.stat().st_size == 0:
+        raise InputError(f"calibration file {path} is empty")
+
+
+def _is_file_source(source: str) -> bool:
+    return Path(source).exists() or source.startswith((".", "/", "~")) or source.endswith((".txt", ".text"))
+
+
 def calibration_samples(source: str, model, tokenizer, nsamples: int, seqlen: int, seed: int, *, batch_size: int = 8, progress: bool = True) -> torch.Tensor:
     """Dispatch on ``source``: ``"self"``, an existing file, or a dataset id."""
     if source == "self":
         return self_samples(model, tokenizer, nsamples, seqlen, seed, batch_size=batch_size, progress=progress)
-    if Path(source).exists() or source.startswith((".", "/", "~")) or source.endswith((".txt", ".text")):
+    if _is_file_source(source):
         return text_file_samples(source, tokenizer, nsamples, seqlen, seed)
     return dataset_samples(source, tokenizer, nsamples, seqlen, seed)

@@ -146,19 +146,26 @@ def phase_validate(device, results):
             ref = bitstack_linear_reference(x, packed, bias)
             variants = [("decode", dict(unpack=u)) for u in (0, 1, 2)] + [("decode", dict(zpre=False)),
                                                                            ("decode", dict(block_n=64, num_warps=4))]
-            variants += [("prefill", dict(unpack=u)) for u in (0, 1)] + [("prefill", dict(block_m=128))]
+            variants += [("prefill", dict(unpack=u)) for u in (0, 1)] + [("prefill", dict(block_m=128)),
+                                                                         ("prefill", dict(acc16=False))]
             for kind, c in variants:
                 poison(M * N * 2, device)
                 name = f"{kind}/{c}"
-                if kind == "decode":
-                    y = decode_launch(x, packed, bias, DecodeConfig(**c))
-                else:
-                    y = prefill_launch(x, packed, bias, PrefillConfig(**c))
-                if not SMOKE:
-                    torch.cuda.synchronize()
-                err = rel_err(y, ref)
-                ok = bool(torch.isfinite(y).all()) and err < tol[dtype]
-                rows.append(dict(kernel=name, N=N, K=K, k=k, J=J, M=M, group=group, dtype=str(dtype), err=err, ok=ok))
+                try:
+                    if kind == "decode":
+                        y = decode_launch(x, packed, bias, DecodeConfig(**c))
+                    else:
+                        y = prefill_launch(x, packed, bias, PrefillConfig(**c))
+                    if not SMOKE:
+                        torch.cuda.synchronize()
+                    err = rel_err(y, ref)
+                    ok = bool(torch.isfinite(y).all()) and err < tol[dtype]
+                except Exception as exc:  # record and go on
+                    err, ok = float("nan"), False
+                    name += f" EXC {type(exc).__name__}: {str(exc)[:200]}"
+                rows.append(dict(kernel=name, N=N, K=K, k=k, J=J, M=M, group=group, dtype=str(dtype)[6:], err=err,
+                                 ok=ok))
+                log("  validate", rows[-1])
                 if not ok:
                     failures.append(rows[-1])
     # prefill at a real size
@@ -167,13 +174,20 @@ def phase_validate(device, results):
     for dtype in (torch.float16, torch.bfloat16):
         x = torch.randn(MP_, NP, device=device).to(dtype)
         ref = bitstack_linear_reference(x, packed)
-        poison(MP_ * NP * 2, device)
-        y = prefill_launch(x, packed, None)
-        err = rel_err(y, ref)
-        ok = bool(torch.isfinite(y).all()) and err < tol[dtype]
-        rows.append(dict(kernel="prefill", N=4096, K=4096, k=16, J=4, M=2048, group=32, dtype=str(dtype), err=err, ok=ok))
-        if not ok:
-            failures.append(rows[-1])
+        for c in (dict(), dict(acc16=False)):
+            poison(MP_ * NP * 2, device)
+            try:
+                y = prefill_launch(x, packed, None, PrefillConfig(**c))
+                err = rel_err(y, ref)
+                ok = bool(torch.isfinite(y).all()) and err < tol[dtype]
+                name = f"prefill/{c}"
+            except Exception as exc:
+                err, ok, name = float("nan"), False, f"prefill/{c} EXC {type(exc).__name__}: {str(exc)[:200]}"
+            rows.append(dict(kernel=name, N=NP, K=NP, k=16, J=4, M=MP_, group=32, dtype=str(dtype)[6:], err=err,
+                             ok=ok))
+            log("  validate", rows[-1])
+            if not ok:
+                failures.append(rows[-1])
     # repeatability of the split-K reduction (a race would move the result)
     NR_, KR_ = (64, 512) if SMOKE else (4096, 14336)
     packed = random_packed(NR_, KR_, 16, 3, device, seed=3)
@@ -181,8 +195,7 @@ def phase_validate(device, results):
     ys = [decode_launch(x, packed, None, DecodeConfig(splits=8)).float() for _ in range(2 if SMOKE else 20)]
     spread = max((y - ys[0]).abs().max().item() for y in ys)
     rows.append(dict(kernel="decode split-K repeat x20", spread=spread, ok=spread < 1e-2))
-    for r in rows:
-        log("  validate", {k: (f"{v:.2e}" if isinstance(v, float) else v) for k, v in r.items()})
+    log("  validate", rows[-1])
     results["validate"] = rows
     results["validate_failures"] = failures
     log(f"validate: {len(rows)} checks, {len(failures)} failures")
@@ -228,8 +241,8 @@ def phase_probe(device, results, args):
     for group in (32,):
         packed = random_packed(N, K, RANK, 4, device, seed=2, group=group)
         configs = [
-            dict(), dict(num_stages=3), dict(unpack=0), dict(block_m=128), dict(block_m=128, num_stages=3),
-            dict(block_n=64, block_m=256, num_warps=4), dict(group_n=1), dict(group_n=16),
+            dict(), dict(acc16=False), dict(planes=2), dict(planes=8, block_m=128), dict(unpack=0),
+            dict(block_m=128), dict(group_n=1), dict(num_stages=3, planes=2),
         ]
         for c in configs:
             cfg = pre.PrefillConfig(**c)
@@ -341,9 +354,11 @@ def main():
     if "validate" in phases:
         ok = phase_validate(device, results)
         log(f"[{time.time() - t0:.0f}s] validate done")
+        (out / "results.json").write_text(json.dumps(results, indent=1, default=str))
     if "probe" in phases:
         phase_probe(device, results, args)
         log(f"[{time.time() - t0:.0f}s] probe done")
+        (out / "results.json").write_text(json.dumps(results, indent=1, default=str))
     rows = []
     if "table" in phases:
         rows = phase_table(device, results, args, bw)

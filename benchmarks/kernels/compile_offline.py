@@ -74,6 +74,8 @@ def loop_profile(cubin: bytes):
 def stats(k):
     ttgir, ptx = k.asm["ttgir"], k.asm["ptx"]
     s = {"res": resource_usage(k.asm["cubin"]), "smem": k.metadata.shared}
+    if k.metadata.shared > 232448:
+        s["SMEM_TOO_LARGE"] = True
     s.update({"ttgir:" + key.strip(): ttgir.count(key) for key in KEYS_TTGIR})
     s.update({"ptx:" + key: ptx.count(key) for key in KEYS_PTX})
     return s
@@ -109,16 +111,16 @@ def compile_decode(dtype="fp16", G=64, BN=128, KR=16, MP=1, UNPACK=2, SPLIT=True
     return triton.compile(src, target=TARGET, options={"num_warps": warps, "num_stages": stages})
 
 
-def compile_prefill(dtype="fp16", J=4, G=64, BN=128, BM=128, KR=16, warps=8, stages=2, UNPACK=1):
+def compile_prefill(dtype="fp16", J=4, G=64, BN=128, BM=128, KR=16, warps=8, stages=2, UNPACK=1, PPI=4, ACC16=True):
     sig = {"x_ptr": f"*{dtype}", "s_ptr": "*u8", "u_ptr": "*fp16", "v_ptr": "*fp16", "b_ptr": f"*{dtype}",
            "y_ptr": f"*{dtype}", "M": "i32", "N": "i32", "K": "i32", "RANK": "i32", "KB": "i32",
            "stride_xm": "i32", "stride_ym": "i32",
            "J": "constexpr", "G": "constexpr", "BN": "constexpr", "BM": "constexpr", "KR": "constexpr",
            "GROUP_N": "constexpr", "HAS_BIAS": "constexpr", "DOT_F32": "constexpr",
            "EVEN_K": "constexpr", "EVEN_N": "constexpr", "EVEN_M": "constexpr", "EVEN_R": "constexpr",
-           "UNPACK": "constexpr"}
+           "UNPACK": "constexpr", "PPI": "constexpr", "ACC16": "constexpr"}
     const = {"J": J, "G": G, "BN": BN, "BM": BM, "KR": KR, "GROUP_N": 8, "HAS_BIAS": False, "DOT_F32": False,
-             "EVEN_K": True, "EVEN_N": True, "EVEN_M": True, "EVEN_R": True, "UNPACK": UNPACK}
+             "EVEN_K": True, "EVEN_N": True, "EVEN_M": True, "EVEN_R": True, "UNPACK": UNPACK, "PPI": PPI, "ACC16": ACC16}
     src = ASTSource(pre._prefill_kernel, sig, const, _attrs(pre._prefill_kernel, sig, PREFILL_INTS))
     return triton.compile(src, target=TARGET, options={"num_warps": warps, "num_stages": stages})
 

@@ -90,9 +90,44 @@ _FLIP_ADD = tl.constexpr(
 _C_FLIP = tl.constexpr("=r,=r,=r,=r,r,r,r,r,r,r,r,r,r,r,r,r,r")
 
 
+# Same in 16-bit: $0-$1 out (w' as 2 x f16x2 / bf16x2), $2-$3 w, $4-$7 uv (fp32), $8 = 4 sign bytes,
+# $9 = 7 - jb.  prmt in sign-replicate mode (selector nibble 8|e) turns bit 7 of byte e into a full
+# byte, placed at the high byte of each 16-bit half; uv pairs are rounded with one cvt, their sign
+# flipped with one lop3 and added with one packed add.
+_FLIP_ADD_F16 = tl.constexpr(
+    "{ .reg .b32 s, m, h; shl.b32 s, $8, $9; "
+    "prmt.b32 m, s, s, 0x9888; cvt.rn.f16x2.f32 h, $5, $4; lop3.b32 h, m, 0x80008000, h, 0xA6; "
+    "add.rn.f16x2 $0, $2, h; "
+    "prmt.b32 m, s, s, 0xBAAA; cvt.rn.f16x2.f32 h, $7, $6; lop3.b32 h, m, 0x80008000, h, 0xA6; "
+    "add.rn.f16x2 $1, $3, h; }")
+_FLIP_ADD_BF16 = tl.constexpr(
+    "{ .reg .b32 s, m, h; shl.b32 s, $8, $9; "
+    "prmt.b32 m, s, s, 0x9888; cvt.rn.bf16x2.f32 h, $5, $4; lop3.b32 h, m, 0x80008000, h, 0xA6; "
+    "add.rn.bf16x2 $0, $2, h; "
+    "prmt.b32 m, s, s, 0xBAAA; cvt.rn.bf16x2.f32 h, $7, $6; lop3.b32 h, m, 0x80008000, h, 0xA6; "
+    "add.rn.bf16x2 $1, $3, h; }")
+_C_FLIP16 = tl.constexpr("=r,=r,r,r,r,r,r,r,r,r,r,r,r")
+
+
 @triton.jit
-def signed_add(w, uv, P, jb: tl.constexpr, UNPACK: tl.constexpr):
-    """w + (uv where bit jb of the byte P is 1, else -uv); float32 w and uv, uint8 P, one layout."""
+def signed_add16(w, uv, P, jb, DT: tl.constexpr, UNPACK: tl.constexpr):
+    """w + fp(±uv) with w in DT (float16/bfloat16), uv float32, sign from bit jb of the byte P."""
+    if UNPACK == 0:
+        flip = ((P.to(tl.int32) << (31 - jb)) & -2147483648) ^ -2147483648
+        out = w + (uv.to(tl.int32, bitcast=True) ^ flip).to(tl.float32, bitcast=True).to(DT)
+    elif DT == tl.float16:
+        out = tl.inline_asm_elementwise(_FLIP_ADD_F16, _C_FLIP16, [w, uv, P, 7 - jb], dtype=tl.float16,
+                                        is_pure=True, pack=4)
+    else:
+        out = tl.inline_asm_elementwise(_FLIP_ADD_BF16, _C_FLIP16, [w, uv, P, 7 - jb], dtype=tl.bfloat16,
+                                        is_pure=True, pack=4)
+    return out
+
+
+@triton.jit
+def signed_add(w, uv, P, jb, UNPACK: tl.constexpr):
+    """w + (uv where bit jb of the byte P is 1, else -uv); float32 w and uv, uint8 P, one layout;
+    jb may be a run-time scalar."""
     if UNPACK == 0:
         flip = ((P.to(tl.int32) << (31 - jb)) & -2147483648) ^ -2147483648
         out = w + (uv.to(tl.int32, bitcast=True) ^ flip).to(tl.float32, bitcast=True)

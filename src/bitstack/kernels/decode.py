@@ -242,6 +242,8 @@ def decode_launch(x: torch.Tensor, packed: PackedBitStack, bias: torch.Tensor | 
     else:
         ws, cnt = y, y  # unused
     NR = KR * MP
+    # the 8 Z tiles of a group are buffered per pipeline stage: keep them within ~160 KB
+    stages = max(1, min(cfg.num_stages, (160 * 1024) // (8 * G * NR * 2)))
     if cfg.zpre:
         z = torch.empty(J * n_groups * 8 * G * NR, dtype=x.dtype, device=x.device)
         _zprep_kernel[(J, n_groups)](x2, packed.v, z, M, K, k, n_groups, x2.stride(0),
@@ -256,7 +258,7 @@ def decode_launch(x: torch.Tensor, packed: PackedBitStack, bias: torch.Tensor | 
         G=G, BN=BN, KR=KR, MP=MP, UNPACK=unpack, SPLIT=splits > 1, HAS_BIAS=bias is not None,
         DOT_F32=interpret_mode() and x.dtype == torch.bfloat16,
         EVEN_K=K % (8 * G) == 0, EVEN_N=N % BN == 0, EVEN_R=k == KR, ZPRE=cfg.zpre,
-        num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+        num_warps=cfg.num_warps, num_stages=stages,
     )
     return y.reshape(*x.shape[:-1], N)
 

@@ -22,7 +22,7 @@ import triton
 import triton.language as tl
 
 from bitstack.kernels._checks import check_linear_args, interpret_mode
-from bitstack.kernels._signs import signed_add
+from bitstack.kernels._signs import signed_add, signed_add16
 from bitstack.kernels.layout import PackedBitStack
 
 
@@ -34,7 +34,7 @@ def _prefill_kernel(
     J: tl.constexpr, G: tl.constexpr, BN: tl.constexpr, BM: tl.constexpr, KR: tl.constexpr,
     GROUP_N: tl.constexpr, HAS_BIAS: tl.constexpr, DOT_F32: tl.constexpr,
     EVEN_K: tl.constexpr, EVEN_N: tl.constexpr, EVEN_M: tl.constexpr, EVEN_R: tl.constexpr,
-    UNPACK: tl.constexpr,
+    UNPACK: tl.constexpr, PPI: tl.constexpr, ACC16: tl.constexpr,
 ):
     DT: tl.constexpr = x_ptr.dtype.element_ty
     pid = tl.program_id(0)
@@ -57,14 +57,20 @@ def _prefill_kernel(
 
     acc = tl.zeros([BN, BM], dtype=tl.float32)
     n_groups = tl.cdiv(K, 8 * G)
-    for g in range(n_groups):
+    # loop over (group, run of PPI bit planes): PPI x tiles per iteration (software-pipelined by
+    # Triton); the sign bytes of a group are loaded once per run
+    RUNS: tl.constexpr = 8 // PPI
+    for it in range(n_groups * RUNS):
+        g = it // RUNS
+        jb0 = (it % RUNS) * PPI
         base = g * (8 * G)
         if EVEN_K:
             gs = G
         else:
             gs = tl.minimum(G, (K - base + 7) // 8)  # bytes in this group = column stride of a plane
         cmask_b = offs_c < gs
-        for jb in tl.static_range(8):
+        for p in tl.static_range(PPI):
+            jb = jb0 + p
             cols = base + jb * gs + offs_c
             cmask = cmask_b & (cols < K)
             if EVEN_K and EVEN_M:
@@ -72,9 +78,12 @@ def _prefill_kernel(
             else:
                 xt = tl.load(x_ptr + offs_m[None, :] * stride_xm + cols[:, None],
                              mask=cmask[:, None] & mmask[None, :], other=0.0)
-            w = tl.zeros([BN, G], dtype=tl.float32)
+            if ACC16:
+                w = tl.zeros([BN, G], dtype=DT)
+            else:
+                w = tl.zeros([BN, G], dtype=tl.float32)
             for i in tl.static_range(J):
-                # the sign bytes of block i for this group (re-read per plane: L1 hits)
+                # sign bytes of block i for this group (identical loads for the PPI planes: CSE'd)
                 if EVEN_K and EVEN_N:
                     P = tl.load(s_ptr + i * (N * KB) + offs_n[:, None] * KB + (g * G + offs_c)[None, :])
                 else:
@@ -91,7 +100,10 @@ def _prefill_kernel(
                     uv = tl.dot(ut.to(tl.float32), vt.to(tl.float32))
                 else:
                     uv = tl.dot(ut, vt)
-                w = signed_add(w, uv, P, jb, UNPACK)  # w += ±uv, sign from bit jb of P
+                if ACC16:  # w += fp16/bf16(±uv), sign from bit jb of P
+                    w = signed_add16(w, uv, P, jb, DT, UNPACK)
+                else:  # w += ±uv in float32
+                    w = signed_add(w, uv, P, jb, UNPACK)
             if DOT_F32:  # interpreter only: it cannot multiply bf16; same values, upcast
                 acc = tl.dot(w.to(DT).to(tl.float32), xt.to(tl.float32), acc)
             else:
@@ -113,6 +125,8 @@ class PrefillConfig:
     num_stages: int = 2
     group_n: int = 8
     unpack: int = 1  # 1: sign flip + add in PTX; 0: plain Triton
+    planes: int = 4  # bit planes per loop iteration (1, 2, 4 or 8): x tiles in flight vs sign reloads
+    acc16: bool = True  # sum the blocks of a rebuilt tile in x's dtype (packed ops) instead of float32
 
 
 LAST_COMPILED: dict = {}  # last launched compiled kernel (benchmarks read its registers/IR)
@@ -146,7 +160,8 @@ def prefill_launch(x: torch.Tensor, packed: PackedBitStack, bias: torch.Tensor |
         J=J, G=G, BN=BN, BM=BM, KR=KR, GROUP_N=cfg.group_n, HAS_BIAS=bias is not None,
         DOT_F32=interpret_mode() and x.dtype == torch.bfloat16,
         EVEN_K=K % (8 * G) == 0, EVEN_N=N % BN == 0, EVEN_M=M % BM == 0, EVEN_R=k == KR,
-        UNPACK=0 if interpret_mode() else cfg.unpack,
+        UNPACK=0 if interpret_mode() else cfg.unpack, PPI=cfg.planes,
+        ACC16=cfg.acc16 and not (interpret_mode() and x.dtype == torch.bfloat16),  # no bf16 math there
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )
     return y.reshape(*x.shape[:-1], N)

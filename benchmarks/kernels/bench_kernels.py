@@ -81,6 +81,47 @@ def bench(fn, rep=60):
     return triton.testing.do_bench(fn, warmup=10, rep=rep, return_mode="median") * 1e3  # µs
 
 
+def bench_graph(fn, rep=60):
+    """Time ``fn`` replayed from a CUDA graph (no Python launch overhead), L2 flushed before each replay."""
+    if SMOKE:
+        return bench(fn, rep)
+    fn()
+    torch.cuda.synchronize()
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        fn()
+    torch.cuda.current_stream().wait_stream(side)
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        fn()
+    torch.cuda.synchronize()
+    t = bench(graph.replay, rep)
+    del graph
+    return t
+
+
+def kernel_profile(fn, iters=20):
+    """Average device time per call of each kernel launched by ``fn`` (torch.profiler / CUPTI)."""
+    if SMOKE:
+        return {}
+    from torch.profiler import ProfilerActivity, profile
+
+    fn()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(iters):
+            fn()
+        torch.cuda.synchronize()
+    out = {}
+    for ev in prof.key_averages():
+        t = getattr(ev, "device_time_total", None) or getattr(ev, "cuda_time_total", 0)
+        if t:
+            out[ev.key[:60]] = round(t / iters, 2)
+    return out
+
+
 def copy_bandwidth(device):
     n = 1 << (16 if SMOKE else 30)
     a = torch.empty(n, dtype=torch.uint8, device=device).random_()
@@ -125,6 +166,7 @@ def ir_stats(compiled):
 def phase_validate(device, results):
     from bitstack.kernels.decode import DecodeConfig, decode_launch
     from bitstack.kernels.prefill import PrefillConfig, prefill_launch
+    from bitstack.kernels.rebuild import bitstack_linear_prefill_chunked
 
     tol = {torch.float16: 3e-3, torch.bfloat16: 1.5e-2}
     failures = []
@@ -146,14 +188,16 @@ def phase_validate(device, results):
             ref = bitstack_linear_reference(x, packed, bias)
             variants = [("decode", dict(unpack=u)) for u in (0, 1, 2)] + [("decode", dict(zpre=False)),
                                                                            ("decode", dict(block_n=64, num_warps=4))]
-            variants += [("prefill", dict(unpack=u)) for u in (0, 1)] + [("prefill", dict(block_m=128)),
-                                                                         ("prefill", dict(acc16=False))]
+            variants += [("prefill", dict(unpack=u)) for u in (0, 1)] + [("prefill", dict(acc16=False)),
+                                                                         ("chunked", dict(chunk_bytes=2 * K * 64))]
             for kind, c in variants:
                 poison(M * N * 2, device)
                 name = f"{kind}/{c}"
                 try:
                     if kind == "decode":
                         y = decode_launch(x, packed, bias, DecodeConfig(**c))
+                    elif kind == "chunked":
+                        y = bitstack_linear_prefill_chunked(x, packed, bias, **c)
                     else:
                         y = prefill_launch(x, packed, bias, PrefillConfig(**c))
                     if not SMOKE:
@@ -174,10 +218,13 @@ def phase_validate(device, results):
     for dtype in (torch.float16, torch.bfloat16):
         x = torch.randn(MP_, NP, device=device).to(dtype)
         ref = bitstack_linear_reference(x, packed)
-        for c in (dict(), dict(acc16=False)):
+        for c in (dict(), dict(acc16=False), dict(chunked=True)):
             poison(MP_ * NP * 2, device)
             try:
-                y = prefill_launch(x, packed, None, PrefillConfig(**c))
+                if c.get("chunked"):
+                    y = bitstack_linear_prefill_chunked(x, packed, None)
+                else:
+                    y = prefill_launch(x, packed, None, PrefillConfig(**c))
                 err = rel_err(y, ref)
                 ok = bool(torch.isfinite(y).all()) and err < tol[dtype]
                 name = f"prefill/{c}"
@@ -206,61 +253,61 @@ def phase_validate(device, results):
 def phase_probe(device, results, args):
     from bitstack.kernels import decode as dec
     from bitstack.kernels import prefill as pre
+    from bitstack.kernels import rebuild as rb
 
     rows = []
-    for (N, K) in ([(128, 512)] if SMOKE else [(14336, 4096), (4096, 14336)]):
-        packed = random_packed(N, K, RANK, 3, device, seed=1)
-        x = torch.randn(1, K, device=device).half()
-        ref = bitstack_linear_reference(x, packed)
+    shapes = [(128, 512)] if SMOKE else [(14336, 4096), (4096, 14336)]
+    for (N, K) in shapes:
         w = torch.randn(N, K, device=device).half()
-        t_lin = bench(lambda: F.linear(x, w))
-        configs = [
-            dict(), dict(unpack=1), dict(unpack=0), dict(zpre=False), dict(zpre=False, unpack=1),
-            dict(block_n=64, num_warps=4), dict(block_n=64, num_warps=4, zpre=False),
-            dict(splits=1), dict(splits=2), dict(splits=4), dict(splits=8),
-            dict(num_stages=2), dict(num_stages=4), dict(num_warps=4),
-        ]
-        for c in configs:
-            cfg = dec.DecodeConfig(**c)
-            try:
-                y = dec.decode_launch(x, packed, None, cfg)
-                err = rel_err(y, ref)
-                t = bench(lambda: dec.decode_launch(x, packed, None, cfg))
-                st = ir_stats(dec.LAST_COMPILED["decode"])
-            except Exception as exc:
-                log("  probe decode failed", N, K, c, repr(exc)[:300])
-                continue
-            rows.append(dict(kernel="decode", N=N, K=K, J=3, M=1, cfg=c, us=t, lin_us=t_lin, speedup=t_lin / t, err=err, **st))
-            log(f"  probe decode {N}x{K} J=3 {c}: {t:.1f} us (fp16 {t_lin:.1f}, x{t_lin / t:.2f}) err {err:.1e} "
-                f"regs {st.get('regs')} spills {st.get('spills')}")
+        x = torch.randn(1, K, device=device).half()
+        t_lin = bench_graph(lambda: F.linear(x, w))
+        for J in (3, 4):
+            packed = random_packed(N, K, RANK, J, device, seed=J)
+            ref = bitstack_linear_reference(x, packed)
+            prof = kernel_profile(lambda: dec.decode_launch(x, packed, None, None))
+            log(f"  profile decode {N}x{K} J={J} default: {prof}")
+            configs = [dict(), dict(unpack=1), dict(zpre=False), dict(splits=2), dict(splits=4), dict(splits=8),
+                       dict(block_n=64, num_warps=4), dict(num_stages=4)] if J == 3 else [dict()]
+            for c in configs:
+                cfg = dec.DecodeConfig(**c)
+                try:
+                    y = dec.decode_launch(x, packed, None, cfg)
+                    err = rel_err(y, ref)
+                    t = bench_graph(lambda: dec.decode_launch(x, packed, None, cfg))
+                    t_py = bench(lambda: dec.decode_launch(x, packed, None, cfg))
+                    st = ir_stats(dec.LAST_COMPILED["decode"])
+                except Exception as exc:
+                    log("  probe decode failed", N, K, c, repr(exc)[:300])
+                    continue
+                rows.append(dict(kernel="decode", N=N, K=K, J=J, M=1, cfg=c, us=t, us_eager=t_py, lin_us=t_lin,
+                                 speedup=t_lin / t, err=err, **st))
+                log(f"  probe decode {N}x{K} J={J} {c}: graph {t:.1f} us, eager {t_py:.1f} us (fp16 {t_lin:.1f}, "
+                    f"x{t_lin / t:.2f}) err {err:.1e} regs {st.get('regs')} spills {st.get('spills')}")
     # prefill
     N, K, M = (128, 512, 64) if SMOKE else (14336, 4096, 2048)
     x = torch.randn(M, K, device=device).half()
     w = torch.randn(N, K, device=device).half()
-    t_lin = bench(lambda: F.linear(x, w))
-    for group in (32,):
-        packed = random_packed(N, K, RANK, 4, device, seed=2, group=group)
-        configs = [
-            dict(), dict(acc16=False), dict(planes=2), dict(planes=8, block_m=128), dict(unpack=0),
-            dict(block_m=128), dict(group_n=1), dict(num_stages=3, planes=2),
-        ]
-        for c in configs:
-            cfg = pre.PrefillConfig(**c)
-            try:
-                t0 = time.time()
-                pre.prefill_launch(x, packed, None, cfg)
-                if not SMOKE:
-                    torch.cuda.synchronize()
-                tc = time.time() - t0
-                t = bench(lambda: pre.prefill_launch(x, packed, None, cfg))
-                st = ir_stats(pre.LAST_COMPILED["prefill"])
-            except Exception as exc:
-                log("  probe prefill failed", group, c, repr(exc)[:300])
-                continue
-            rows.append(dict(kernel="prefill", N=N, K=K, J=4, M=M, group=group, cfg=c, us=t, lin_us=t_lin,
-                             ratio=t / t_lin, compile_s=tc, **st))
-            log(f"  probe prefill G={group} {c}: {t:.1f} us (fp16 {t_lin:.1f}, {t / t_lin:.2f}x of fp16) "
-                f"compile {tc:.1f}s regs {st.get('regs')} spills {st.get('spills')}")
+    t_lin = bench_graph(lambda: F.linear(x, w))
+    packed = random_packed(N, K, RANK, 4, device, seed=2)
+    log(f"  profile prefill fused: {kernel_profile(lambda: pre.prefill_launch(x, packed, None), iters=3)}")
+    log(f"  profile prefill chunked: "
+        f"{kernel_profile(lambda: rb.bitstack_linear_prefill_chunked(x, packed, None), iters=3)}")
+    variants = [("fused", dict()), ("fused", dict(acc16=False)), ("fused", dict(planes=2)),
+                ("chunked", dict(chunk_bytes=16 << 20)), ("chunked", dict(chunk_bytes=32 << 20)),
+                ("chunked", dict(chunk_bytes=64 << 20))]
+    for kind, c in variants:
+        try:
+            if kind == "fused":
+                cfg = pre.PrefillConfig(**c)
+                fn = (lambda cfg=cfg: pre.prefill_launch(x, packed, None, cfg))
+            else:
+                fn = (lambda c=c: rb.bitstack_linear_prefill_chunked(x, packed, None, **c))
+            t = bench_graph(fn)
+        except Exception as exc:
+            log("  probe prefill failed", kind, c, repr(exc)[:300])
+            continue
+        rows.append(dict(kernel="prefill-" + kind, N=N, K=K, J=4, M=M, cfg=c, us=t, lin_us=t_lin, ratio=t / t_lin))
+        log(f"  probe prefill {kind} {c}: {t:.1f} us (fp16 {t_lin:.1f}, {t / t_lin:.2f}x of fp16)")
     results["probe"] = rows
 
 
@@ -268,6 +315,7 @@ def phase_probe(device, results, args):
 def phase_table(device, results, args, bw):
     from bitstack.kernels import decode as dec
     from bitstack.kernels import prefill as pre
+    from bitstack.kernels import rebuild as rb
 
     dcfg = dec.DecodeConfig(**json.loads(args.decode_config)) if args.decode_config else None
     pcfg = pre.PrefillConfig(**json.loads(args.prefill_config)) if args.prefill_config else None
@@ -277,7 +325,7 @@ def phase_table(device, results, args, bw):
         w = torch.randn(N, K, device=device).half()
         for M in [int(m) for m in args.tokens.split(",")]:
             x = torch.randn(M, K, device=device).half()
-            t_lin = bench(lambda: F.linear(x, w))
+            t_lin = bench_graph(lambda: F.linear(x, w))
             lin_bytes = 2 * (N * K + M * K + M * N)
             for J in blocks:
                 packed = random_packed(N, K, RANK, J, device, seed=J)
@@ -285,17 +333,15 @@ def phase_table(device, results, args, bw):
                 flops = 2 * M * N * K
                 row = dict(N=N, K=K, M=M, J=J, lin_us=t_lin, lin_GBs=lin_bytes / t_lin / 1e3, bytes=kbytes, flops=flops)
                 if not args.skip_naive:
-                    row["naive_us"] = bench(lambda: bitstack_linear_naive(x, packed))
+                    row["naive_us"] = bench_graph(lambda: bitstack_linear_naive(x, packed))
                 if M <= 16:
-                    t = bench(lambda: dec.decode_launch(x, packed, None, dcfg))
-                    row["decode_us"] = t
-                    row["decode_GBs"] = kbytes / t / 1e3
+                    row["decode_us"] = bench_graph(lambda: dec.decode_launch(x, packed, None, dcfg))
                 if M >= 16:
-                    t = bench(lambda: pre.prefill_launch(x, packed, None, pcfg))
-                    row["prefill_us"] = t
-                    row["prefill_TFLOPs"] = flops / t / 1e6
-                best = min(row.get("decode_us", math.inf), row.get("prefill_us", math.inf))
+                    row["prefill_us"] = bench_graph(lambda: pre.prefill_launch(x, packed, None, pcfg))
+                    row["chunked_us"] = bench_graph(lambda: rb.bitstack_linear_prefill_chunked(x, packed, None))
+                best = min(row.get(k, math.inf) for k in ("decode_us", "prefill_us", "chunked_us"))
                 row["best_us"] = best
+                row["best_GBs"] = kbytes / best / 1e3
                 row["speedup_vs_fp16"] = t_lin / best
                 if "naive_us" in row:
                     row["speedup_vs_naive"] = row["naive_us"] / best
@@ -306,15 +352,15 @@ def phase_table(device, results, args, bw):
 
 
 def markdown_table(rows, bw):
-    lines = ["| out×in | tokens | J | fp16 F.linear µs | naive µs | decode µs | prefill µs | best vs fp16 | "
-             "best vs naive | kernel GB/s (% of copy) |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| out×in | tokens | J | fp16 F.linear µs | naive µs | decode µs | prefill (fused) µs | "
+             "prefill (chunked) µs | best vs fp16 | best vs naive | best GB/s (% of copy) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         def f(key, fmt="{:.1f}"):
             return fmt.format(r[key]) if key in r else "–"
         gbs = r["bytes"] / r["best_us"] / 1e3
         lines.append(f"| {r['N']}×{r['K']} | {r['M']} | {r['J']} | {r['lin_us']:.1f} | {f('naive_us')} | "
-                     f"{f('decode_us')} | {f('prefill_us')} | {r['speedup_vs_fp16']:.2f}× | "
+                     f"{f('decode_us')} | {f('prefill_us')} | {f('chunked_us')} | {r['speedup_vs_fp16']:.2f}× | "
                      f"{f('speedup_vs_naive', '{:.1f}×')} | {gbs:.0f} ({100 * gbs / bw:.0f}%) |")
     return "\n".join(lines)
 
@@ -371,8 +417,8 @@ def main():
     if "probe" in phases:
         for r in results["probe"]:
             extra = f"x{r['speedup']:.2f} vs fp16" if r["kernel"] == "decode" else f"{r['ratio']:.2f}x fp16 time"
-            log(f"probe {r['kernel']} {r['N']}x{r['K']} {r['cfg']} G={r.get('group', 32)}: {r['us']:.1f} us, {extra}, "
-                f"regs {r.get('regs')} spills {r.get('spills')}")
+            log(f"probe {r['kernel']} {r['N']}x{r['K']} J={r['J']} {r['cfg']}: {r['us']:.1f} us "
+                f"(fp16 {r['lin_us']:.1f}), {extra}")
     if results.get("validate_failures"):
         log("VALIDATION FAILURES:")
         for r in results["validate_failures"]:

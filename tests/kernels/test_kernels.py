@@ -86,6 +86,29 @@ def test_prefill_matches_reference(N, K, k, J, M, dtype, group):
     _check(bitstack_linear_prefill, bitstack_linear_prefill_reference, N, K, k, J, M, dtype, group)
 
 
+@pytest.mark.parametrize("N,K,k,J,M,dtype,group", [PREFILL_CASES[1], PREFILL_CASES[3]])
+def test_prefill_chunked_matches_reference(N, K, k, J, M, dtype, group):
+    from bitstack.kernels.rebuild import bitstack_linear_prefill_chunked
+
+    def chunked(x, packed, bias):  # a chunk of 64 rows: several chunks per weight
+        return bitstack_linear_prefill_chunked(x, packed, bias, chunk_bytes=2 * K * 64)
+
+    _check(chunked, bitstack_linear_prefill_reference, N, K, k, J, M, dtype, group)
+
+
+def test_rebuild_rows_matches_dense_weight():
+    from bitstack.kernels.rebuild import rebuild_rows
+    from bitstack.kernels.reference import dense_weight
+
+    packed = _packed(70, 300, 4, 3, 16, seed=5)
+    out = torch.full((40, 300), float("nan"), dtype=torch.float16)
+    rebuild_rows(packed, 20, 33, out, block_n=16)
+    ref = dense_weight(packed)[20:53]
+    assert torch.isnan(out[33:]).all()  # rows past the request untouched
+    err = ((out[:33].float() - ref).norm() / ref.norm()).item()
+    assert err < 2e-3
+
+
 def test_decode_split_k_and_no_bias():
     from bitstack.kernels.decode import DecodeConfig, decode_launch
     from bitstack.kernels.reference import bitstack_linear_reference
@@ -95,7 +118,7 @@ def test_decode_split_k_and_no_bias():
     ref = bitstack_linear_reference(x, packed)
     for splits in (1, 2, 6):  # 6 groups of 128 columns; every split count gives the same result
         for _ in range(2):  # the workspace and counters must be clean again after each call
-            y = decode_launch(x, packed, None, DecodeConfig(block_n=16, splits=splits))
+            y = decode_launch(x, packed, None, DecodeConfig(block_n=16, splits=splits, zpre=splits != 2))
             err = ((y.float() - ref.float()).norm() / ref.float().norm()).item()
             assert err < REL_TOL[torch.float16], (splits, err)
 

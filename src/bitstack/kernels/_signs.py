@@ -7,7 +7,8 @@ bfloat16), in P's layout.  Three implementations, same results:
 * UNPACK=0: plain Triton (shift, and, select).  The only one the CPU interpreter can run.
 * UNPACK=1: PTX on 4 bytes per 32-bit register: one ``shl`` brings bit jb of every byte to bit 7
   of that byte, two ``prmt`` move bytes 0,1 (2,3) to the high byte of each 16-bit half, two ``lop3``
-  keep the sign bits (15, 31) and OR in the bits of 1.0.  5 ALU ops for 4 elements.
+  set the sign bits (15, 31) where the bit is 0 ((~t & 0x80008000) | 1.0, LUT 0xAE).  5 ALU ops for
+  4 elements.
 * UNPACK=2: PTX "mantissa" trick: ``prmt`` puts bytes 0,1 (2,3) in the low byte of each 16-bit
   half, one ``lop3`` keeps bit jb (a mantissa bit) and ORs in 1.0 → 1 or 1 + 2^(jb-m) (m mantissa
   bits), then one packed ``fma`` with exact constants maps that to -1 / +1.  4 ALU + 2 FMA-pipe ops
@@ -20,9 +21,9 @@ import triton
 import triton.language as tl
 
 _U1_FP16 = tl.constexpr("{ .reg .b32 s, t0, t1; shl.b32 s, $2, $3; prmt.b32 t0, s, s, 0x1000; prmt.b32 t1, s, s, 0x3020; "
-            "lop3.b32 $0, t0, 0x80008000, 0x3C003C00, 0xEA; lop3.b32 $1, t1, 0x80008000, 0x3C003C00, 0xEA; }")
+            "lop3.b32 $0, t0, 0x80008000, 0x3C003C00, 0xAE; lop3.b32 $1, t1, 0x80008000, 0x3C003C00, 0xAE; }")
 _U1_BF16 = tl.constexpr("{ .reg .b32 s, t0, t1; shl.b32 s, $2, $3; prmt.b32 t0, s, s, 0x1000; prmt.b32 t1, s, s, 0x3020; "
-            "lop3.b32 $0, t0, 0x80008000, 0x3F803F80, 0xEA; lop3.b32 $1, t1, 0x80008000, 0x3F803F80, 0xEA; }")
+            "lop3.b32 $0, t0, 0x80008000, 0x3F803F80, 0xAE; lop3.b32 $1, t1, 0x80008000, 0x3F803F80, 0xAE; }")
 _U2_FP16 = tl.constexpr("{ .reg .b32 z, t0, t1; mov.b32 z, 0; prmt.b32 t0, $2, z, 0x4140; prmt.b32 t1, $2, z, 0x4342; "
             "lop3.b32 t0, t0, $3, 0x3C003C00, 0xEA; lop3.b32 t1, t1, $3, 0x3C003C00, 0xEA; "
             "fma.rn.f16x2 $0, t0, $7, $11; fma.rn.f16x2 $1, t1, $7, $11; }")

@@ -1,0 +1,166 @@
+"""Rebuild rows of Ŵ densely on the GPU, and the chunked prefill built on it (imports Triton).
+
+``rebuild_rows(packed, row0, rows, out)`` writes Ŵ[row0 : row0 + rows] (x's dtype) into ``out``;
+``bitstack_linear_prefill_chunked`` walks the output features in chunks: rebuild a chunk of rows
+into one bounded scratch buffer, multiply it with cuBLAS (``torch.addmm`` into the matching columns
+of y), next chunk.  The whole Ŵ never exists at once; the scratch (``chunk_bytes``, 16 MiB by
+default, cached per device/dtype/shape) is the only extra memory, and it stays mostly in L2.
+
+This is *not* the on-chip fusion of :mod:`bitstack.kernels.prefill` — rebuilt rows do go through
+device memory (the scratch) — but it lets cuBLAS run at full speed, which the fused Triton kernel
+does not reach on prefill-sized inputs (see benchmarks/kernels/NOTES.md).
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from bitstack.kernels._checks import check_linear_args, interpret_mode
+from bitstack.kernels._signs import signed_add, signed_add16
+from bitstack.kernels.layout import PackedBitStack
+
+
+@triton.jit
+def _rebuild_kernel(
+    s_ptr, u_ptr, v_ptr, w_ptr, N, K, RANK, KB, row0, n_rows, stride_w,
+    J: tl.constexpr, G: tl.constexpr, BN: tl.constexpr, KR: tl.constexpr, UNPACK: tl.constexpr,
+    ACC16: tl.constexpr, DOT_F32: tl.constexpr, EVEN_K: tl.constexpr, EVEN_N: tl.constexpr,
+    EVEN_R: tl.constexpr,
+):
+    DT: tl.constexpr = w_ptr.dtype.element_ty
+    pid_n = tl.program_id(0)
+    g = tl.program_id(1)
+    local = pid_n * BN + tl.arange(0, BN)
+    lmask = local < n_rows
+    offs_n = row0 + local
+    offs_c = tl.arange(0, G)
+    offs_r = tl.arange(0, KR)
+    rmask = offs_r < RANK
+    base = g * (8 * G)
+    if EVEN_K:
+        gs = G
+    else:
+        gs = tl.minimum(G, (K - base + 7) // 8)
+    cmask_b = offs_c < gs
+    for jb in tl.static_range(8):
+        cols = base + jb * gs + offs_c
+        cmask = cmask_b & (cols < K)
+        if ACC16:
+            w = tl.zeros([BN, G], dtype=DT)
+        else:
+            w = tl.zeros([BN, G], dtype=tl.float32)
+        for i in tl.static_range(J):
+            if EVEN_K and EVEN_N:
+                P = tl.load(s_ptr + i * (N * KB) + offs_n[:, None] * KB + (g * G + offs_c)[None, :])
+            else:
+                P = tl.load(s_ptr + i * (N * KB) + offs_n[:, None] * KB + (g * G + offs_c)[None, :],
+                            mask=lmask[:, None] & cmask_b[None, :], other=0)
+            ut = tl.load(u_ptr + i * (N * RANK) + offs_n[:, None] * RANK + offs_r[None, :],
+                         mask=lmask[:, None] & rmask[None, :], other=0.0)
+            if EVEN_K and EVEN_R:
+                vt = tl.load(v_ptr + i * (RANK * K) + offs_r[:, None] * K + cols[None, :])
+            else:
+                vt = tl.load(v_ptr + i * (RANK * K) + offs_r[:, None] * K + cols[None, :],
+                             mask=rmask[:, None] & cmask[None, :], other=0.0)
+            if DOT_F32:
+                uv = tl.dot(ut.to(tl.float32), vt.to(tl.float32))
+            else:
+                uv = tl.dot(ut, vt)
+            if ACC16:
+                w = signed_add16(w, uv, P, jb, DT, UNPACK)
+            else:
+                w = signed_add(w, uv, P, jb, UNPACK)
+        w_ptrs = w_ptr + local[:, None] * stride_w + cols[None, :]
+        if EVEN_K and EVEN_N:
+            tl.store(w_ptrs, w.to(DT))
+        else:
+            tl.store(w_ptrs, w.to(DT), mask=lmask[:, None] & cmask[None, :])
+
+
+def _next_pow2(n: int) -> int:
+    return 1 << max(0, (n - 1).bit_length())
+
+
+def rebuild_rows(packed: PackedBitStack, row0: int, rows: int, out: torch.Tensor, *, block_n: int = 64,
+                 num_warps: int = 4, unpack: int = 1, acc16: bool = True) -> torch.Tensor:
+    """Write Ŵ[row0 : row0 + rows, :] into ``out[:rows]``.
+
+    Args:
+        packed: :class:`PackedBitStack` (CUDA, or CPU under TRITON_INTERPRET=1).
+        row0, rows: first output feature and number of rows (row0 + rows <= N).
+        out: float16 or bfloat16, shape (>= rows, K), row stride >= K, last dim contiguous.
+    Returns:
+        ``out`` (rows beyond ``rows`` untouched).  Blocks are summed in out's dtype when ``acc16``
+        (packed adds) else in float32, then rounded.
+    """
+    packed.validate()
+    N, K, k, G, J = packed.out_features, packed.in_features, packed.rank, packed.group, packed.num_blocks
+    if out.dtype not in (torch.float16, torch.bfloat16) or out.dim() != 2 or out.shape[1] != K \
+            or out.shape[0] < rows or out.stride(1) != 1:
+        raise ValueError(f"out must be float16/bfloat16 of shape (>= {rows}, {K}) with contiguous rows")
+    if not (0 <= row0 and rows >= 1 and row0 + rows <= N):
+        raise ValueError(f"rows [{row0}, {row0 + rows}) out of range for {N} output features")
+    KR = max(16, _next_pow2(k))
+    interp = interpret_mode()
+    grid = (triton.cdiv(rows, block_n), triton.cdiv(K, 8 * G))
+    _rebuild_kernel[grid](
+        packed.signs, packed.u, packed.v, out, N, K, k, (K + 7) // 8, row0, rows, out.stride(0),
+        J=J, G=G, BN=block_n, KR=KR, UNPACK=0 if interp else unpack,
+        ACC16=acc16 and not (interp and out.dtype == torch.bfloat16),
+        DOT_F32=interp and out.dtype == torch.bfloat16,
+        EVEN_K=K % (8 * G) == 0, EVEN_N=rows % block_n == 0, EVEN_R=k == KR,
+        num_warps=num_warps,
+    )
+    return out
+
+
+_SCRATCH: dict = {}
+
+
+def _scratch(device, dtype, rows, K):
+    key = (str(device), dtype, rows, K)
+    buf = _SCRATCH.get(key)
+    if buf is None:
+        buf = torch.empty(rows, K, dtype=dtype, device=device)
+        _SCRATCH[key] = buf
+    return buf
+
+
+def chunk_rows(N: int, K: int, chunk_bytes: int = 16 << 20, block_n: int = 64) -> int:
+    """Rows rebuilt per chunk: as many as fit in ``chunk_bytes`` of 16-bit scratch (a multiple of
+    ``block_n``, at least ``block_n``, at most N rounded up)."""
+    rows = max(block_n, (chunk_bytes // (2 * K)) // block_n * block_n)
+    return min(rows, triton.cdiv(N, block_n) * block_n)
+
+
+def bitstack_linear_prefill_chunked(x: torch.Tensor, packed: PackedBitStack, bias: torch.Tensor | None = None,
+                                    chunk_bytes: int = 16 << 20) -> torch.Tensor:
+    """y = x · Ŵᵀ (+ bias): rebuild Ŵ a chunk of rows at a time into a bounded scratch, cuBLAS multiply.
+
+    Args:
+        x: float16 or bfloat16, shape (..., K), CUDA (or CPU under TRITON_INTERPRET=1).
+        packed: :class:`PackedBitStack`, same device.
+        bias: optional float tensor (N,).
+        chunk_bytes: scratch size bound (the scratch holds ``chunk_rows(N, K, chunk_bytes)`` rows).
+    Returns:
+        (..., N) in x's dtype.
+    """
+    check_linear_args(x, packed, bias, need_gpu=True)
+    N, K = packed.out_features, packed.in_features
+    x2 = x.reshape(-1, K)
+    M = x2.shape[0]
+    rows = chunk_rows(N, K, chunk_bytes)
+    scratch = _scratch(x.device, x.dtype, rows, K)
+    y = torch.empty(M, N, dtype=x.dtype, device=x.device)
+    b = bias.to(x.dtype) if bias is not None else None
+    for n0 in range(0, N, rows):
+        nr = min(rows, N - n0)
+        rebuild_rows(packed, n0, nr, scratch)
+        w = scratch[:nr]
+        if b is None:
+            torch.mm(x2, w.t(), out=y[:, n0:n0 + nr])
+        else:
+            torch.addmm(b[n0:n0 + nr], x2, w.t(), out=y[:, n0:n0 + nr])
+    return y.reshape(*x.shape[:-1], N)

@@ -174,7 +174,7 @@ def phase_validate(device, results):
     cases = [
         # N, K, k, J, M, group
         (1000, 1030, 16, 3, 1, 32), (1000, 1030, 16, 3, 3, 32), (1000, 1030, 4, 2, 16, 64),
-        (4096, 4096, 16, 2, 1, 32), (4096, 14336, 16, 4, 1, 32), (333, 577, 1, 1, 2, 16),
+        (4096, 4096, 16, 2, 1, 32), (4096, 14336, 16, 4, 1, 64), (333, 577, 1, 1, 2, 16), (1024, 4096, 16, 3, 2, 64),
     ]
     if SMOKE:
         cases = [(40, 70, 4, 2, 1, 16), (24, 300, 16, 1, 3, 32)]
@@ -186,10 +186,11 @@ def phase_validate(device, results):
             x = torch.randn(M, K, device=device, generator=torch.Generator(device=device).manual_seed(seed)).to(dtype)
             bias = torch.randn(N, device=device)
             ref = bitstack_linear_reference(x, packed, bias)
-            variants = [("decode", dict(unpack=u)) for u in (0, 1, 2)] + [("decode", dict(zpre=False)),
-                                                                           ("decode", dict(block_n=64, num_warps=4))]
-            variants += [("prefill", dict(unpack=u)) for u in (0, 1)] + [("prefill", dict(acc16=False)),
-                                                                         ("chunked", dict(chunk_bytes=2 * K * 64))]
+            variants = [("decode", dict(unpack=u)) for u in (0, 1, 2)] + [
+                ("decode", dict(zpre=False)), ("decode", dict(flat=False)), ("decode", dict(block_n=64, num_warps=4))]
+            variants += [("prefill", dict(unpack=u)) for u in (0, 1)] + [("prefill", dict(acc16=False))]
+            variants += [("chunked", dict(chunk_bytes=2 * K * 64, rebuild=r))
+                         for r in (dict(), dict(acc16=False), dict(unpack=0), dict(block_n=128, num_warps=8))]
             for kind, c in variants:
                 poison(M * N * 2, device)
                 name = f"{kind}/{c}"
@@ -251,74 +252,88 @@ def phase_validate(device, results):
 
 # ---------------------------------------------------------------------------------------------
 def phase_probe(device, results, args):
+    """Sweep launch parameters; return the chosen (group, DecodeConfig kwargs, chunked kwargs)."""
     from bitstack.kernels import decode as dec
     from bitstack.kernels import prefill as pre
     from bitstack.kernels import rebuild as rb
 
     rows = []
     shapes = [(128, 512)] if SMOKE else [(14336, 4096), (4096, 14336)]
+    dec_configs = [dict(), dict(flat=False), dict(unpack=1), dict(splits=2), dict(splits=4), dict(splits=8),
+                   dict(block_n=64, num_warps=4), dict(num_stages=4), dict(zprep_warps=4)]
+    score = {}
     for (N, K) in shapes:
         w = torch.randn(N, K, device=device).half()
         x = torch.randn(1, K, device=device).half()
         t_lin = bench_graph(lambda: F.linear(x, w))
-        for J in (3, 4):
-            packed = random_packed(N, K, RANK, J, device, seed=J)
+        log(f"  profile F.linear {N}x{K}: {kernel_profile(lambda: F.linear(x, w))}")
+        for group in (32, 64):
+            packed = random_packed(N, K, RANK, 3, device, seed=3, group=group)
             ref = bitstack_linear_reference(x, packed)
-            prof = kernel_profile(lambda: dec.decode_launch(x, packed, None, None))
-            log(f"  profile decode {N}x{K} J={J} default: {prof}")
-            configs = [dict(), dict(unpack=1), dict(zpre=False), dict(splits=2), dict(splits=4), dict(splits=8),
-                       dict(block_n=64, num_warps=4), dict(num_stages=4)] if J == 3 else [dict()]
-            for c in configs:
+            log(f"  profile decode {N}x{K} J=3 G={group}: "
+                f"{kernel_profile(lambda: dec.decode_launch(x, packed, None, None))}")
+            for c in dec_configs:
                 cfg = dec.DecodeConfig(**c)
                 try:
                     y = dec.decode_launch(x, packed, None, cfg)
                     err = rel_err(y, ref)
                     t = bench_graph(lambda: dec.decode_launch(x, packed, None, cfg))
-                    t_py = bench(lambda: dec.decode_launch(x, packed, None, cfg))
-                    st = ir_stats(dec.LAST_COMPILED["decode"])
                 except Exception as exc:
-                    log("  probe decode failed", N, K, c, repr(exc)[:300])
+                    log("  probe decode failed", N, K, group, c, repr(exc)[:300])
                     continue
-                rows.append(dict(kernel="decode", N=N, K=K, J=J, M=1, cfg=c, us=t, us_eager=t_py, lin_us=t_lin,
-                                 speedup=t_lin / t, err=err, **st))
-                log(f"  probe decode {N}x{K} J={J} {c}: graph {t:.1f} us, eager {t_py:.1f} us (fp16 {t_lin:.1f}, "
-                    f"x{t_lin / t:.2f}) err {err:.1e} regs {st.get('regs')} spills {st.get('spills')}")
-    # prefill
+                key = (group, json.dumps(c, sort_keys=True))
+                score[key] = score.get(key, 0.0) + t / t_lin
+                rows.append(dict(kernel="decode", N=N, K=K, J=3, M=1, group=group, cfg=c, us=t, lin_us=t_lin,
+                                 speedup=t_lin / t, err=err))
+                log(f"  probe decode {N}x{K} J=3 G={group} {c}: {t:.1f} us (fp16 {t_lin:.1f}, x{t_lin / t:.2f}) "
+                    f"err {err:.1e}")
+    best_group, best_dec = min(score, key=score.get)
+    best_dec = json.loads(best_dec)
+    log(f"  chosen decode: G={best_group} {best_dec}")
+    # prefill (2048 tokens, J=4) on the chosen layout
     N, K, M = (128, 512, 64) if SMOKE else (14336, 4096, 2048)
     x = torch.randn(M, K, device=device).half()
     w = torch.randn(N, K, device=device).half()
     t_lin = bench_graph(lambda: F.linear(x, w))
-    packed = random_packed(N, K, RANK, 4, device, seed=2)
-    log(f"  profile prefill fused: {kernel_profile(lambda: pre.prefill_launch(x, packed, None), iters=3)}")
-    log(f"  profile prefill chunked: "
-        f"{kernel_profile(lambda: rb.bitstack_linear_prefill_chunked(x, packed, None), iters=3)}")
-    variants = [("fused", dict()), ("fused", dict(acc16=False)), ("fused", dict(planes=2)),
-                ("chunked", dict(chunk_bytes=16 << 20)), ("chunked", dict(chunk_bytes=32 << 20)),
-                ("chunked", dict(chunk_bytes=64 << 20))]
-    for kind, c in variants:
+    packed = random_packed(N, K, RANK, 4, device, seed=2, group=best_group)
+    ref = bitstack_linear_reference(x, packed)
+    variants = [dict(rebuild=r, chunk_bytes=cb) for cb in (64 << 20,)
+                for r in (dict(), dict(acc16=False), dict(block_n=128, num_warps=8), dict(block_n=32, num_warps=4),
+                          dict(block_n=64, num_warps=8))]
+    variants += [dict(rebuild=dict(), chunk_bytes=cb) for cb in (16 << 20, 32 << 20)]
+    best_chunk, best_t = None, math.inf
+    for c in variants:
         try:
-            if kind == "fused":
-                cfg = pre.PrefillConfig(**c)
-                fn = (lambda cfg=cfg: pre.prefill_launch(x, packed, None, cfg))
-            else:
-                fn = (lambda c=c: rb.bitstack_linear_prefill_chunked(x, packed, None, **c))
-            t = bench_graph(fn)
+            y = rb.bitstack_linear_prefill_chunked(x, packed, None, **c)
+            err = rel_err(y, ref)
+            t = bench_graph(lambda: rb.bitstack_linear_prefill_chunked(x, packed, None, **c))
+            prof = kernel_profile(lambda: rb.bitstack_linear_prefill_chunked(x, packed, None, **c), iters=3)
         except Exception as exc:
-            log("  probe prefill failed", kind, c, repr(exc)[:300])
+            log("  probe chunked failed", c, repr(exc)[:300])
             continue
-        rows.append(dict(kernel="prefill-" + kind, N=N, K=K, J=4, M=M, cfg=c, us=t, lin_us=t_lin, ratio=t / t_lin))
-        log(f"  probe prefill {kind} {c}: {t:.1f} us (fp16 {t_lin:.1f}, {t / t_lin:.2f}x of fp16)")
+        if t < best_t:
+            best_chunk, best_t = c, t
+        rows.append(dict(kernel="prefill-chunked", N=N, K=K, J=4, M=M, group=best_group, cfg=c, us=t, lin_us=t_lin,
+                         ratio=t / t_lin, err=err, profile=prof))
+        log(f"  probe chunked {c}: {t:.1f} us (fp16 {t_lin:.1f}, {t / t_lin:.2f}x of fp16) err {err:.1e} {prof}")
+    if best_group == 32:
+        t = bench_graph(lambda: pre.prefill_launch(x, packed, None))
+        rows.append(dict(kernel="prefill-fused", N=N, K=K, J=4, M=M, group=best_group, cfg={}, us=t, lin_us=t_lin,
+                         ratio=t / t_lin))
+        log(f"  probe fused: {t:.1f} us ({t / t_lin:.2f}x of fp16)")
+    log(f"  chosen chunked: {best_chunk}")
     results["probe"] = rows
+    results["chosen"] = dict(group=best_group, decode=best_dec, chunked=best_chunk)
+    return best_group, best_dec, best_chunk
 
 
 # ---------------------------------------------------------------------------------------------
-def phase_table(device, results, args, bw):
+def phase_table(device, results, args, bw, group, dec_kw, chunk_kw):
     from bitstack.kernels import decode as dec
     from bitstack.kernels import prefill as pre
     from bitstack.kernels import rebuild as rb
 
-    dcfg = dec.DecodeConfig(**json.loads(args.decode_config)) if args.decode_config else None
-    pcfg = pre.PrefillConfig(**json.loads(args.prefill_config)) if args.prefill_config else None
+    dcfg = dec.DecodeConfig(**dec_kw)
     rows = []
     blocks = [int(b) for b in args.blocks.split(",")]
     for (N, K) in [tuple(int(v) for v in s.split("x")) for s in args.shapes.split(",")]:
@@ -328,17 +343,22 @@ def phase_table(device, results, args, bw):
             t_lin = bench_graph(lambda: F.linear(x, w))
             lin_bytes = 2 * (N * K + M * K + M * N)
             for J in blocks:
-                packed = random_packed(N, K, RANK, J, device, seed=J)
+                packed = random_packed(N, K, RANK, J, device, seed=J, group=group)
                 kbytes = packed.nbytes + 2 * (M * K + M * N)
                 flops = 2 * M * N * K
                 row = dict(N=N, K=K, M=M, J=J, lin_us=t_lin, lin_GBs=lin_bytes / t_lin / 1e3, bytes=kbytes, flops=flops)
-                if not args.skip_naive:
-                    row["naive_us"] = bench_graph(lambda: bitstack_linear_naive(x, packed))
-                if M <= 16:
-                    row["decode_us"] = bench_graph(lambda: dec.decode_launch(x, packed, None, dcfg))
-                if M >= 16:
-                    row["prefill_us"] = bench_graph(lambda: pre.prefill_launch(x, packed, None, pcfg))
-                    row["chunked_us"] = bench_graph(lambda: rb.bitstack_linear_prefill_chunked(x, packed, None))
+                try:
+                    if not args.skip_naive:
+                        row["naive_us"] = bench_graph(lambda: bitstack_linear_naive(x, packed))
+                    if M <= 16:
+                        row["decode_us"] = bench_graph(lambda: dec.decode_launch(x, packed, None, dcfg))
+                    if M >= 16:
+                        row["chunked_us"] = bench_graph(
+                            lambda: rb.bitstack_linear_prefill_chunked(x, packed, None, **chunk_kw))
+                        if group == 32 and not args.skip_fused:
+                            row["prefill_us"] = bench_graph(lambda: pre.prefill_launch(x, packed, None))
+                except Exception as exc:
+                    row["error"] = repr(exc)[:300]
                 best = min(row.get(k, math.inf) for k in ("decode_us", "prefill_us", "chunked_us"))
                 row["best_us"] = best
                 row["best_GBs"] = kbytes / best / 1e3
@@ -371,9 +391,11 @@ def main():
     ap.add_argument("--shapes", default=",".join(f"{n}x{k}" for n, k in SHAPES))
     ap.add_argument("--tokens", default="1,16,2048")
     ap.add_argument("--blocks", default="1,2,3,4,5,6,7,8")
-    ap.add_argument("--decode-config", default="", help="JSON kwargs of DecodeConfig for the table")
-    ap.add_argument("--prefill-config", default="", help="JSON kwargs of PrefillConfig for the table")
+    ap.add_argument("--decode-config", default="", help="JSON kwargs of DecodeConfig (table without probe)")
+    ap.add_argument("--chunk-config", default="", help="JSON kwargs of the chunked prefill (table without probe)")
+    ap.add_argument("--group", type=int, default=32, help="layout group G (table without probe)")
     ap.add_argument("--skip-naive", action="store_true")
+    ap.add_argument("--skip-fused", action="store_true")
     ap.add_argument("--out", default=os.environ.get("OUT", "bench_out"))
     ap.add_argument("--smoke", action="store_true", help="CPU interpreter dry run (TRITON_INTERPRET=1), tiny sizes")
     args = ap.parse_args()
@@ -407,7 +429,9 @@ def main():
         (out / "results.json").write_text(json.dumps(results, indent=1, default=str))
     rows = []
     if "table" in phases:
-        rows = phase_table(device, results, args, bw)
+        chosen = results.get("chosen") or dict(group=args.group, decode=json.loads(args.decode_config or "{}"),
+                                               chunked=json.loads(args.chunk_config or "{}"))
+        rows = phase_table(device, results, args, bw, chosen["group"], chosen["decode"], chosen["chunked"] or {})
         log(f"[{time.time() - t0:.0f}s] table done")
     (out / "results.json").write_text(json.dumps(results, indent=1, default=str))
     if rows:
@@ -417,8 +441,9 @@ def main():
     if "probe" in phases:
         for r in results["probe"]:
             extra = f"x{r['speedup']:.2f} vs fp16" if r["kernel"] == "decode" else f"{r['ratio']:.2f}x fp16 time"
-            log(f"probe {r['kernel']} {r['N']}x{r['K']} J={r['J']} {r['cfg']}: {r['us']:.1f} us "
+            log(f"probe {r['kernel']} {r['N']}x{r['K']} J={r['J']} G={r.get('group')} {r['cfg']}: {r['us']:.1f} us "
                 f"(fp16 {r['lin_us']:.1f}), {extra}")
+        log(f"chosen: {results['chosen']}")
     if results.get("validate_failures"):
         log("VALIDATION FAILURES:")
         for r in results["validate_failures"]:

@@ -97,16 +97,17 @@ DECODE_INTS = dict(M=1, N=14336, K=4096, RANK=16, KB=512, J=3, stride_xm=4096, s
 PREFILL_INTS = dict(M=2048, N=14336, K=4096, RANK=16, KB=512, stride_xm=4096, stride_ym=14336)
 
 
-def compile_decode(dtype="fp16", G=64, BN=128, KR=16, MP=1, UNPACK=2, SPLIT=True, warps=4, stages=3, EVEN=True, ZPRE=False):
+def compile_decode(dtype="fp16", G=64, BN=128, KR=16, MP=1, UNPACK=2, SPLIT=True, warps=4, stages=3, EVEN=True, ZPRE=False, FLAT=False):
     sig = {"x_ptr": f"*{dtype}", "s_ptr": "*u8", "u_ptr": "*fp16", "v_ptr": "*fp16", "b_ptr": f"*{dtype}",
            "y_ptr": f"*{dtype}", "ws_ptr": "*fp32", "cnt_ptr": "*i32", "z_ptr": f"*{dtype}",
            "M": "i32", "N": "i32", "K": "i32", "RANK": "i32", "KB": "i32", "J": "i32",
            "stride_xm": "i32", "stride_ym": "i32", "n_groups": "i32", "groups_per_split": "i32",
            "G": "constexpr", "BN": "constexpr", "KR": "constexpr", "MP": "constexpr", "UNPACK": "constexpr",
            "SPLIT": "constexpr", "HAS_BIAS": "constexpr", "DOT_F32": "constexpr",
-           "EVEN_K": "constexpr", "EVEN_N": "constexpr", "EVEN_R": "constexpr", "ZPRE": "constexpr"}
+           "EVEN_K": "constexpr", "EVEN_N": "constexpr", "EVEN_R": "constexpr", "ZPRE": "constexpr",
+           "FLAT": "constexpr"}
     const = {"G": G, "BN": BN, "KR": KR, "MP": MP, "UNPACK": UNPACK, "SPLIT": SPLIT, "HAS_BIAS": False,
-             "DOT_F32": False, "EVEN_K": EVEN, "EVEN_N": EVEN, "EVEN_R": EVEN, "ZPRE": ZPRE}
+             "DOT_F32": False, "EVEN_K": EVEN, "EVEN_N": EVEN, "EVEN_R": EVEN, "ZPRE": ZPRE, "FLAT": FLAT}
     src = ASTSource(dec._decode_kernel, sig, const, _attrs(dec._decode_kernel, sig, DECODE_INTS))
     return triton.compile(src, target=TARGET, options={"num_warps": warps, "num_stages": stages})
 

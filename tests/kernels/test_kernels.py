@@ -64,6 +64,8 @@ DECODE_CASES = [
     (33, 77, 1, 1, 16, torch.float16, 16),
     (70, 200, 4, 2, 16, torch.bfloat16, 32),
     (9, 600, 16, 1, 1, torch.float16, 64),
+    (40, 256, 16, 2, 1, torch.float16, 16),  # K % 8G == 0: the flat loop
+    (40, 256, 4, 3, 3, torch.bfloat16, 16),
 ]
 
 PREFILL_CASES = [
@@ -96,13 +98,14 @@ def test_prefill_chunked_matches_reference(N, K, k, J, M, dtype, group):
     _check(chunked, bitstack_linear_prefill_reference, N, K, k, J, M, dtype, group)
 
 
-def test_rebuild_rows_matches_dense_weight():
+@pytest.mark.parametrize("K,wide", [(300, False), (256, True), (256, False)])
+def test_rebuild_rows_matches_dense_weight(K, wide):
     from bitstack.kernels.rebuild import rebuild_rows
     from bitstack.kernels.reference import dense_weight
 
-    packed = _packed(70, 300, 4, 3, 16, seed=5)
-    out = torch.full((40, 300), float("nan"), dtype=torch.float16)
-    rebuild_rows(packed, 20, 33, out, block_n=16)
+    packed = _packed(70, K, 4, 3, 16, seed=5)
+    out = torch.full((40, K), float("nan"), dtype=torch.float16)
+    rebuild_rows(packed, 20, 33, out, block_n=16, wide=wide)
     ref = dense_weight(packed)[20:53]
     assert torch.isnan(out[33:]).all()  # rows past the request untouched
     err = ((out[:33].float() - ref).norm() / ref.norm()).item()

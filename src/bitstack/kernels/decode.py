@@ -38,6 +38,7 @@ def _decode_kernel(
     G: tl.constexpr, BN: tl.constexpr, KR: tl.constexpr, MP: tl.constexpr,
     UNPACK: tl.constexpr, SPLIT: tl.constexpr, HAS_BIAS: tl.constexpr, DOT_F32: tl.constexpr,
     EVEN_K: tl.constexpr, EVEN_N: tl.constexpr, EVEN_R: tl.constexpr, ZPRE: tl.constexpr,
+    FLAT: tl.constexpr,
 ):
     DT: tl.constexpr = x_ptr.dtype.element_ty
     NR: tl.constexpr = KR * MP
@@ -57,7 +58,34 @@ def _decode_kernel(
     g1 = tl.minimum(g0 + groups_per_split, n_groups)
 
     y_acc = tl.zeros([BN, MP], dtype=tl.float32)
-    for i in range(J):
+    if FLAT:
+        # one flat, software-pipelined loop over (block, group); each iteration's (BN, k*M) partial is
+        # contracted with u_i at once, so no pipeline drains between blocks.  Needs ZPRE and EVEN_K.
+        gpl = g1 - g0
+        for it in range(J * gpl):
+            i = it // gpl
+            g = g0 + it % gpl
+            if EVEN_N:
+                P = tl.load(s_ptr + i * (N * KB) + offs_n[:, None] * KB + (g * G + offs_c)[None, :])
+            else:
+                P = tl.load(s_ptr + i * (N * KB) + offs_n[:, None] * KB + (g * G + offs_c)[None, :],
+                            mask=nmask[:, None], other=0)
+            part = tl.zeros([BN, NR], dtype=tl.float32)
+            for jb in tl.static_range(8):
+                z = tl.load(z_ptr + ((i * n_groups + g) * 8 + jb) * (G * NR)
+                            + offs_c[:, None] * NR + tl.arange(0, NR)[None, :])
+                a = sign_plane(P, jb, DT, UNPACK)
+                if DOT_F32:
+                    part = tl.dot(a.to(tl.float32), z.to(tl.float32), part)
+                else:
+                    part = tl.dot(a, z, part)
+            ut = tl.load(u_ptr + i * (N * RANK) + offs_n[:, None] * RANK + offs_r[None, :],
+                         mask=nmask[:, None] & rmask[None, :], other=0.0).to(tl.float32)  # (BN, KR)
+            if MP == 1:
+                y_acc += tl.sum(part * ut, axis=1)[:, None]
+            else:
+                y_acc += tl.sum(tl.reshape(part, [BN, KR, MP]) * ut[:, :, None], axis=1)
+    for i in range(0 if FLAT else J):
         s_base = s_ptr + i * (N * KB)
         v_base = v_ptr + i * (RANK * K)
         acc = tl.zeros([BN, NR], dtype=tl.float32)
@@ -140,23 +168,23 @@ def _zprep_kernel(
     """Z[i, g, b, c, r*MP + m] = v_i[r, col] * x[m, col], col = 8G*g + b*gs + c (0 past the group)."""
     DT: tl.constexpr = x_ptr.dtype.element_ty
     NR: tl.constexpr = KR * MP
-    i = tl.program_id(0)
-    g = tl.program_id(1)
+    pid = tl.program_id(0)  # one (block, group, plane) per program
+    i = pid // (n_groups * 8)
+    g = (pid // 8) % n_groups
+    jb = pid % 8
     offs_c = tl.arange(0, G)
     offs_r = tl.arange(0, KR)
     offs_m = tl.arange(0, MP)
     base = g * (8 * G)
     gs = tl.minimum(G, (K - base + 7) // 8)
-    for jb in tl.static_range(8):
-        cols = base + jb * gs + offs_c
-        cmask = (offs_c < gs) & (cols < K)
-        vt = tl.load(v_ptr + i * (RANK * K) + offs_r[None, :] * K + cols[:, None],
-                     mask=cmask[:, None] & (offs_r < RANK)[None, :], other=0.0).to(tl.float32)  # (G, KR)
-        xt = tl.load(x_ptr + offs_m[None, :] * stride_xm + cols[:, None],
-                     mask=cmask[:, None] & (offs_m < M)[None, :], other=0.0).to(tl.float32)  # (G, MP)
-        z = tl.reshape((vt[:, :, None] * xt[:, None, :]).to(DT), [G, NR])
-        tl.store(z_ptr + ((i * n_groups + g) * 8 + jb) * (G * NR) + offs_c[:, None] * NR
-                 + tl.arange(0, NR)[None, :], z)
+    cols = base + jb * gs + offs_c
+    cmask = (offs_c < gs) & (cols < K)
+    vt = tl.load(v_ptr + i * (RANK * K) + offs_r[None, :] * K + cols[:, None],
+                 mask=cmask[:, None] & (offs_r < RANK)[None, :], other=0.0).to(tl.float32)  # (G, KR)
+    xt = tl.load(x_ptr + offs_m[None, :] * stride_xm + cols[:, None],
+                 mask=cmask[:, None] & (offs_m < M)[None, :], other=0.0).to(tl.float32)  # (G, MP)
+    z = tl.reshape((vt[:, :, None] * xt[:, None, :]).to(DT), [G, NR])
+    tl.store(z_ptr + pid * (G * NR) + offs_c[:, None] * NR + tl.arange(0, NR)[None, :], z)
 
 
 @dataclass(frozen=True)
@@ -167,7 +195,8 @@ class DecodeConfig:
     unpack: sign-unpack implementation (0 plain Triton, 1 and 2 PTX; see ``_signs``); None: 2 on
     GPU, 0 in the interpreter.
     zpre: compute Z = v ⊙ x for all blocks first (one small extra launch, ``_zprep_kernel``) instead
-    of in every program.
+    of in every program.  flat (with zpre): one pipelined loop over (block, group) instead of a
+    loop per block.
     """
 
     block_n: int = 128
@@ -176,6 +205,8 @@ class DecodeConfig:
     num_stages: int = 3
     unpack: int | None = None
     zpre: bool = True
+    flat: bool = True
+    zprep_warps: int = 1
 
 
 _SCRATCH: dict = {}
@@ -246,8 +277,8 @@ def decode_launch(x: torch.Tensor, packed: PackedBitStack, bias: torch.Tensor | 
     stages = max(1, min(cfg.num_stages, (160 * 1024) // (8 * G * NR * 2)))
     if cfg.zpre:
         z = torch.empty(J * n_groups * 8 * G * NR, dtype=x.dtype, device=x.device)
-        _zprep_kernel[(J, n_groups)](x2, packed.v, z, M, K, k, n_groups, x2.stride(0),
-                                     G=G, KR=KR, MP=MP, num_warps=4)
+        _zprep_kernel[(J * n_groups * 8,)](x2, packed.v, z, M, K, k, n_groups, x2.stride(0),
+                                           G=G, KR=KR, MP=MP, num_warps=cfg.zprep_warps)
     else:
         z = y  # unused
     LAST_COMPILED["decode"] = _decode_kernel[(n_tiles, splits)](
@@ -258,6 +289,7 @@ def decode_launch(x: torch.Tensor, packed: PackedBitStack, bias: torch.Tensor | 
         G=G, BN=BN, KR=KR, MP=MP, UNPACK=unpack, SPLIT=splits > 1, HAS_BIAS=bias is not None,
         DOT_F32=interpret_mode() and x.dtype == torch.bfloat16,
         EVEN_K=K % (8 * G) == 0, EVEN_N=N % BN == 0, EVEN_R=k == KR, ZPRE=cfg.zpre,
+        FLAT=cfg.flat and cfg.zpre and K % (8 * G) == 0,
         num_warps=cfg.num_warps, num_stages=stages,
     )
     return y.reshape(*x.shape[:-1], N)

@@ -3,8 +3,8 @@
 ``rebuild_rows(packed, row0, rows, out)`` writes Ŵ[row0 : row0 + rows] (x's dtype) into ``out``;
 ``bitstack_linear_prefill_chunked`` walks the output features in chunks: rebuild a chunk of rows
 into one bounded scratch buffer, multiply it with cuBLAS (``torch.addmm`` into the matching columns
-of y), next chunk.  The whole Ŵ never exists at once; the scratch (``chunk_bytes``, 16 MiB by
-default, cached per device/dtype/shape) is the only extra memory, and it stays mostly in L2.
+of y), next chunk.  The whole Ŵ never exists at once; the scratch (``chunk_bytes``, 64 MiB by
+default, cached per device/dtype/shape) is the only extra memory.
 
 This is *not* the on-chip fusion of :mod:`bitstack.kernels.prefill` — rebuilt rows do go through
 device memory (the scratch) — but it lets cuBLAS run at full speed, which the fused Triton kernel
@@ -27,7 +27,7 @@ def _rebuild_kernel(
     s_ptr, u_ptr, v_ptr, w_ptr, N, K, RANK, KB, row0, n_rows, stride_w,
     J: tl.constexpr, G: tl.constexpr, BN: tl.constexpr, KR: tl.constexpr, UNPACK: tl.constexpr,
     ACC16: tl.constexpr, DOT_F32: tl.constexpr, EVEN_K: tl.constexpr, EVEN_N: tl.constexpr,
-    EVEN_R: tl.constexpr,
+    EVEN_R: tl.constexpr, WIDE: tl.constexpr,
 ):
     DT: tl.constexpr = w_ptr.dtype.element_ty
     pid_n = tl.program_id(0)
@@ -39,44 +39,84 @@ def _rebuild_kernel(
     offs_r = tl.arange(0, KR)
     rmask = offs_r < RANK
     base = g * (8 * G)
-    if EVEN_K:
-        gs = G
-    else:
-        gs = tl.minimum(G, (K - base + 7) // 8)
-    cmask_b = offs_c < gs
-    for jb in tl.static_range(8):
-        cols = base + jb * gs + offs_c
-        cmask = cmask_b & (cols < K)
+    if WIDE:
+        # full group (K % 8G == 0): its 8G columns are contiguous, column c = plane c // G, byte c % G.
+        # One MMA per block gives u_i @ v_i for the whole group; the sign byte of every column is
+        # loaded directly (8 columns share a byte) and shifted by its plane index.
+        offs_w = tl.arange(0, 8 * G)
+        cols = base + offs_w
+        shift = (offs_w // G)[None, :]
         if ACC16:
-            w = tl.zeros([BN, G], dtype=DT)
+            w = tl.zeros([BN, 8 * G], dtype=DT)
         else:
-            w = tl.zeros([BN, G], dtype=tl.float32)
+            w = tl.zeros([BN, 8 * G], dtype=tl.float32)
         for i in tl.static_range(J):
-            if EVEN_K and EVEN_N:
-                P = tl.load(s_ptr + i * (N * KB) + offs_n[:, None] * KB + (g * G + offs_c)[None, :])
+            p_ptrs = s_ptr + i * (N * KB) + offs_n[:, None] * KB + (g * G + offs_w % G)[None, :]
+            if EVEN_N:
+                Pw = tl.load(p_ptrs)
             else:
-                P = tl.load(s_ptr + i * (N * KB) + offs_n[:, None] * KB + (g * G + offs_c)[None, :],
-                            mask=lmask[:, None] & cmask_b[None, :], other=0)
+                Pw = tl.load(p_ptrs, mask=lmask[:, None], other=0)
             ut = tl.load(u_ptr + i * (N * RANK) + offs_n[:, None] * RANK + offs_r[None, :],
                          mask=lmask[:, None] & rmask[None, :], other=0.0)
-            if EVEN_K and EVEN_R:
+            if EVEN_R:
                 vt = tl.load(v_ptr + i * (RANK * K) + offs_r[:, None] * K + cols[None, :])
             else:
                 vt = tl.load(v_ptr + i * (RANK * K) + offs_r[:, None] * K + cols[None, :],
-                             mask=rmask[:, None] & cmask[None, :], other=0.0)
+                             mask=rmask[:, None], other=0.0)
             if DOT_F32:
                 uv = tl.dot(ut.to(tl.float32), vt.to(tl.float32))
             else:
                 uv = tl.dot(ut, vt)
+            flip = (((Pw.to(tl.int32) >> shift) & 1) << 31) ^ -2147483648
+            sv = (uv.to(tl.int32, bitcast=True) ^ flip).to(tl.float32, bitcast=True)
             if ACC16:
-                w = signed_add16(w, uv, P, jb, DT, UNPACK)
+                w += sv.to(DT)
             else:
-                w = signed_add(w, uv, P, jb, UNPACK)
+                w += sv
         w_ptrs = w_ptr + local[:, None] * stride_w + cols[None, :]
-        if EVEN_K and EVEN_N:
+        if EVEN_N:
             tl.store(w_ptrs, w.to(DT))
         else:
-            tl.store(w_ptrs, w.to(DT), mask=lmask[:, None] & cmask[None, :])
+            tl.store(w_ptrs, w.to(DT), mask=lmask[:, None])
+    else:
+        if EVEN_K:
+            gs = G
+        else:
+            gs = tl.minimum(G, (K - base + 7) // 8)
+        cmask_b = offs_c < gs
+        for jb in tl.static_range(8):
+            cols = base + jb * gs + offs_c
+            cmask = cmask_b & (cols < K)
+            if ACC16:
+                w = tl.zeros([BN, G], dtype=DT)
+            else:
+                w = tl.zeros([BN, G], dtype=tl.float32)
+            for i in tl.static_range(J):
+                if EVEN_K and EVEN_N:
+                    P = tl.load(s_ptr + i * (N * KB) + offs_n[:, None] * KB + (g * G + offs_c)[None, :])
+                else:
+                    P = tl.load(s_ptr + i * (N * KB) + offs_n[:, None] * KB + (g * G + offs_c)[None, :],
+                                mask=lmask[:, None] & cmask_b[None, :], other=0)
+                ut = tl.load(u_ptr + i * (N * RANK) + offs_n[:, None] * RANK + offs_r[None, :],
+                             mask=lmask[:, None] & rmask[None, :], other=0.0)
+                if EVEN_K and EVEN_R:
+                    vt = tl.load(v_ptr + i * (RANK * K) + offs_r[:, None] * K + cols[None, :])
+                else:
+                    vt = tl.load(v_ptr + i * (RANK * K) + offs_r[:, None] * K + cols[None, :],
+                                 mask=rmask[:, None] & cmask[None, :], other=0.0)
+                if DOT_F32:
+                    uv = tl.dot(ut.to(tl.float32), vt.to(tl.float32))
+                else:
+                    uv = tl.dot(ut, vt)
+                if ACC16:
+                    w = signed_add16(w, uv, P, jb, DT, UNPACK)
+                else:
+                    w = signed_add(w, uv, P, jb, UNPACK)
+            w_ptrs = w_ptr + local[:, None] * stride_w + cols[None, :]
+            if EVEN_K and EVEN_N:
+                tl.store(w_ptrs, w.to(DT))
+            else:
+                tl.store(w_ptrs, w.to(DT), mask=lmask[:, None] & cmask[None, :])
 
 
 def _next_pow2(n: int) -> int:
@@ -84,7 +124,7 @@ def _next_pow2(n: int) -> int:
 
 
 def rebuild_rows(packed: PackedBitStack, row0: int, rows: int, out: torch.Tensor, *, block_n: int = 64,
-                 num_warps: int = 4, unpack: int = 1, acc16: bool = True) -> torch.Tensor:
+                 num_warps: int = 4, unpack: int = 1, acc16: bool = True, wide: bool = True) -> torch.Tensor:
     """Write Ŵ[row0 : row0 + rows, :] into ``out[:rows]``.
 
     Args:
@@ -93,7 +133,8 @@ def rebuild_rows(packed: PackedBitStack, row0: int, rows: int, out: torch.Tensor
         out: float16 or bfloat16, shape (>= rows, K), row stride >= K, last dim contiguous.
     Returns:
         ``out`` (rows beyond ``rows`` untouched).  Blocks are summed in out's dtype when ``acc16``
-        (packed adds) else in float32, then rounded.
+        (packed adds) else in float32, then rounded.  ``wide``: when K is a multiple of 8G, one MMA
+        per block covers a whole group of 8G columns (otherwise one per bit plane).
     """
     packed.validate()
     N, K, k, G, J = packed.out_features, packed.in_features, packed.rank, packed.group, packed.num_blocks
@@ -111,12 +152,14 @@ def rebuild_rows(packed: PackedBitStack, row0: int, rows: int, out: torch.Tensor
         ACC16=acc16 and not (interp and out.dtype == torch.bfloat16),
         DOT_F32=interp and out.dtype == torch.bfloat16,
         EVEN_K=K % (8 * G) == 0, EVEN_N=rows % block_n == 0, EVEN_R=k == KR,
+        WIDE=wide and K % (8 * G) == 0,
         num_warps=num_warps,
     )
     return out
 
 
 _SCRATCH: dict = {}
+DEFAULT_CHUNK_BYTES = 64 << 20
 
 
 def _scratch(device, dtype, rows, K):
@@ -128,7 +171,7 @@ def _scratch(device, dtype, rows, K):
     return buf
 
 
-def chunk_rows(N: int, K: int, chunk_bytes: int = 16 << 20, block_n: int = 64) -> int:
+def chunk_rows(N: int, K: int, chunk_bytes: int = DEFAULT_CHUNK_BYTES, block_n: int = 64) -> int:
     """Rows rebuilt per chunk: as many as fit in ``chunk_bytes`` of 16-bit scratch (a multiple of
     ``block_n``, at least ``block_n``, at most N rounded up)."""
     rows = max(block_n, (chunk_bytes // (2 * K)) // block_n * block_n)
@@ -136,7 +179,8 @@ def chunk_rows(N: int, K: int, chunk_bytes: int = 16 << 20, block_n: int = 64) -
 
 
 def bitstack_linear_prefill_chunked(x: torch.Tensor, packed: PackedBitStack, bias: torch.Tensor | None = None,
-                                    chunk_bytes: int = 16 << 20) -> torch.Tensor:
+                                    chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+                                    rebuild: dict | None = None) -> torch.Tensor:
     """y = x · Ŵᵀ (+ bias): rebuild Ŵ a chunk of rows at a time into a bounded scratch, cuBLAS multiply.
 
     Args:
@@ -144,6 +188,7 @@ def bitstack_linear_prefill_chunked(x: torch.Tensor, packed: PackedBitStack, bia
         packed: :class:`PackedBitStack`, same device.
         bias: optional float tensor (N,).
         chunk_bytes: scratch size bound (the scratch holds ``chunk_rows(N, K, chunk_bytes)`` rows).
+        rebuild: keyword arguments of :func:`rebuild_rows` (launch parameters; benchmarks use it).
     Returns:
         (..., N) in x's dtype.
     """
@@ -151,13 +196,14 @@ def bitstack_linear_prefill_chunked(x: torch.Tensor, packed: PackedBitStack, bia
     N, K = packed.out_features, packed.in_features
     x2 = x.reshape(-1, K)
     M = x2.shape[0]
-    rows = chunk_rows(N, K, chunk_bytes)
+    rb = dict(rebuild or {})
+    rows = chunk_rows(N, K, chunk_bytes, rb.get("block_n", 64))
     scratch = _scratch(x.device, x.dtype, rows, K)
     y = torch.empty(M, N, dtype=x.dtype, device=x.device)
     b = bias.to(x.dtype) if bias is not None else None
     for n0 in range(0, N, rows):
         nr = min(rows, N - n0)
-        rebuild_rows(packed, n0, nr, scratch)
+        rebuild_rows(packed, n0, nr, scratch, **rb)
         w = scratch[:nr]
         if b is None:
             torch.mm(x2, w.t(), out=y[:, n0:n0 + nr])

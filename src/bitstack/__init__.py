@@ -13,6 +13,8 @@ _EXPORTS = {
     "load": ("bitstack.runtime.loader", "load"),
     "load_tokenizer": ("bitstack.runtime.loader", "load_tokenizer"),
     "memory_bytes": ("bitstack.runtime.budget", "memory_bytes"),
+    "resize": ("bitstack.runtime.stack", "resize"),
+    "AutoResizer": ("bitstack.runtime.auto", "AutoResizer"),
     "CompressConfig": ("bitstack.config", "CompressConfig"),
     "parse_memory": ("bitstack.memory", "parse_memory"),
     "BitstackError": ("bitstack.errors", "BitstackError"),

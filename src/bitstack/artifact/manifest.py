@@ -15,7 +15,7 @@ Format version 1, one JSON object:
   ``NAME.bias`` / ``NAME.input_scale``).
 - ``shards``: ``{file, bytes, sha256}`` of each block shard, in stack order.
 - ``stack``: the universal order, one entry per block ``{tensor, index, shard, offset, bytes,
-  sha256}``: ``tensor`` names the weight, ``index`` is the block's iteration, ``offset`` is its
+  xxh3_128}``: ``tensor`` names the weight, ``index`` is the block's iteration, ``offset`` is its
   position in the shard's data section, where it is stored as ``u`` (float16 (out, r)), ``v``
   (float16 (r, in)) then ``signs`` (uint8 (out, ceil(in/8))) back to back.
 - ``floor_blocks``: length of the head (first block of every weight); ``base_bytes``;
@@ -78,7 +78,7 @@ class BlockEntry:
     shard: int
     offset: int
     bytes: int
-    sha256: str
+    xxh3_128: str  # hex digest of the block's bytes (fast enough to verify on every read)
 
 
 @dataclass(frozen=True)

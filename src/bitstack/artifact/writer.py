@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Callable
 
 import torch
+import xxhash
 from tqdm.auto import tqdm
 
 from bitstack.artifact.atomic import atomic_open, atomic_write_bytes
@@ -107,7 +108,7 @@ def write_shards(
             digest.update(head)
             for w, i in group:
                 block = get_block(w, i)
-                block_digest = hashlib.sha256()
+                block_digest = xxhash.xxh3_128()
                 nbytes = 0
                 for part in (block.u, block.v, block.signs):
                     data = tensor_bytes(part)

@@ -7,7 +7,6 @@ longest prefix of the block stack that fits the budget is read — and nothing e
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -18,25 +17,9 @@ from bitstack.errors import ArtifactError, InputError
 from bitstack.memory import parse_memory
 from bitstack.runtime.budget import blocks_for_budget, memory_bytes, prefix_bytes_at
 from bitstack.runtime.linear import BitStackLinear
+from bitstack.runtime.stack import LiveStack
 
 _DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
-
-
-@dataclass
-class StackState:
-    """What a loaded model knows of its artifact (``model.bitstack``)."""
-
-    reader: ArtifactReader
-    modules: dict[str, BitStackLinear]
-    loaded: int  # blocks of the stack that are resident (a prefix)
-    dtype: torch.dtype
-    device: torch.device
-    budget: int | None = None
-    prefix_bytes: list[int] = field(default_factory=list)
-
-    @property
-    def manifest(self):
-        return self.reader.manifest
 
 
 def resolve_dtype(dtype: torch.dtype | str | None, default: str) -> torch.dtype:
@@ -143,10 +126,11 @@ def load(path: str | Path, memory: str | int | None = None, *, device: torch.dev
         missing = [n for n, t in list(model.named_parameters()) + list(model.named_buffers()) if t.device.type == "meta"]
         if missing:
             raise ArtifactError(f"the artifact lacks tensors the model needs: {', '.join(missing[:5])}")
-        for entry, block in reader.iter_blocks(0, count, device):
+        for entry, block in reader.read_blocks(0, count, device):
             modules[entry.tensor].blocks.append(block)
         model.eval()
-        model.bitstack = StackState(reader, modules, count, dtype, device, budget, prefix_bytes_at(manifest, dtype))
+        model.bitstack = LiveStack(reader, modules, count, dtype, device, budget, prefix_bytes_at(manifest, dtype))
+        model.bitstack.attach(model)
     except BaseException:
         reader.close()
         raise

@@ -10,11 +10,18 @@ Pipeline (each step a call into the pure functions of :mod:`bitstack.core`):
    write the layer's blocks to a work file;
 4. order all blocks into the universal stack, write base weights and block shards in stack
    order, the tokenizer, and finally the manifest; move the directory into place.
+
+Progress is saved per layer in ``<out>.partial/work/`` (:mod:`bitstack.artifact.workdir`): a run
+that is killed and restarted with the same command resumes after the last finished layer and
+writes the same bytes as an uninterrupted run.  The hidden states entering the first unfinished
+layer are recomputed by running the finished layers with their float weights (as the first run
+did, before folding), then the saved folded parameters are put back.
 """
 
 from __future__ import annotations
 
-import time
+import os
+import sys
 from pathlib import Path
 
 import torch
@@ -24,22 +31,75 @@ from tqdm.auto import tqdm
 from bitstack import __version__
 from bitstack.artifact.layout import block_tensor_names
 from bitstack.artifact.manifest import Manifest, WeightEntry
-from bitstack.artifact.safetensors_io import write_safetensors
-from bitstack.artifact.writer import BaseTensorSpec, finish, prepare_output, write_base, write_shards, write_tokenizer
-from bitstack.calibration.layerwise import capture_layer_inputs, run_layer
-from bitstack.calibration.samples import calibration_samples, check_source
+from bitstack.artifact.workdir import LayerRecord, WorkDir, run_fingerprint
+from bitstack.artifact.writer import BaseTensorSpec, finish, partial_dir, write_base, write_shards, write_tokenizer
+from bitstack.calibration.layerwise import LayerInputs, capture_layer_inputs, run_layer
+from bitstack.calibration.samples import calibration_samples, check_source, source_digest
 from bitstack.config import CompressConfig
 from bitstack.core.avd import ResidualBlock, avd_decompose, block_nbytes
 from bitstack.core.ordering import WeightStats, universal_order
 from bitstack.core.scaling import activation_scale
-from bitstack.errors import InputError
+from bitstack.devices import resolve_device
+from bitstack.errors import BitstackError, InputError, UnsupportedModelError
 from bitstack.models.architecture import find_decoder_layers, layer_linears, plan_folds
 from bitstack.models.folding import fold_into_norm, fold_into_rows
-from bitstack.runtime.loader import default_device, resolve_dtype
+from bitstack.runtime.loader import resolve_dtype
 
 
-def _layer_file(work: Path, index: int) -> Path:
-    return work / "work" / f"layer-{index:05d}.safetensors"
+def _check_output(output: Path, overwrite: bool) -> None:
+    """Fail fast, before any work, on an output path that cannot be written."""
+    if output.exists() and not overwrite:
+        raise InputError(f"output {output} already exists: choose another path or pass --overwrite")
+    if output.exists() and not output.is_dir():
+        raise InputError(f"output {output} is a file, not an artifact folder: remove it or choose another path")
+    if not output.parent.is_dir():
+        raise InputError(f"output folder {output.parent} does not exist")
+    if not os.access(output.parent, os.W_OK):
+        raise InputError(f"output folder {output.parent} is not writable")
+    if partial_dir(output).exists() and not partial_dir(output).is_dir():
+        raise InputError(f"{partial_dir(output)} exists and is not a folder: remove it")
+
+
+def _compress_layer(layer: nn.Module, linears: dict[str, nn.Linear], inputs: LayerInputs, model: nn.Module,
+                    config: CompressConfig, prefix: str, first_weight: int
+                    ) -> tuple[LayerInputs, tuple[list[tuple[str, torch.Tensor]], LayerRecord]]:
+    """Calibrate, scale, fold and decompose one layer (modified in place).
+
+    Returns the layer's outputs (computed before folding: the next layer's inputs), its block
+    tensors and its :class:`LayerRecord`.  ``first_weight`` numbers the layer's first linear
+    among all decomposed weights (it seeds the truncated SVDs).
+    """
+    outputs, channel_stats = run_layer(layer, inputs, linears)
+    scales = {name: activation_scale(st.norm_sum, st.count) for name, st in channel_stats.items()}
+    folds = plan_folds(model.config.model_type, layer, linears, model.config)
+    for rule in {id(r): r for r in folds.values()}.values():
+        shared = torch.stack([scales[c] for c in rule.consumers]).mean(dim=0)  # identical inputs -> identical s
+        for consumer in rule.consumers:
+            scales[consumer] = shared
+        fold = fold_into_norm if rule.kind == "norm" else fold_into_rows
+        fold(layer.get_submodule(rule.producer), 1.0 / shared)
+    blocks: list[tuple[str, torch.Tensor]] = []
+    record = LayerRecord([], {}, {}, {})
+    for number, (name, linear) in enumerate(linears.items()):
+        full = f"{prefix}.{name}"
+        scaled = linear.weight.detach().float() * scales[name][None, :]
+        if not torch.isfinite(scaled).all():
+            raise InputError(f"{full} has NaN or infinite weights or calibration activations: the model cannot be compressed")
+        rank = min(config.rank, linear.out_features, linear.in_features)
+        result = avd_decompose(scaled, config.niter, rank, oversample=config.svd_oversample,
+                               power_iters=config.svd_power_iters, seed=config.seed + first_weight + number)
+        for i, block in enumerate(result.blocks):
+            for tensor_name, tensor in zip(block_tensor_names(full, i), (block.u, block.v, block.signs)):
+                blocks.append((tensor_name, tensor.cpu()))
+        if name not in folds:
+            record.input_scales[full] = (1.0 / scales[name]).cpu()
+        nbytes = block_nbytes(linear.out_features, linear.in_features, rank)
+        record.weights.append(WeightEntry(full, linear.out_features, linear.in_features, rank, config.niter, nbytes,
+                                          linear.bias is not None, name not in folds))
+        record.residual_sq[full] = tuple(result.residual_sq)
+    dense = {f"{name}.weight" for name in linears}
+    record.state.update({n: p.detach().cpu().clone() for n, p in layer.named_parameters() if n not in dense})
+    return outputs, (blocks, record)
 
 
 def _base_tensors(model: nn.Module, skip: set[str], input_scales: dict[str, torch.Tensor], dtype: torch.dtype) -> tuple[list[BaseTensorSpec], dict[str, str]]:
@@ -63,6 +123,16 @@ def _base_tensors(model: nn.Module, skip: set[str], input_scales: dict[str, torc
     for name, inv_scale in input_scales.items():
         specs.append(BaseTensorSpec(f"{name}.input_scale", inv_scale.to(dtype).cpu(), "param"))
     return specs, aliases
+
+
+def _sampler(model: nn.Module, config: CompressConfig, device: torch.device) -> nn.Module:
+    """The model that samples ``self`` calibration text: on CPU a bfloat16 copy (about 4x faster
+    than float32 there; the copy lives only while sampling), elsewhere the model itself."""
+    if config.calib != "self" or device.type != "cpu":
+        return model
+    import copy
+
+    return copy.deepcopy(model).to(torch.bfloat16)
 
 
 def compress(
@@ -90,111 +160,130 @@ def compress(
     """
     from bitstack.models.source import load_float_model
 
-    config = config or CompressConfig()
-    device = torch.device(device) if device is not None else default_device()
+    if config is None:
+        config = CompressConfig()
+    elif not isinstance(config, CompressConfig):
+        raise InputError(f"config must be a bitstack.CompressConfig, got {type(config).__name__}")
+    if not isinstance(output, (str, os.PathLike)) or not str(output):
+        raise InputError(f"output must be a folder path, got {output!r}")
+    output = Path(output)
+    device = resolve_device(device)
     storage_dtype = resolve_dtype(config.dtype, "bfloat16")
-    started = time.time()
     check_source(config.calib)
-    if Path(output).exists() and not overwrite:
-        raise InputError(f"output {output} already exists: choose another path or pass --overwrite")
-    if isinstance(model, (str, Path)):
+    _check_output(output, overwrite)
+    if isinstance(model, (str, os.PathLike)):
         loaded = load_float_model(str(model))
         model, tokenizer, source = loaded.model, loaded.tokenizer, loaded.source
-    else:
+    elif isinstance(model, nn.Module):
         if tokenizer is None:
             raise InputError("compress() needs the tokenizer when given a model object")
-        source = getattr(model.config, "_name_or_path", "") or type(model).__name__
+        source = getattr(getattr(model, "config", None), "_name_or_path", "") or type(model).__name__
+    else:
+        raise InputError(f"model must be a model name, a path or a transformers model, got {type(model).__name__}")
+    if not hasattr(model, "config") or not hasattr(model.config, "to_dict"):
+        raise UnsupportedModelError(f"{type(model).__name__} is not a transformers model: it has no config")
     model.eval().float()
+    for name, param in model.named_parameters():
+        if not torch.isfinite(param).all():
+            raise InputError(f"the model's {name} has NaN or infinite values: it cannot be compressed")
     decoder = find_decoder_layers(model)
     all_linears = [layer_linears(layer) for layer in decoder.layers]  # fails fast on odd layers
-    model.to(device)
-    samples = calibration_samples(config.calib, model, tokenizer, config.nsamples, config.seqlen, config.seed,
-                                  batch_size=config.batch_size, progress=progress)
-    work = prepare_output(output, overwrite=overwrite)
-    (work / "work").mkdir(exist_ok=True)
-    inputs = capture_layer_inputs(model, decoder.layers[0], samples, config.batch_size, device)
+    fingerprint = run_fingerprint(config.to_dict(), source, model, device, source_digest(config.calib))
+    work = WorkDir.resume(output, fingerprint, overwrite=overwrite)  # None: nothing to resume
+    created = work is None
+    try:
+        model.to(device)
+        done = work.finished_layers(len(decoder.layers)) if work is not None else 0
+        samples = work.load_samples(config.nsamples, config.seqlen) if work is not None else None
+        if samples is None and done < len(decoder.layers):
+            samples = calibration_samples(config.calib, _sampler(model, config, device), tokenizer, config.nsamples,
+                                          config.seqlen, config.seed, batch_size=config.batch_size, progress=progress)
+        if work is None:
+            work = WorkDir.create(output, fingerprint)
+        if samples is not None and not work.has_samples():
+            work.save_samples(samples)
+        if done and progress:
+            print(f"resuming the compression in {work.partial}: {done} of {len(decoder.layers)} layers are done", file=sys.stderr)
 
-    weights: list[WeightEntry] = []
-    stats: list[WeightStats] = []
-    input_scales: dict[str, torch.Tensor] = {}
-    decomposed: set[str] = set()
-    model_type = model.config.model_type
-    bar = tqdm(total=sum(len(l) for l in all_linears), desc="decomposing", unit="weight", disable=not progress)
-    for index, (layer, linears) in enumerate(zip(decoder.layers, all_linears)):
-        inputs, channel_stats = run_layer(layer, inputs, linears)
-        scales = {name: activation_scale(st.norm_sum, st.count) for name, st in channel_stats.items()}
-        folds = plan_folds(model_type, layer, linears, model.config)
-        for rule in {id(r): r for r in folds.values()}.values():
-            shared = torch.stack([scales[c] for c in rule.consumers]).mean(dim=0)  # identical inputs -> identical s
-            for consumer in rule.consumers:
-                scales[consumer] = shared
-            fold = fold_into_norm if rule.kind == "norm" else fold_into_rows
-            fold(layer.get_submodule(rule.producer), 1.0 / shared)
-        layer_tensors: list[tuple[str, torch.Tensor]] = []
-        for name, linear in linears.items():
-            full = f"{decoder.path}.{index}.{name}"
-            s = scales[name]
-            rank = min(config.rank, linear.out_features, linear.in_features)
-            result = avd_decompose(
-                linear.weight.detach().float() * s[None, :], config.niter, rank,
-                oversample=config.svd_oversample, power_iters=config.svd_power_iters, seed=config.seed + len(weights),
-            )
-            for i, block in enumerate(result.blocks):
-                for tensor_name, tensor in zip(block_tensor_names(full, i), (block.u, block.v, block.signs)):
-                    layer_tensors.append((tensor_name, tensor.cpu()))
-            if name not in folds:
-                input_scales[full] = (1.0 / s).cpu()
-            nbytes = block_nbytes(linear.out_features, linear.in_features, rank)
-            weights.append(WeightEntry(full, linear.out_features, linear.in_features, rank, config.niter, nbytes,
-                                       linear.bias is not None, name not in folds))
-            stats.append(WeightStats(tuple(result.residual_sq), nbytes))
-            decomposed.add(f"{full}.weight")
-            bar.update(1)
-        write_safetensors(_layer_file(work, index), layer_tensors)
-        for linear in linears.values():  # the dense weight is no longer needed
-            linear.weight.data = torch.empty(0, device=linear.weight.device)
-    bar.close()
-    del inputs
+        weights: list[WeightEntry] = []
+        stats: list[WeightStats] = []
+        input_scales: dict[str, torch.Tensor] = {}
+        decomposed: set[str] = set()
+        inputs = None
+        bar = tqdm(total=sum(len(l) for l in all_linears), desc="decomposing", unit="weight", disable=not progress)
+        for index, (layer, linears) in enumerate(zip(decoder.layers, all_linears)):
+            if index < done:
+                if done < len(decoder.layers):  # the float layer's outputs are the next layer's inputs
+                    if inputs is None:
+                        inputs = capture_layer_inputs(model, decoder.layers[0], samples, config.batch_size, device)
+                    inputs, _ = run_layer(layer, inputs, {})
+                record = work.load_layer(index)
+            else:
+                if inputs is None:
+                    inputs = capture_layer_inputs(model, decoder.layers[0], samples, config.batch_size, device)
+                inputs, record = _compress_layer(layer, linears, inputs, model, config, f"{decoder.path}.{index}", len(weights))
+                work.save_layer(index, *record)
+                record = record[1]
+            with torch.no_grad():
+                for name, value in record.state.items():  # the folded norms / producer rows
+                    layer.get_parameter(name).copy_(value)
+            weights += record.weights
+            for entry in record.weights:
+                stats.append(WeightStats(record.residual_sq[entry.name], entry.block_bytes))
+                decomposed.add(f"{entry.name}.weight")
+            input_scales.update(record.input_scales)
+            for linear in linears.values():  # the dense weight is no longer needed
+                linear.weight.data = torch.empty(0, device=linear.weight.device)
+            bar.update(len(linears))
+        bar.close()
+        del inputs
+        work.clear_outputs()  # leftovers of a killed final stage
 
-    order = universal_order(stats, config.sort)
-    base_specs, aliases = _base_tensors(model, decomposed, input_scales, storage_dtype)
-    base_section, base_bytes = write_base(work, base_specs, aliases)
+        order = universal_order(stats, config.sort)
+        base_specs, aliases = _base_tensors(model, decomposed, input_scales, storage_dtype)
+        base_section, base_bytes = write_base(work.partial, base_specs, aliases)
 
-    from safetensors import safe_open
+        from safetensors import safe_open
 
-    handles: dict[int, object] = {}
-    layer_of = {w.name: int(w.name[len(decoder.path) + 1 :].split(".", 1)[0]) for w in weights}
+        handles: dict[int, object] = {}
+        layer_of = {w.name: int(w.name[len(decoder.path) + 1 :].split(".", 1)[0]) for w in weights}
 
-    def get_block(w: int, i: int) -> ResidualBlock:
-        layer = layer_of[weights[w].name]
-        if layer not in handles:
-            handles[layer] = safe_open(str(_layer_file(work, layer)), framework="pt")
-        u, v, signs = (handles[layer].get_tensor(n) for n in block_tensor_names(weights[w].name, i))
-        return ResidualBlock(signs=signs, u=u, v=v)
+        def get_block(w: int, i: int) -> ResidualBlock:
+            layer = layer_of[weights[w].name]
+            if layer not in handles:
+                handles[layer] = safe_open(str(work.layer_path(layer)), framework="pt")
+            u, v, signs = (handles[layer].get_tensor(n) for n in block_tensor_names(weights[w].name, i))
+            return ResidualBlock(signs=signs, u=u, v=v)
 
-    shards, stack = write_shards(work, weights, order, get_block, shard_bytes=int(config.shard_mb * 1000 * 1000), progress=progress)
-    handles.clear()
-    tokenizer_section = write_tokenizer(work, tokenizer)
-    prefix = [base_bytes]
-    for block in stack:
-        prefix.append(prefix[-1] + block.bytes)
-    config_dict = model.config.to_dict()
-    config_dict.pop("quantization_config", None)
-    generation = getattr(model, "generation_config", None)
-    manifest = Manifest(
-        library_version=__version__,
-        model={"source": source, "config": config_dict, "generation_config": generation.to_dict() if generation is not None else None},
-        tokenizer=tokenizer_section,
-        compression={**config.to_dict(), "seconds": round(time.time() - started, 1)},
-        base=base_section,
-        weights=tuple(weights),
-        shards=tuple(shards),
-        stack=tuple(stack),
-        floor_blocks=len(weights),
-        base_bytes=base_bytes,
-        prefix_bytes=tuple(prefix),
-    )
-    for file in (work / "work").iterdir():
-        file.unlink()
-    (work / "work").rmdir()
-    return finish(output, work, manifest, overwrite=overwrite)
+        shards, stack = write_shards(work.partial, weights, order, get_block, shard_bytes=int(config.shard_mb * 1000 * 1000), progress=progress)
+        handles.clear()
+        tokenizer_section = write_tokenizer(work.partial, tokenizer)
+        prefix = [base_bytes]
+        for block in stack:
+            prefix.append(prefix[-1] + block.bytes)
+        config_dict = model.config.to_dict()
+        config_dict.pop("quantization_config", None)
+        generation = getattr(model, "generation_config", None)
+        manifest = Manifest(
+            library_version=__version__,
+            model={"source": source, "config": config_dict, "generation_config": generation.to_dict() if generation is not None else None},
+            tokenizer=tokenizer_section,
+            compression=config.to_dict(),
+            base=base_section,
+            weights=tuple(weights),
+            shards=tuple(shards),
+            stack=tuple(stack),
+            floor_blocks=len(weights),
+            base_bytes=base_bytes,
+            prefix_bytes=tuple(prefix),
+        )
+        manifest.validate()
+        work.remove_work()
+    except BitstackError:
+        if created and work is not None:
+            work.remove()  # bad input: leave nothing behind
+        raise
+    finally:
+        if work is not None:
+            work.release()  # a kill or another error keeps the work for a resume
+    return finish(output, work.partial, manifest, overwrite=overwrite)

@@ -111,6 +111,15 @@ def check_source(source: str) -> None:
         raise InputError(f"calibration file {path} is empty")
 
 
+def source_digest(source: str) -> str | None:
+    """sha256 of a calibration file (``None`` for ``self`` or a dataset id): part of a run's fingerprint."""
+    if source == "self" or not _is_file_source(source) or not Path(source).is_file():
+        return None
+    from bitstack.artifact.safetensors_io import sha256_file
+
+    return sha256_file(source)
+
+
 def _is_file_source(source: str) -> bool:
     return Path(source).exists() or source.startswith((".", "/", "~")) or source.endswith((".txt", ".text"))
 

@@ -239,7 +239,8 @@ def compress(
         del inputs
         work.clear_outputs()  # leftovers of a killed final stage
 
-        order = universal_order(stats, config.sort)
+        # fisher/average/greedy need the finished artifact: they start from proxy and re-sort below
+        order = universal_order(stats, config.sort if config.sort in ("proxy", "random") else "proxy", seed=config.seed)
         base_specs, aliases = _base_tensors(model, decomposed, input_scales, storage_dtype)
         base_section, base_bytes = write_base(work.partial, base_specs, aliases)
 
@@ -286,4 +287,9 @@ def compress(
     finally:
         if work is not None:
             work.release()  # a kill or another error keeps the work for a resume
-    return finish(output, work.partial, manifest, overwrite=overwrite)
+    path = finish(output, work.partial, manifest, overwrite=overwrite)
+    if config.sort not in ("proxy", "random"):  # issue 3: measured orders re-sort the artifact in place
+        from bitstack.sorting import SortSettings, sort_artifact
+
+        sort_artifact(path, config.sort, SortSettings(val=config.calib, seed=config.seed, device=str(device)), progress=progress)
+    return path

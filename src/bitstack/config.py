@@ -15,7 +15,9 @@ from bitstack.errors import InputError
 
 CONFIG_VERSION = 1
 
-SORT_STRATEGIES = ("proxy",)
+# proxy/random need no model; fisher, average and greedy measure validation loss after compression
+# (bitstack.sorting; see `bitstack sort`).
+SORT_STRATEGIES = ("proxy", "fisher", "average", "greedy", "random")
 STORAGE_DTYPES = ("bfloat16", "float16", "float32")
 
 

@@ -36,3 +36,141 @@ def test_check_order_rejects_bad_orders():
         check_order([(0, 1), (0, 0)], [2])
     with pytest.raises(ValueError, match="misses"):
         check_order([(0, 0)], [2])
+
+
+# ---- strategies of issue 3 --------------------------------------------------------------------
+import math
+import random as _random
+
+import torch
+
+from bitstack.core.ordering import (
+    GreedySorter,
+    check_head_first,
+    level_order,
+    order_from_scores,
+    random_order,
+    residual_energies,
+)
+
+_counts = st.lists(st.integers(0, 7), min_size=1, max_size=10)
+
+
+def _assert_valid(order, num_blocks):
+    check_order(order, num_blocks)
+    check_head_first(order, num_blocks)
+
+
+@settings(max_examples=100, deadline=None)
+@given(_counts, st.integers(0, 2**32 - 1))
+def test_random_order_is_valid_and_seeded(num_blocks, seed):
+    order = random_order(num_blocks, seed)
+    _assert_valid(order, num_blocks)
+    assert order == random_order(num_blocks, seed)
+
+
+@settings(max_examples=100, deadline=None)
+@given(_counts, st.integers(0, 1000))
+def test_level_order_is_valid_and_level_by_level(num_blocks, seed):
+    rng = _random.Random(seed)
+    losses = {(w, i): rng.random() for w, n in enumerate(num_blocks) for i in range(1, n)}
+    order = level_order(num_blocks, losses)
+    _assert_valid(order, num_blocks)
+    rest = order[sum(1 for n in num_blocks if n):]
+    assert [i for _, i in rest] == sorted(i for _, i in rest)  # every level before the next
+    for level in set(i for _, i in rest):  # within a level, ascending loss
+        ranked = [losses[(w, i)] for w, i in rest if i == level]
+        assert ranked == sorted(ranked)
+
+
+def test_level_order_needs_every_measurement():
+    with pytest.raises(ValueError, match="lacks"):
+        level_order([3, 2], {(0, 1): 1.0, (0, 2): 1.0})
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.tuples(st.lists(st.floats(0, 1e6), min_size=1, max_size=8), st.integers(1, 10_000)), min_size=1, max_size=12))
+def test_fisher_order_is_valid(weights):
+    stats = [_stats(sorted(e + [0.0], reverse=True), b) for e, b in weights]
+    order = universal_order(stats, "fisher")
+    _assert_valid(order, [s.num_blocks for s in stats])
+
+
+def test_fisher_scores_are_absolute_proxy_relative():
+    big = _stats([1000, 500, 400], 10)
+    small = _stats([10, 4, 0], 10)  # a larger relative drop, a smaller absolute one
+    assert universal_order([big, small], "proxy")[2:] == [(1, 1), (0, 1)]
+    assert universal_order([big, small], "fisher")[2:] == [(0, 1), (1, 1)]
+
+
+def test_universal_order_refuses_measured_strategies():
+    with pytest.raises(ValueError, match="measurements"):
+        universal_order([_stats([1, 0], 1)], "average")
+
+
+def test_order_from_scores_rejects_increasing_scores():
+    with pytest.raises(ValueError, match="increase"):
+        order_from_scores([[3.0, 1.0, 2.0]])
+
+
+def _run_greedy(sorter, gain_of, stop_after=None):
+    """Drive a GreedySorter with a synthetic oracle gain_of(w, next_block, counts)."""
+    actions = 0
+    while True:
+        action, ws = sorter.next_action()
+        if action == "done" or (stop_after is not None and actions == stop_after):
+            return sorter
+        if action == "measure":
+            sorter.record({w: gain_of(w, sorter.counts[w], tuple(sorter.counts)) for w in ws})
+        else:
+            sorter.accept(ws)
+        actions += 1
+
+
+@settings(max_examples=60, deadline=None)
+@given(_counts, st.integers(1, 5), st.integers(0, 12), st.integers(0, 1000))
+def test_greedy_is_valid_and_resumable(num_blocks, step, max_age, seed):
+    rng = _random.Random(seed)
+    table = {(w, i): rng.random() / (i + 1) for w, n in enumerate(num_blocks) for i in range(n)}
+    bytes_ = [rng.randint(1, 100) for _ in num_blocks]
+
+    def gain_of(w, i, counts):  # depends on the state too, like a real loss
+        return table[(w, i)] - 1e-3 * sum(counts)
+
+    full = _run_greedy(GreedySorter(num_blocks, bytes_, step=step, max_age=max_age), gain_of)
+    _assert_valid(full.order, num_blocks)
+    half = _run_greedy(GreedySorter(num_blocks, bytes_, step=step, max_age=max_age), gain_of, stop_after=rng.randint(0, 20))
+    resumed = GreedySorter(num_blocks, bytes_, step=step, max_age=max_age)
+    resumed.restore(half.to_dict())
+    assert _run_greedy(resumed, gain_of).order == full.order
+
+
+def test_exact_greedy_picks_the_best_gain_per_byte():
+    # step 1, max_age 0: every gain is fresh, so each step takes the argmax
+    gains = {(0, 1): 5.0, (0, 2): 1.0, (1, 1): 3.0, (1, 2): 2.0}
+    sorter = _run_greedy(GreedySorter([3, 3], [1, 1], step=1, max_age=0), lambda w, i, c: gains[(w, i)])
+    assert sorter.order[2:] == [(0, 1), (1, 1), (1, 2), (0, 2)]
+
+
+def test_greedy_rejects_non_finite_gains():
+    sorter = GreedySorter([2], [1])
+    with pytest.raises(ValueError, match="finite"):
+        sorter.record({0: math.nan})
+
+
+def test_residual_energies_match_direct_computation():
+    torch.manual_seed(0)
+    blocks = [torch.randn(5, 7) / (i + 1) for i in range(4)]
+    importance = torch.rand(5, 7)
+    for weights in (None, importance):
+        energies = residual_energies(blocks, weights)
+        for i in range(5):
+            residual = sum(b.double() for b in blocks[i:]) if i < 4 else torch.zeros(5, 7, dtype=torch.float64)
+            expected = (residual.double().square() * (1 if weights is None else weights.double())).sum()
+            assert energies[i] == pytest.approx(float(expected), rel=1e-6)
+    assert residual_energies([], None) == [0.0]
+
+
+def test_check_head_first():
+    with pytest.raises(ValueError, match="head"):
+        check_head_first([(0, 0), (0, 1), (1, 0)], [2, 1])

@@ -44,13 +44,23 @@ def block_nbytes(out_features: int, in_features: int, rank: int) -> int:
     return out_features * ((in_features + 7) // 8) + 2 * rank * (out_features + in_features)
 
 
-def reconstruct(blocks: list[ResidualBlock], dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """Sum of the blocks' dense contributions, accumulated in float32, shape (out, in)."""
+def reconstruct(blocks: list[ResidualBlock], dtype: torch.dtype = torch.float32, *, chunk: int = 4) -> torch.Tensor:
+    """Sum of the blocks' dense contributions, accumulated in float32, shape (out, in).
+
+    Blocks are processed ``chunk`` at a time: one batched matmul for the magnitudes and one
+    table lookup for the signs, so the transient memory is about ``chunk`` dense float32 copies.
+    """
     if not blocks:
         raise ValueError("reconstruct needs at least one block")
-    total = blocks[0].dense()
-    for block in blocks[1:]:
-        total += block.dense()
+    cols = blocks[0].v.shape[1]
+    total = None
+    for start in range(0, len(blocks), chunk):
+        part = blocks[start : start + chunk]
+        u = torch.stack([b.u for b in part]).to(torch.float32)  # (c, out, r)
+        v = torch.stack([b.v for b in part]).to(torch.float32)  # (c, r, in)
+        signs = signs_to_float(torch.stack([b.signs for b in part]), cols)  # (c, out, in)
+        contribution = (signs * torch.bmm(u, v)).sum(dim=0)  # (out, in)
+        total = contribution if total is None else total + contribution
     return total.to(dtype)
 
 

@@ -59,7 +59,25 @@ def unpack_signs(packed: torch.Tensor, cols: int) -> torch.Tensor:
     return bits.view(rows, -1)[:, :cols].bool()
 
 
+def _sign_table(dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """(256, 8) table: row b holds the ±1 values of the 8 bits of byte b, LSB first."""
+    bits = (torch.arange(256, device=device)[:, None] >> torch.arange(8, device=device)) & 1
+    return (bits * 2 - 1).to(dtype)
+
+
 def signs_to_float(packed: torch.Tensor, cols: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """Unpack bits into a ±1 matrix of ``dtype``, shape (rows, cols)."""
-    positive = unpack_signs(packed, cols)
-    return positive.to(dtype) * 2 - 1
+    """Unpack bits into a ±1 matrix of ``dtype``.
+
+    Args:
+        packed: uint8, shape (..., rows, ceil(cols / 8)) — any number of leading dims.
+        cols: number of columns.
+    Returns:
+        ``dtype``, shape (..., rows, cols).  One table lookup per byte (faster than shifting).
+    """
+    if packed.dtype != torch.uint8 or packed.dim() < 2:
+        raise ValueError(f"signs_to_float expects a uint8 tensor of at least 2 dims, got {packed.dtype} {tuple(packed.shape)}")
+    if packed.shape[-1] != packed_row_bytes(cols):
+        raise ValueError(f"a packed row of {cols} columns has {packed_row_bytes(cols)} bytes, got {packed.shape[-1]}")
+    table = _sign_table(dtype, packed.device)
+    values = table[packed.long()]  # (..., rows, nbytes, 8)
+    return values.flatten(-2)[..., :cols]

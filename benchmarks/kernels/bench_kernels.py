@@ -348,10 +348,13 @@ def phase_table(device, results, args, bw, group, dec_kw, chunk_kw):
                 flops = 2 * M * N * K
                 row = dict(N=N, K=K, M=M, J=J, lin_us=t_lin, lin_GBs=lin_bytes / t_lin / 1e3, bytes=kbytes, flops=flops)
                 try:
-                    if not args.skip_naive:
+                    if not args.skip_naive and (M == 1 or J in (1, 3, 4, 8)):
                         row["naive_us"] = bench_graph(lambda: bitstack_linear_naive(x, packed))
                     if M <= 16:
                         row["decode_us"] = bench_graph(lambda: dec.decode_launch(x, packed, None, dcfg))
+                        if args.decode_alt and M == 1:
+                            acfg = dec.DecodeConfig(**json.loads(args.decode_alt))
+                            row["decode_alt_us"] = bench_graph(lambda: dec.decode_launch(x, packed, None, acfg))
                     if M >= 16:
                         row["chunked_us"] = bench_graph(
                             lambda: rb.bitstack_linear_prefill_chunked(x, packed, None, **chunk_kw))
@@ -359,7 +362,7 @@ def phase_table(device, results, args, bw, group, dec_kw, chunk_kw):
                             row["prefill_us"] = bench_graph(lambda: pre.prefill_launch(x, packed, None))
                 except Exception as exc:
                     row["error"] = repr(exc)[:300]
-                best = min(row.get(k, math.inf) for k in ("decode_us", "prefill_us", "chunked_us"))
+                best = min(row.get(k, math.inf) for k in ("decode_us", "decode_alt_us", "prefill_us", "chunked_us"))
                 row["best_us"] = best
                 row["best_GBs"] = kbytes / best / 1e3
                 row["speedup_vs_fp16"] = t_lin / best
@@ -372,15 +375,16 @@ def phase_table(device, results, args, bw, group, dec_kw, chunk_kw):
 
 
 def markdown_table(rows, bw):
-    lines = ["| out×in | tokens | J | fp16 F.linear µs | naive µs | decode µs | prefill (fused) µs | "
+    lines = ["| out×in | tokens | J | fp16 F.linear µs | naive µs | decode µs | decode (alt) µs | prefill (fused) µs | "
              "prefill (chunked) µs | best vs fp16 | best vs naive | best GB/s (% of copy) |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         def f(key, fmt="{:.1f}"):
             return fmt.format(r[key]) if key in r else "–"
         gbs = r["bytes"] / r["best_us"] / 1e3
         lines.append(f"| {r['N']}×{r['K']} | {r['M']} | {r['J']} | {r['lin_us']:.1f} | {f('naive_us')} | "
-                     f"{f('decode_us')} | {f('prefill_us')} | {f('chunked_us')} | {r['speedup_vs_fp16']:.2f}× | "
+                     f"{f('decode_us')} | {f('decode_alt_us')} | {f('prefill_us')} | {f('chunked_us')} | "
+                     f"{r['speedup_vs_fp16']:.2f}× | "
                      f"{f('speedup_vs_naive', '{:.1f}×')} | {gbs:.0f} ({100 * gbs / bw:.0f}%) |")
     return "\n".join(lines)
 
@@ -396,6 +400,7 @@ def main():
     ap.add_argument("--group", type=int, default=32, help="layout group G (table without probe)")
     ap.add_argument("--skip-naive", action="store_true")
     ap.add_argument("--skip-fused", action="store_true")
+    ap.add_argument("--decode-alt", default="", help="JSON kwargs of a second DecodeConfig timed at 1 token")
     ap.add_argument("--out", default=os.environ.get("OUT", "bench_out"))
     ap.add_argument("--smoke", action="store_true", help="CPU interpreter dry run (TRITON_INTERPRET=1), tiny sizes")
     args = ap.parse_args()

@@ -124,7 +124,7 @@ def _next_pow2(n: int) -> int:
 
 
 def rebuild_rows(packed: PackedBitStack, row0: int, rows: int, out: torch.Tensor, *, block_n: int = 64,
-                 num_warps: int = 4, unpack: int = 1, acc16: bool = True, wide: bool = True) -> torch.Tensor:
+                 num_warps: int = 4, unpack: int = 1, acc16: bool = True, wide: bool = False) -> torch.Tensor:
     """Write Ŵ[row0 : row0 + rows, :] into ``out[:rows]``.
 
     Args:

@@ -53,8 +53,8 @@ def test_grow_reads_only_the_missing_blocks(tiny_artifact, monkeypatch):
     m = _manifest(path)
     model = bitstack.load(path, m.prefix_bytes[m.floor_blocks + 3], device="cpu")
     read = []
-    original = ArtifactReader._read_raw
-    monkeypatch.setattr(ArtifactReader, "_read_raw", lambda self, pos: read.append(pos) or original(self, pos))
+    original = ArtifactReader._read_run
+    monkeypatch.setattr(ArtifactReader, "_read_run", lambda self, pos, bufs: read.extend(range(pos, pos + len(bufs))) or original(self, pos, bufs))
     report = model.bitstack.resize(m.prefix_bytes[m.floor_blocks + 10])
     assert read == list(range(m.floor_blocks + 3, m.floor_blocks + 10))
     assert report.bytes_read == m.prefix_bytes[m.floor_blocks + 10] - m.prefix_bytes[m.floor_blocks + 3]

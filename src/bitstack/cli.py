@@ -185,6 +185,8 @@ def _generate(model, tokenizer, ids, args) -> "torch.Tensor":
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
+    if not args.prompt.strip():
+        raise InputError("--prompt is empty: give the text to continue")
     model, tokenizer, auto = _load_live(args)
     try:
         ids = tokenizer(args.prompt, return_tensors="pt").to(model.bitstack.device)
@@ -435,10 +437,33 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# Numeric options of any command, checked before the command runs (CompressConfig checks its own).
+_AT_LEAST_ONE = ("seqlen", "max_windows", "limit", "batch_size", "max_new_tokens", "eval_seqlen", "eval_windows",
+                 "val_windows", "val_seqlen", "greedy_step", "greedy_max_age", "points")
+_AT_LEAST_ZERO = ("temperature", "seed")
+
+
+def _check_numbers(args: argparse.Namespace) -> None:
+    import math
+
+    if getattr(args, "command", None) == "compress":
+        return
+    for name in _AT_LEAST_ONE + _AT_LEAST_ZERO:
+        value = getattr(args, name, None)
+        least = 1 if name in _AT_LEAST_ONE else 0
+        if value is not None and (not math.isfinite(value) or value < least):
+            option = "--" + name.replace("_", "-")
+            raise InputError(f"{option} must be {'a positive' if least else 'a non-negative'} number, got {value}")
+    shard_mb = getattr(args, "shard_mb", None)
+    if shard_mb is not None and not (math.isfinite(shard_mb) and shard_mb > 0):
+        raise InputError(f"--shard-mb must be a positive number, got {shard_mb}")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
+        _check_numbers(args)
         return args.func(args)
     except BitstackError as err:
         message = " ".join(str(err).split())

@@ -53,7 +53,7 @@ class CompressConfig:
     version: int = CONFIG_VERSION
 
     def __post_init__(self) -> None:
-        if not isinstance(self.shard_mb, (int, float)) or isinstance(self.shard_mb, bool) or not self.shard_mb > 0:
+        if not isinstance(self.shard_mb, (int, float)) or isinstance(self.shard_mb, bool) or not 0 < self.shard_mb < float("inf"):
             raise InputError(f"shard_mb must be a positive number, got {self.shard_mb!r}")
         for name in ("nsamples", "seqlen", "niter", "rank", "batch_size"):
             value = getattr(self, name)

@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 
 from bitstack.config import CompressConfig
+from bitstack.errors import InputError
 from bitstack.memory import format_bytes
 
 DEMO_MODEL = "smollm2-135m"
@@ -30,6 +31,17 @@ def _greedy(model, tokenizer, device, tokens: int = 12) -> str:
     return tokenizer.decode(out[0, ids.input_ids.shape[1]:], skip_special_tokens=True).replace("\n", " ").strip()
 
 
+def _read_ppl_text(ppl_file: str | None) -> str | None:
+    if ppl_file is None:
+        return None
+    if not Path(ppl_file).is_file():
+        raise InputError(f"text file {ppl_file} does not exist")
+    try:
+        return Path(ppl_file).read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise InputError(f"{ppl_file} is not UTF-8 text") from err
+
+
 def run_demo(*, output: str = "smollm2-135m.bstk", ppl_file: str | None = None, nsamples: int = 32, seqlen: int = 512,
              eval_seqlen: int = 512, eval_windows: int = 8, device: str | None = None, progress: bool = True) -> list[dict]:
     """Compress (or reuse) the demo artifact, evaluate it at three budgets, print a table."""
@@ -38,10 +50,12 @@ def run_demo(*, output: str = "smollm2-135m.bstk", ppl_file: str | None = None, 
     from bitstack.compressor import compress
     from bitstack.evaluation.perplexity import perplexity, window_perplexity
     from bitstack.models.source import load_float_model
-    from bitstack.runtime.loader import default_device, load, load_tokenizer
+    from bitstack.devices import resolve_device
+    from bitstack.runtime.loader import load, load_tokenizer
     from bitstack.runtime.report import memory_report
 
-    dev = torch.device(device) if device else default_device()
+    dev = resolve_device(device)
+    text = _read_ppl_text(ppl_file)  # fail fast, before the long compression
     torch.set_grad_enabled(False)
     path = Path(output)
     if (path / "manifest.json").is_file():
@@ -57,7 +71,6 @@ def run_demo(*, output: str = "smollm2-135m.bstk", ppl_file: str | None = None, 
 
     float_model = load_float_model(DEMO_MODEL).model.to(dev, torch.bfloat16).eval()
     held_out = self_samples(float_model, tokenizer, eval_windows, eval_seqlen, EVAL_SEED, progress=progress)
-    text = Path(ppl_file).read_text(encoding="utf-8") if ppl_file else None
 
     def score(model) -> dict:
         row = {"self_ppl": window_perplexity(model, held_out, progress=False).ppl}

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from bitstack.artifact.safetensors_io import DTYPES
+from bitstack.config import STORAGE_DTYPES
 from bitstack.errors import ArtifactError
 
 FORMAT_NAME = "bitstack"
@@ -127,8 +128,8 @@ class Manifest:
     def from_json(cls, text: str | bytes, *, what: str = MANIFEST_NAME) -> "Manifest":
         try:
             data = json.loads(text)
-        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as err:
-            raise ArtifactError(f"{what} is not valid JSON: {err}") from err
+        except (ValueError, RecursionError) as err:  # JSONDecodeError, UnicodeDecodeError, int too long
+            raise ArtifactError(f"{what} is not valid JSON: {str(err)[:200]}") from err
         return cls.from_dict(data, what=what)
 
     @classmethod
@@ -170,29 +171,49 @@ class Manifest:
         return manifest
 
     def validate(self, *, what: str = MANIFEST_NAME) -> None:
-        """Check internal consistency; raise :class:`ArtifactError` naming the first problem."""
-        _check_keys(self.model, {"source", "config", "generation_config"}, f"{what}: model")
+        """Check types and internal consistency; raise :class:`ArtifactError` naming the first problem."""
+        try:
+            self._validate(what)
+        except RecursionError as err:
+            raise ArtifactError(f"{what} is nested too deeply") from err
+
+    def _validate(self, what: str) -> None:
+        _check_keys(_object(self.model, f"{what}: model"), {"source", "config", "generation_config"}, f"{what}: model")
+        if not isinstance(self.model["source"], str):
+            raise ArtifactError(f"{what}: model.source must be a string")
         if not isinstance(self.model["config"], dict) or not isinstance(self.model["config"].get("model_type"), str):
             raise ArtifactError(f"{what}: model.config has no model_type")
-        _check_keys(self.base, {"file", "sha256", "tensors", "aliases"}, f"{what}: base")
-        for key in ("file", "sha256"):
-            if not isinstance(self.base[key], str):
-                raise ArtifactError(f"{what}: base.{key} must be a string")
-        _safe_name(self.base["file"], what)
-        if not isinstance(self.base["tensors"], list) or not isinstance(self.base["aliases"], dict):
+        if self.model["generation_config"] is not None and not isinstance(self.model["generation_config"], dict):
+            raise ArtifactError(f"{what}: model.generation_config must be an object or null")
+        if _object(self.compression, f"{what}: compression").get("dtype", STORAGE_DTYPES[0]) not in STORAGE_DTYPES:
+            raise ArtifactError(f"{what}: compression.dtype must be one of {', '.join(STORAGE_DTYPES)}")
+        base = _object(self.base, f"{what}: base")
+        _check_keys(base, {"file", "sha256", "tensors", "aliases"}, f"{what}: base")
+        if not isinstance(base["file"], str):
+            raise ArtifactError(f"{what}: base.file must be a string")
+        _safe_name(base["file"], what)
+        _digest(base["sha256"], f"{what}: base.sha256")
+        if not isinstance(base["tensors"], list) or not isinstance(base["aliases"], dict):
             raise ArtifactError(f"{what}: base.tensors must be a list and base.aliases an object")
         names: set[str] = set()
-        for i, t in enumerate(self.base["tensors"]):
+        total = 0
+        for i, t in enumerate(base["tensors"]):
             if not isinstance(t, dict) or set(t) != {"name", "kind", "dtype", "shape"}:
                 raise ArtifactError(f"{what}: base.tensors[{i}] must have exactly name, kind, dtype, shape")
-            if not isinstance(t["name"], str) or t["kind"] not in ("param", "buffer") or t["dtype"] not in DTYPES:
+            if not isinstance(t["name"], str) or not t["name"] or t["kind"] not in ("param", "buffer") \
+                    or not isinstance(t["dtype"], str) or t["dtype"] not in DTYPES:
                 raise ArtifactError(f"{what}: base.tensors[{i}] has a bad name, kind or dtype")
             if not isinstance(t["shape"], list) or not all(type(d) is int and d >= 0 for d in t["shape"]):
                 raise ArtifactError(f"{what}: base.tensors[{i}] has a bad shape")
+            if t["name"] in names:
+                raise ArtifactError(f"{what}: base tensor {t['name']!r} is listed twice")
             names.add(t["name"])
-        for alias, target in self.base["aliases"].items():
-            if target not in names:
-                raise ArtifactError(f"{what}: base alias {alias!r} points to unknown tensor {target!r}")
+            total += math.prod(t["shape"]) * _itemsize(t["dtype"])
+        if self.base_bytes != total:
+            raise ArtifactError(f"{what}: base_bytes is {self.base_bytes}, the base tensors hold {total}")
+        for alias, target in base["aliases"].items():
+            if not isinstance(target, str) or target not in names or alias in names:
+                raise ArtifactError(f"{what}: base alias {alias!r} must point to a base tensor, not {target!r}")
         if self.tokenizer is not None:
             _check_keys(self.tokenizer, {"dir", "files"}, f"{what}: tokenizer")
             if not isinstance(self.tokenizer["dir"], str) or not isinstance(self.tokenizer["files"], dict):
@@ -200,20 +221,24 @@ class Manifest:
             _safe_name(self.tokenizer["dir"], what)
             for name, digest in self.tokenizer["files"].items():
                 _safe_name(name, what)
-                if not isinstance(digest, str):
-                    raise ArtifactError(f"{what}: tokenizer file {name!r} has no sha256")
+                _digest(digest, f"{what}: tokenizer file {name!r}")
         seen: dict[str, int] = {}
         for w in self.weights:
-            if w.name in seen:
-                raise ArtifactError(f"{what}: weight {w.name!r} is listed twice")
+            if w.name in seen or not w.name:
+                raise ArtifactError(f"{what}: weight {w.name!r} is empty or listed twice")
             if min(w.out_features, w.in_features, w.rank) < 1 or w.num_blocks < 0:
                 raise ArtifactError(f"{what}: weight {w.name!r} has non-positive sizes")
             expected = w.out_features * ((w.in_features + 7) // 8) + 2 * w.rank * (w.out_features + w.in_features)
             if w.block_bytes != expected:
                 raise ArtifactError(f"{what}: weight {w.name!r} says block_bytes={w.block_bytes}, its shapes give {expected}")
             seen[w.name] = 0
+        files: set[str] = set()
         for s in self.shards:
             _safe_name(s.file, what)
+            _digest(s.sha256, f"{what}: shard {s.file!r}")
+            if s.file in files or s.file == base["file"] or s.bytes < 0:
+                raise ArtifactError(f"{what}: shard {s.file!r} is listed twice or has a negative size")
+            files.add(s.file)
         by_name = {w.name: w for w in self.weights}
         for pos, b in enumerate(self.stack):
             w = by_name.get(b.tensor)
@@ -226,11 +251,15 @@ class Manifest:
                 raise ArtifactError(f"{what}: stack[{pos}] has {b.bytes} bytes, weight {b.tensor!r} blocks have {w.block_bytes}")
             if not 0 <= b.shard < len(self.shards) or b.offset < 0 or b.offset + b.bytes > self.shards[b.shard].bytes:
                 raise ArtifactError(f"{what}: stack[{pos}] points outside its shard")
+            for field_ in fields(b):
+                if field_.name not in ("tensor",) and field_.type == "str":
+                    _digest(getattr(b, field_.name), f"{what}: stack[{pos}].{field_.name}", hex_digits=None)
         for w in self.weights:
             if seen[w.name] != w.num_blocks:
                 raise ArtifactError(f"{what}: weight {w.name!r} has {w.num_blocks} blocks but the stack holds {seen[w.name]}")
-        if not 0 <= self.floor_blocks <= len(self.stack):
-            raise ArtifactError(f"{what}: floor_blocks is out of range")
+        if self.floor_blocks != len(self.weights) or any(b.index != 0 for b in self.stack[: self.floor_blocks]):
+            raise ArtifactError(f"{what}: floor_blocks must be the number of weights, and the stack must start with "
+                                "block 0 of every weight")
         expected_prefix = [self.base_bytes]
         for b in self.stack:
             expected_prefix.append(expected_prefix[-1] + b.bytes)
@@ -242,6 +271,19 @@ def _itemsize(dtype_name: str) -> int:
     import torch
 
     return torch.empty((), dtype=DTYPES[dtype_name]).element_size()
+
+
+def _object(value: Any, what: str) -> dict:
+    if not isinstance(value, dict):
+        raise ArtifactError(f"{what} must be an object")
+    return value
+
+
+def _digest(value: Any, what: str, hex_digits: int | None = 64) -> None:
+    """A lowercase hex digest (of ``hex_digits`` digits, or any even length)."""
+    ok = isinstance(value, str) and value != "" and len(value) % 2 == 0 and all(c in "0123456789abcdef" for c in value)
+    if not ok or (hex_digits is not None and len(value) != hex_digits):
+        raise ArtifactError(f"{what} has a malformed checksum {value!r}")
 
 
 def _check_keys(data: dict, expected: set[str], what: str) -> None:

@@ -110,12 +110,16 @@ class ArtifactReader:
                     raise ArtifactError(f"{path}: block {block.index} of {block.tensor} does not match the manifest ({name})")
                 offset += nbytes
 
-    def _read_raw(self, position: int) -> tuple[torch.Tensor, str]:
-        entry = self.manifest.stack[position]
+    def _shard_of(self, entry: BlockEntry) -> tuple[BinaryIO, SafetensorsHeader]:
+        """:meth:`_shard` for a block; a missing or malformed shard's error names the block too."""
         try:
-            handle, header = self._shard(entry.shard)
+            return self._shard(entry.shard)
         except ArtifactError as err:
             raise ArtifactError(f"{err} (reading block {entry.index} of {entry.tensor})") from err
+
+    def _read_raw(self, position: int) -> tuple[torch.Tensor, str]:
+        entry = self.manifest.stack[position]
+        handle, header = self._shard_of(entry)
         path = self.path / self.manifest.shards[entry.shard].file
         what = f"{path} (block {entry.index} of {entry.tensor})"
         return read_into(handle, header.data_start + entry.offset, entry.bytes, what=what), what
@@ -167,12 +171,16 @@ class ArtifactReader:
     def _read_run(self, position: int, buffers: list[torch.Tensor]) -> None:
         """Fill ``buffers`` with the back-to-back blocks starting at stack ``position``."""
         first = self.manifest.stack[position]
-        handle, header = self._shard(first.shard)
+        handle, header = self._shard_of(first)
         wanted = sum(b.numel() for b in buffers)
-        got = os.preadv(handle.fileno(), [memoryview(b.numpy()) for b in buffers], header.data_start + first.offset)
+        path = self.path / self.manifest.shards[first.shard].file
+        try:
+            got = os.preadv(handle.fileno(), [memoryview(b.numpy()) for b in buffers], header.data_start + first.offset)
+        except OSError as err:
+            raise ArtifactError(f"{path} cannot be read (reading block {first.index} of {first.tensor}): {err}") from err
         if got != wanted:
-            path = self.path / self.manifest.shards[first.shard].file
-            raise ArtifactError(f"{path} is truncated: stack blocks {position}..{position + len(buffers) - 1} need {wanted} bytes, got {got}")
+            raise ArtifactError(f"{path} is truncated: stack blocks {position}..{position + len(buffers) - 1} "
+                                f"(from block {first.index} of {first.tensor}) need {wanted} bytes, got {got}")
 
     def _check_run(self, position: int, buffers: list[torch.Tensor]) -> None:
         for offset, buffer in enumerate(buffers):

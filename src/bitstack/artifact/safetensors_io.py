@@ -112,8 +112,8 @@ def parse_header(raw: bytes, file_size: int, *, what: str) -> SafetensorsHeader:
         raise ArtifactError(f"{what} is truncated inside its safetensors header")
     try:
         header = json.loads(raw[8 : 8 + length].decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise ArtifactError(f"{what} has a corrupt safetensors header: {err}") from err
+    except (ValueError, RecursionError) as err:  # bad UTF-8 or JSON, too deep, an integer too long
+        raise ArtifactError(f"{what} has a corrupt safetensors header: {str(err)[:200]}") from err
     if not isinstance(header, dict):
         raise ArtifactError(f"{what} has a safetensors header that is not a JSON object")
     metadata = header.pop("__metadata__", {}) or {}
@@ -170,16 +170,25 @@ def read_header(path: str | Path) -> SafetensorsHeader:
 def read_into(handle: BinaryIO, offset: int, nbytes: int, *, what: str) -> torch.Tensor:
     """Read ``nbytes`` at file ``offset`` into a fresh uint8 CPU tensor of exactly that size."""
     buffer = torch.empty(nbytes, dtype=torch.uint8)
-    handle.seek(offset)
-    got = handle.readinto(memoryview(buffer.numpy()))
+    try:
+        handle.seek(offset)
+        got = handle.readinto(memoryview(buffer.numpy()))
+    except OSError as err:
+        raise ArtifactError(f"{what} cannot be read: {err}") from err
     if got != nbytes:
         raise ArtifactError(f"{what} is truncated: wanted {nbytes} bytes at offset {offset}, got {got}")
     return buffer
 
 
 def sha256_file(path: str | Path, chunk: int = 1 << 22) -> str:
+    """sha256 of a file's bytes; :class:`ArtifactError` naming the file if it is missing or unreadable."""
     digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while block := handle.read(chunk):
-            digest.update(block)
+    try:
+        with open(path, "rb") as handle:
+            while block := handle.read(chunk):
+                digest.update(block)
+    except FileNotFoundError as err:
+        raise ArtifactError(f"{path} is missing") from err
+    except OSError as err:
+        raise ArtifactError(f"{path} cannot be read: {err}") from err
     return digest.hexdigest()

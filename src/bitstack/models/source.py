@@ -94,6 +94,8 @@ def load_float_model(name_or_path: str, *, dtype: torch.dtype = torch.float32) -
     except ValueError as err:
         raise UnsupportedModelError(f"{name_or_path} is not a supported causal LM: {_first_line(err)}") from err
     except OSError as err:
+        if path.is_dir():
+            raise InputError(f"{path} is not a loadable model folder: {_first_line(err)}") from err
         raise InputError(
             f"could not load model {name_or_path!r}: not a local folder, and loading it as a Hugging Face "
             f"id failed ({_first_line(err)})"

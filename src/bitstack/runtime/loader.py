@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from bitstack.artifact.reader import ArtifactReader
+from bitstack.devices import resolve_device
 from bitstack.errors import ArtifactError, InputError
 from bitstack.memory import parse_memory
 from bitstack.runtime.budget import blocks_for_budget, memory_bytes, prefix_bytes_at
@@ -43,14 +44,16 @@ def _build_skeleton(manifest) -> nn.Module:
 
     config_dict = dict(manifest.model["config"])
     model_type = config_dict.pop("model_type")
+    config_dict.pop("auto_map", None)  # never run code named by an artifact: the built-in class only
     try:
         config = AutoConfig.for_model(model_type, **config_dict)
-    except (ValueError, KeyError) as err:
-        raise ArtifactError(f"the artifact's model type {model_type!r} is unknown to this transformers: {err}") from err
-    with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(config)
-    if manifest.model.get("generation_config"):
-        model.generation_config = GenerationConfig.from_dict(manifest.model["generation_config"])
+        with torch.device("meta"):
+            model = AutoModelForCausalLM.from_config(config, trust_remote_code=False)
+        if manifest.model.get("generation_config"):
+            model.generation_config = GenerationConfig.from_dict(manifest.model["generation_config"])
+    except Exception as err:  # transformers raises many types for a config it cannot build
+        message = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+        raise ArtifactError(f"the artifact's model config ({model_type!r}) cannot be built by this transformers: {message}") from err
     return model
 
 
@@ -98,7 +101,7 @@ def load(path: str | Path, memory: str | int | None = None, *, device: torch.dev
         :func:`bitstack.memory_bytes` gives its resident bytes (always ≤ ``memory``).
     """
     budget = None if memory is None else parse_memory(memory)
-    device = torch.device(device) if device is not None else default_device()
+    device = resolve_device(device)
     reader = ArtifactReader(path, verify=verify)
     try:
         manifest = reader.manifest

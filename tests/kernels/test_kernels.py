@@ -112,6 +112,17 @@ def test_rebuild_rows_matches_dense_weight(K, wide):
     assert err < 2e-3
 
 
+def test_rebuild_weight_api():
+    from bitstack.kernels import rebuild_weight
+    from bitstack.kernels.reference import dense_weight
+
+    packed = _packed(33, 77, 4, 2, 16, seed=6)
+    w = rebuild_weight(packed, torch.float16)
+    ref = dense_weight(packed)
+    assert w.shape == (33, 77) and w.dtype == torch.float16
+    assert ((w.float() - ref).norm() / ref.norm()).item() < 2e-3
+
+
 def test_decode_split_k_and_no_bias():
     from bitstack.kernels.decode import DecodeConfig, decode_launch
     from bitstack.kernels.reference import bitstack_linear_reference

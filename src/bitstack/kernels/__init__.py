@@ -9,8 +9,11 @@ API (all ``y = x · Ŵᵀ (+ bias)`` with Ŵ = Σ_{i<J} S_i ⊙ (u_i v_i); same 
   stored blocks of one weight into the kernels' layout (see :mod:`bitstack.kernels.layout`), byte
   size ``packed_nbytes(N, K, k, J)`` = the stored blocks' size.
 * ``bitstack_linear(x, packed, bias=None)`` — picks the decode kernel for few tokens
-  (``tokens ≤ decode_max_tokens(rank)``) and the prefill kernel otherwise.
-* ``bitstack_linear_decode(x, packed, bias=None)`` / ``bitstack_linear_prefill(x, packed, bias=None)``.
+  (``tokens ≤ decode_max_tokens(rank)``) and the chunked prefill otherwise (fastest measured).
+* ``bitstack_linear_decode(x, packed, bias=None)`` — no weight rebuilt (Σ u ⊙ (S · (v ⊙ x))).
+* ``bitstack_linear_prefill(x, packed, bias=None)`` — fused: Ŵ tiles rebuilt on chip only.
+* ``bitstack_linear_prefill_chunked(x, packed, bias=None)`` — rows of Ŵ rebuilt into a bounded
+  scratch (64 MiB by default), then cuBLAS; ``rebuild_weight(packed, dtype)`` rebuilds Ŵ on the GPU.
 * ``reference.bitstack_linear_reference(x, packed, bias=None)`` (and ``..._decode_reference``,
   ``..._prefill_reference``, the same function) — float32 PyTorch, any device.
 
@@ -43,14 +46,17 @@ __all__ = [
     "bitstack_linear",
     "bitstack_linear_decode",
     "bitstack_linear_prefill",
+    "bitstack_linear_prefill_chunked",
+    "rebuild_weight",
     "bitstack_linear_reference",
     "bitstack_linear_decode_reference",
     "bitstack_linear_prefill_reference",
     "bitstack_linear_naive",
 ]
 
-# Largest (padded rank) × (padded tokens) sent to the decode kernel by ``bitstack_linear``; above it
-# the prefill kernel is faster (measured on an H100, see benchmarks/kernels/NOTES.md).
+# Largest (padded rank) × (padded tokens) sent to the decode kernel by ``bitstack_linear`` (k = 16:
+# up to 4 tokens).  At 16 tokens the chunked prefill is faster from J = 2 blocks on the large shapes
+# (benchmarks/kernels/NOTES.md); between 5 and 15 tokens nothing was measured.
 DECODE_MAX_WIDTH = 64
 
 
@@ -84,6 +90,22 @@ def bitstack_linear_prefill(x: torch.Tensor, packed: PackedBitStack,
     return run(x, packed, bias)
 
 
+def bitstack_linear_prefill_chunked(x: torch.Tensor, packed: PackedBitStack,
+                                    bias: torch.Tensor | None = None) -> torch.Tensor:
+    """Chunked prefill, see :func:`bitstack.kernels.rebuild.bitstack_linear_prefill_chunked`."""
+    from bitstack.kernels.rebuild import bitstack_linear_prefill_chunked as run
+
+    return run(x, packed, bias)
+
+
+def rebuild_weight(packed: PackedBitStack, dtype: torch.dtype = torch.float16) -> torch.Tensor:
+    """Dense Ŵ (N, K) in ``dtype`` (float16/bfloat16) rebuilt by the GPU kernel (one launch)."""
+    from bitstack.kernels.rebuild import rebuild_rows
+
+    out = torch.empty(packed.out_features, packed.in_features, dtype=dtype, device=packed.device)
+    return rebuild_rows(packed, 0, packed.out_features, out)
+
+
 def bitstack_linear(x: torch.Tensor, packed: PackedBitStack,
                     bias: torch.Tensor | None = None) -> torch.Tensor:
     """y = x · Ŵᵀ (+ bias) on the GPU with the kernel that suits the token count.
@@ -103,4 +125,4 @@ def bitstack_linear(x: torch.Tensor, packed: PackedBitStack,
     tokens = x.numel() // x.shape[-1]
     if tokens <= decode_max_tokens(packed.rank):
         return bitstack_linear_decode(x, packed, bias)
-    return bitstack_linear_prefill(x, packed, bias)
+    return bitstack_linear_prefill_chunked(x, packed, bias)

@@ -7,7 +7,9 @@ times.  At every step it records the resident size, the blocks loaded, the bytes
 resize latency; for every grow it also times, in the same run and the same page-cache state:
 
 * ``raw``: plain ``readinto`` of exactly the same byte ranges of the shards (no checksum, no
-  tensors) — the floor for reading Δ bytes;
+  tensors) into a buffer dropped at once — pure I/O;
+* ``raw into new memory``: the same reads into buffers that are kept, i.e. landing in newly
+  faulted-in pages, as a grow's bytes must;
 * ``reload``: ``bitstack.load`` from scratch at the new budget.
 
 All shard files are read once first so that every measurement sees a warm page cache (the same
@@ -33,10 +35,16 @@ SCHEDULE = [1.0, 0.75, 0.5, 0.25, 0.0, 0.2, 0.45, 0.7, 0.95, 1.0, 0.6, 0.3, 0.05
             0.55, 0.15, 0.0, 0.5, 1.0]
 
 
-def raw_read_seconds(path: Path, manifest, start: int, stop: int) -> float:
-    """Time plain reads of the byte ranges of stack blocks [start, stop)."""
+def raw_read_seconds(path: Path, manifest, start: int, stop: int, *, keep: bool) -> float:
+    """Time plain reads of the byte ranges of stack blocks [start, stop).
+
+    keep=False reads every block into a buffer that is dropped at once (the allocator hands the
+    same warm pages back: pure I/O); keep=True keeps every buffer alive, so the bytes land in
+    new memory, as they must when a model grows.
+    """
     starts = {i: read_header(path / s.file).data_start for i, s in enumerate(manifest.shards)}
     handles = {i: open(path / s.file, "rb") for i, s in enumerate(manifest.shards)}
+    kept = []
     try:
         began = time.perf_counter()
         for entry in manifest.stack[start:stop]:
@@ -44,6 +52,8 @@ def raw_read_seconds(path: Path, manifest, start: int, stop: int) -> float:
             handle = handles[entry.shard]
             handle.seek(starts[entry.shard] + entry.offset)
             handle.readinto(memoryview(buffer.numpy()))
+            if keep:
+                kept.append(buffer)
         return time.perf_counter() - began
     finally:
         for handle in handles.values():
@@ -73,7 +83,9 @@ def main() -> None:
         budget = int(floor + fraction * (full - floor))
         before = model.bitstack.loaded
         allocated_before = torch.cuda.memory_allocated(device) if cuda else None
-        raw = raw_read_seconds(path, manifest, before, max(before, manifest_prefix_target(manifest, budget)))
+        target_blocks = max(before, manifest_prefix_target(manifest, budget))
+        raw = raw_read_seconds(path, manifest, before, target_blocks, keep=False)
+        raw_fresh = raw_read_seconds(path, manifest, before, target_blocks, keep=True)
         report = bitstack.resize(model, budget)
         if cuda:
             torch.cuda.synchronize(device)
@@ -84,7 +96,9 @@ def main() -> None:
             step["cuda_allocated_delta"] = torch.cuda.memory_allocated(device) - allocated_before
         if report.grew:
             step["raw_seconds"] = raw
+            step["raw_fresh_seconds"] = raw_fresh
             step["vs_raw"] = report.seconds / raw if raw > 0 else None
+            step["vs_raw_fresh"] = report.seconds / raw_fresh if raw_fresh > 0 else None
             if grows % args.reload_every == 0:
                 began = time.perf_counter()
                 fresh = bitstack.load(path, budget, device=device)
@@ -95,7 +109,8 @@ def main() -> None:
         steps.append(step)
         print(f"step {number:2d}: {step['kind']:6s} -> {step['resident'] / 1e6:7.1f} MB, {report.new_blocks:5d} blocks, "
               f"read {report.bytes_read / 1e6:7.1f} MB in {report.seconds * 1e3:8.2f} ms"
-              + (f" (raw {raw * 1e3:7.2f} ms, x{step['vs_raw']:.2f})" if report.grew else ""))
+              + (f" (raw {raw * 1e3:7.2f} ms x{step['vs_raw']:.2f}; into new memory {raw_fresh * 1e3:7.2f} ms "
+                 f"x{step['vs_raw_fresh']:.2f})" if report.grew else ""))
     grow_steps = [s for s in steps if s["kind"] == "grow" and s["bytes_read"] > 8e6]
     shrink_steps = [s for s in steps if s["kind"] == "shrink"]
     total_read = sum(s["bytes_read"] for s in grow_steps)
@@ -104,6 +119,8 @@ def main() -> None:
         "device": str(device),
         "grow_vs_raw_aggregate": sum(s["seconds"] for s in grow_steps) / sum(s["raw_seconds"] for s in grow_steps),
         "grow_vs_raw_median": statistics.median(s["vs_raw"] for s in grow_steps),
+        "grow_vs_raw_fresh_aggregate": sum(s["seconds"] for s in grow_steps) / sum(s["raw_fresh_seconds"] for s in grow_steps),
+        "grow_vs_raw_fresh_median": statistics.median(s["vs_raw_fresh"] for s in grow_steps),
         "grow_GBps": total_read / sum(s["seconds"] for s in grow_steps) / 1e9,
         "raw_GBps": total_read / sum(s["raw_seconds"] for s in grow_steps) / 1e9,
         "shrink_ms_median": statistics.median(s["seconds"] * 1e3 for s in shrink_steps),
@@ -139,7 +156,9 @@ def plot(steps, floor: int, full: int, target: Path) -> None:
     colors = ["tab:blue" if s["kind"] == "grow" else "tab:orange" for s in steps]
     bottom.bar(x, [s["seconds"] * 1e3 for s in steps], color=colors, label="resize")
     bottom.plot([s["step"] for s in steps if "raw_seconds" in s], [s["raw_seconds"] * 1e3 for s in steps if "raw_seconds" in s],
-                "k.", label="raw read of the same bytes")
+                "k.", label="raw read of the same bytes (pure I/O)")
+    bottom.plot([s["step"] for s in steps if "raw_fresh_seconds" in s], [s["raw_fresh_seconds"] * 1e3 for s in steps if "raw_fresh_seconds" in s],
+                "rx", label="raw read into new memory")
     bottom.set_yscale("log")
     bottom.set_ylabel("ms (log)")
     bottom.set_xlabel("step (blue: grow, orange: shrink)")

@@ -25,6 +25,7 @@ from bitstack.errors import ArtifactError, InputError
 
 
 _MAX_IOV = 1024  # buffers per preadv call (Linux IOV_MAX)
+_STAGING_BYTES = 64 * 1000 * 1000  # per pinned staging buffer when loading onto a GPU
 
 
 class ArtifactReader:
@@ -46,6 +47,7 @@ class ArtifactReader:
         self._handles: dict[int, BinaryIO] = {}
         self._headers: dict[int, SafetensorsHeader] = {}
         self._weights = {w.name: w for w in self.manifest.weights}
+        self._staging: list[torch.Tensor] | None = None
 
     # ---- lifecycle ----------------------------------------------------------------------
     def close(self) -> None:
@@ -149,24 +151,79 @@ class ArtifactReader:
         if not 0 <= start <= stop <= len(self.manifest.stack):
             raise ValueError(f"block range [{start}, {stop}) is outside the stack of {len(self.manifest.stack)}")
         stack = self.manifest.stack
+        if device is not None and torch.device(device).type == "cuda":
+            return self._read_blocks_cuda(start, stop, torch.device(device))
         buffers = [torch.empty(stack[p].bytes, dtype=torch.uint8) for p in range(start, stop)]
         checks = []
         with ThreadPoolExecutor(max_workers=1) as pool:
-            position = start
-            while position < stop:
-                first = stack[position]
-                end = position + 1
-                while (end < stop and end - position < _MAX_IOV and stack[end].shard == first.shard
-                       and stack[end].offset == stack[end - 1].offset + stack[end - 1].bytes):
-                    end += 1
-                run = buffers[position - start : end - start]
-                self._read_run(position, run)
+            for first, end in self._runs(start, stop):
+                run = buffers[first - start : end - start]
+                self._read_run(first, run)
                 if self.verify:
-                    checks.append(pool.submit(self._check_run, position, run))
-                position = end
+                    checks.append(pool.submit(self._check_run, first, run))
             for check in checks:
                 check.result()  # raises ArtifactError naming the first corrupted block
         return [(stack[p], self._as_block(p, buffers[p - start], device)) for p in range(start, stop)]
+
+    def _runs(self, start: int, stop: int, max_bytes: int | None = None) -> list[tuple[int, int]]:
+        """Split [start, stop) into runs of back-to-back blocks (≤ 1024 blocks, ≤ max_bytes unless one block is larger)."""
+        stack = self.manifest.stack
+        runs = []
+        position = start
+        while position < stop:
+            end, size = position + 1, stack[position].bytes
+            while (end < stop and end - position < _MAX_IOV and stack[end].shard == stack[position].shard
+                   and stack[end].offset == stack[end - 1].offset + stack[end - 1].bytes
+                   and (max_bytes is None or size + stack[end].bytes <= max_bytes)):
+                size += stack[end].bytes
+                end += 1
+            runs.append((position, end))
+            position = end
+        return runs
+
+    def _read_blocks_cuda(self, start: int, stop: int, device: torch.device) -> list[tuple[BlockEntry, ResidualBlock]]:
+        """GPU variant of :meth:`read_blocks`: no host copy is kept.
+
+        Runs are read into one of two reusable pinned staging buffers; while the next run is read
+        into the other, the previous one is checksummed on a worker thread and copied to per-block
+        device buffers asynchronously.
+        """
+        stack = self.manifest.stack
+        if start == stop:
+            return []
+        capacity = max([_STAGING_BYTES] + [stack[p].bytes for p in range(start, stop)])
+        if self._staging is None or self._staging[0].numel() < capacity:  # pinned host memory, kept for later resizes
+            self._staging = [torch.empty(capacity, dtype=torch.uint8, pin_memory=True) for _ in range(2)]
+        staging = self._staging
+        copied = [None, None]  # CUDA events: the staging buffer's last copy has finished
+        hashed = [None, None]  # futures: the staging buffer's last checksum has finished
+        targets = [torch.empty(stack[p].bytes, dtype=torch.uint8, device=device) for p in range(start, stop)]
+        stream = torch.cuda.current_stream(device)
+        checks = []
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            for number, (first, end) in enumerate(self._runs(start, stop, capacity)):
+                slot = number % 2
+                if copied[slot] is not None:
+                    copied[slot].synchronize()
+                if hashed[slot] is not None:
+                    hashed[slot].result()
+                views, offset = [], 0
+                for position in range(first, end):
+                    views.append(staging[slot][offset : offset + stack[position].bytes])
+                    offset += stack[position].bytes
+                self._read_run(first, views)
+                if self.verify:
+                    hashed[slot] = pool.submit(self._check_run, first, views)
+                    checks.append(hashed[slot])
+                for position, view in zip(range(first, end), views):
+                    targets[position - start].copy_(view, non_blocking=True)
+                event = torch.cuda.Event()
+                event.record(stream)
+                copied[slot] = event
+            for check in checks:
+                check.result()
+        stream.synchronize()
+        return [(stack[p], self._as_block(p, targets[p - start], None)) for p in range(start, stop)]
 
     def _read_run(self, position: int, buffers: list[torch.Tensor]) -> None:
         """Fill ``buffers`` with the back-to-back blocks starting at stack ``position``."""

@@ -75,14 +75,25 @@ def main() -> None:
     for shard in manifest.shards:  # warm the page cache
         (path / shard.file).read_bytes()
     floor, full = manifest.floor_bytes, manifest.full_bytes
-    model = bitstack.load(path, full, device=device)
     cuda = device.type == "cuda"
+    load_peak = None
+    if cuda:  # peak device bytes while loading at a mid budget must stay within it
+        torch.cuda.reset_peak_memory_stats(device)
+        mid = (floor + full) // 2
+        probe = bitstack.load(path, mid, device=device)
+        load_peak = {"budget": mid, "peak_allocated": torch.cuda.max_memory_allocated(device),
+                     "resident": bitstack.memory_bytes(probe)}
+        del probe
+        torch.cuda.empty_cache()
+    model = bitstack.load(path, full, device=device)
     steps = []
     grows = 0
     for number, fraction in enumerate(SCHEDULE):
         budget = int(floor + fraction * (full - floor))
         before = model.bitstack.loaded
         allocated_before = torch.cuda.memory_allocated(device) if cuda else None
+        if cuda:
+            torch.cuda.reset_peak_memory_stats(device)
         target_blocks = max(before, manifest_prefix_target(manifest, budget))
         raw = raw_read_seconds(path, manifest, before, target_blocks, keep=False)
         raw_fresh = raw_read_seconds(path, manifest, before, target_blocks, keep=True)
@@ -94,6 +105,7 @@ def main() -> None:
                 ("shrink" if report.new_blocks < report.old_blocks else "none")}
         if cuda:
             step["cuda_allocated_delta"] = torch.cuda.memory_allocated(device) - allocated_before
+            step["cuda_peak_allocated"] = torch.cuda.max_memory_allocated(device)  # only the model lives on the GPU
         if report.grew:
             step["raw_seconds"] = raw
             step["raw_fresh_seconds"] = raw_fresh
@@ -125,6 +137,8 @@ def main() -> None:
         "raw_GBps": total_read / sum(s["raw_seconds"] for s in grow_steps) / 1e9,
         "shrink_ms_median": statistics.median(s["seconds"] * 1e3 for s in shrink_steps),
         "shrink_ms_max": max(s["seconds"] * 1e3 for s in shrink_steps),
+        "load_peak": load_peak,
+        "resize_peak_over_budget_max": max((s["cuda_peak_allocated"] - s["budget"] for s in steps), default=None) if cuda else None,
         "reload_vs_grow_median": statistics.median(s["reload_seconds"] / s["seconds"] for s in grow_steps if "reload_seconds" in s),
     }
     (out / "resize_pressure.json").write_text(json.dumps({"summary": summary, "steps": steps}, indent=1))

@@ -34,3 +34,14 @@ def tiny_artifact(tmp_path_factory):
     config = CompressConfig(nsamples=4, seqlen=32, niter=6, rank=4, dtype="float32", batch_size=2, shard_mb=0.05)
     bitstack.compress(model, path, config, tokenizer=tokenizer, device="cpu", progress=False)
     return path, reference, tokenizer
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory):
+    """A tiny random Llama saved as a Hugging Face model folder, with its tokenizer."""
+    from tiny_models import tiny_model, tiny_tokenizer
+
+    folder = tmp_path_factory.mktemp("hf") / "tiny-llama"
+    tiny_model("llama").save_pretrained(folder)
+    tiny_tokenizer().save_pretrained(folder)
+    return folder

@@ -21,11 +21,8 @@ SMALL = CompressConfig(nsamples=2, seqlen=16, niter=2, rank=2, dtype="float32", 
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("hf") / "tiny-llama"
-    tiny_model("llama").save_pretrained(folder)
-    tiny_tokenizer().save_pretrained(folder)
-    return folder
+def model_dir(tiny_model_dir):
+    return tiny_model_dir
 
 
 def _listing(folder):

@@ -3,17 +3,14 @@ import subprocess
 import sys
 
 import pytest
-from tiny_models import WORDS, tiny_model, tiny_tokenizer
+from tiny_models import WORDS, tiny_tokenizer
 
 from bitstack.cli import main
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("hf") / "tiny-llama"
-    tiny_model("llama").save_pretrained(folder)
-    tiny_tokenizer().save_pretrained(folder)
-    return folder
+def model_dir(tiny_model_dir):
+    return tiny_model_dir
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,6 @@ from tiny_models import WORDS, tiny_model, tiny_tokenizer
 
 import bitstack
 import bitstack.compressor as compressor
-from bitstack.artifact.workdir import WorkDir
 from bitstack.cli import main
 from bitstack.config import CompressConfig
 from bitstack.errors import InputError
@@ -51,6 +50,14 @@ def interrupt_at_layer(monkeypatch, layer: int) -> None:
     monkeypatch.setattr(compressor, "_compress_layer", failing)
 
 
+def interrupted_run(monkeypatch, out: Path, layer: int) -> None:
+    """A run of ``out`` that dies when it starts decomposing layer ``layer``."""
+    with monkeypatch.context() as patch:
+        interrupt_at_layer(patch, layer)
+        with pytest.raises(Killed):
+            run(out)
+
+
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory):
     out = run(tmp_path_factory.mktemp("ref") / "ref.bstk")
@@ -60,10 +67,7 @@ def reference(tmp_path_factory):
 @pytest.mark.parametrize("layer", [0, 2])
 def test_interrupted_layer_resumes_bitwise(layer, reference, tmp_path, monkeypatch):
     out = tmp_path / "a.bstk"
-    with monkeypatch.context() as patch:
-        interrupt_at_layer(patch, layer)
-        with pytest.raises(Killed):
-            run(out)
+    interrupted_run(monkeypatch, out, layer)
     work = tmp_path / "a.bstk.partial" / "work"
     assert sorted(p.name for p in work.glob("layer-*")) == [f"layer-{i:05d}.safetensors" for i in range(layer)]
     assert (work / "samples.safetensors").is_file() and not out.exists()
@@ -91,10 +95,7 @@ def test_interrupted_final_stage_resumes_bitwise(reference, tmp_path, monkeypatc
 
 def test_corrupted_work_file_is_recomputed(reference, tmp_path, monkeypatch):
     out = tmp_path / "c.bstk"
-    with monkeypatch.context() as patch:
-        interrupt_at_layer(patch, 3)
-        with pytest.raises(Killed):
-            run(out)
+    interrupted_run(monkeypatch, out, 3)
     layer1 = tmp_path / "c.bstk.partial" / "work" / "layer-00001.safetensors"
     raw = bytearray(layer1.read_bytes())
     raw[-3] ^= 0x10
@@ -105,10 +106,7 @@ def test_corrupted_work_file_is_recomputed(reference, tmp_path, monkeypatch):
 
 def test_other_settings_do_not_resume(tmp_path, monkeypatch):
     out = tmp_path / "d.bstk"
-    with monkeypatch.context() as patch:
-        interrupt_at_layer(patch, 2)
-        with pytest.raises(Killed):
-            run(out)
+    interrupted_run(monkeypatch, out, 2)
     partial = tmp_path / "d.bstk.partial"
     before = files(partial)
     other = CompressConfig(**{**CONFIG.to_dict(), "niter": 3})
@@ -122,10 +120,7 @@ def test_other_settings_do_not_resume(tmp_path, monkeypatch):
 
 def test_a_running_compression_is_not_disturbed(tmp_path, monkeypatch):
     out = tmp_path / "e.bstk"
-    with monkeypatch.context() as patch:
-        interrupt_at_layer(patch, 1)
-        with pytest.raises(Killed):
-            run(out)
+    interrupted_run(monkeypatch, out, 1)
     with open(tmp_path / "e.bstk.partial" / "work" / "lock", "a+b") as lock:
         fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)  # as another process would
         with pytest.raises(InputError, match="another bitstack compression is writing"):

@@ -1,4 +1,4 @@
-"""Atomic file writes: write a temporary sibling, fsync, then rename over the target."""
+"""Atomic file writes: write a temporary sibling, fsync, rename over the target, fsync the folder."""
 
 from __future__ import annotations
 
@@ -22,6 +22,21 @@ def atomic_open(path: str | Path) -> Iterator[BinaryIO]:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+    fsync_dir(path.parent)
+
+
+def fsync_dir(folder: str | Path) -> None:
+    """Make a rename in ``folder`` durable (no-op where directories cannot be opened, e.g. Windows)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:

@@ -1,0 +1,167 @@
+"""SIGKILL a real ``bitstack compress`` at random moments, restart it, compare with an uninterrupted run.
+
+    python benchmarks/kill_resume.py [--kills 20] [--seed 0] [--calib self|file] [--layers 8]
+
+A tiny random Llama is saved as a Hugging Face folder.  One uninterrupted CLI run gives the
+reference artifact.  Then the same command is started again and again; each start is killed
+(SIGKILL) — every other one at a random time uniform over 1.5 x the reference run's duration
+(start-up included), the others at a random time within 1 s (skewed to early) after the run
+saved something new (samples, a layer, a final-stage file) — until ``--kills`` kills have landed.  Whenever a run completes, its artifact must be
+byte-identical to the reference (same files, same bytes), and a new episode starts from scratch.
+For every kill the script records what the killed run had saved (nothing, samples, N layers,
+the final stage).  Prints one line per kill and a JSON summary; exits 1 on any difference.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+
+
+def files(path: Path) -> dict[str, bytes]:
+    return {p.relative_to(path).as_posix(): p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file()}
+
+
+def stage(out: Path) -> str:
+    """What a killed run left behind."""
+    partial = out.with_name(out.name + ".partial")
+    work = partial / "work"
+    if out.exists():
+        return "finished"
+    if not partial.exists():
+        return "nothing written (start-up)"
+    if not work.exists():
+        return "final stage (work removed)"
+    if any(p.name != "work" for p in partial.iterdir()):
+        return "final stage (writing shards)"
+    try:
+        done = len(json.loads((work / "progress.json").read_text())["layers"])
+    except (OSError, ValueError, KeyError):
+        done = 0
+    if done:
+        return f"{done} layer(s) saved"
+    if (work / "samples.safetensors").exists():
+        return "samples saved, no layer"
+    return "work folder created, no samples"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--kills", type=int, default=20)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--calib", choices=("self", "file"), default="file")
+    parser.add_argument("--layers", type=int, default=8)
+    parser.add_argument("--keep", action="store_true", help="keep the temporary folder")
+    args = parser.parse_args()
+    rng = random.Random(args.seed)
+
+    from tiny_models import WORDS, tiny_model, tiny_tokenizer
+
+    tmp = Path(tempfile.mkdtemp(prefix="bitstack-kill-"))
+    model_dir = tmp / "model"
+    tiny_model("llama", num_hidden_layers=args.layers, hidden_size=64, intermediate_size=160).save_pretrained(model_dir)
+    tiny_tokenizer().save_pretrained(model_dir)
+    calib = "self"
+    if args.calib == "file":
+        calib = str(tmp / "calib.txt")
+        Path(calib).write_text(" ".join(random.Random(0).choice(WORDS) for _ in range(4000)))
+
+    def command(out: Path) -> list[str]:
+        return [sys.executable, "-m", "bitstack.cli", "compress", str(model_dir), "-o", str(out), "--calib", calib,
+                "--nsamples", "8", "--seqlen", "32", "--niter", "8", "--rank", "4", "--dtype", "float32",
+                "--batch-size", "4", "--shard-mb", "0.1", "--device", "cpu", "--quiet"]
+
+    reference = tmp / "reference.bstk"
+    started = time.monotonic()
+    proc = subprocess.Popen(command(reference), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    working_at = None
+    while proc.poll() is None:
+        if working_at is None and reference.with_name("reference.bstk.partial").exists():
+            working_at = time.monotonic() - started
+        time.sleep(0.01)
+    total = time.monotonic() - started
+    if proc.returncode != 0:
+        print(proc.stderr, file=sys.stderr)
+        return 1
+    expected = files(reference)
+    working_at = working_at if working_at is not None else 0.0
+    print(f"reference run: {total:.1f} s ({working_at:.1f} s start-up), {len(expected)} files, "
+          f"{sum(map(len, expected.values()))} bytes", flush=True)
+
+    out = tmp / "killed.bstk"
+    kills, episodes, completions, mismatches, restarts = [], 0, 0, 0, 0
+    bench_started = time.monotonic()
+    while len(kills) < args.kills:
+        if out.exists():  # the previous episode completed: compare it and start again from scratch
+            completions += 1
+            if files(out) != expected:
+                mismatches += 1
+                print(f"MISMATCH after episode {episodes}", flush=True)
+            shutil.rmtree(out)
+            episodes += 1
+        restarts += 1
+        before = stage(out)
+        proc = subprocess.Popen(command(out), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        launched = time.monotonic()
+        if len(kills) % 2 == 0:  # anywhere in the run, start-up included
+            mode, deadline = "random time", launched + rng.uniform(0.0, 1.5 * total)
+        else:  # just after the run saved something new (a moment of the working phase)
+            mode, deadline = "after a save", None
+        while proc.poll() is None:
+            now = time.monotonic()
+            if deadline is None and stage(out) != before:
+                deadline = now + rng.uniform(0.0, 1.0) ** 2  # skewed to early: catches short stages too
+            if deadline is not None and now >= deadline:
+                break
+            time.sleep(0.01)
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+            what = stage(out)
+            kills.append({"mode": mode, "after_s": round(time.monotonic() - launched, 2), "before": before, "left": what})
+            print(f"kill {len(kills):2d} ({mode}, after {kills[-1]['after_s']:5.2f} s): {before} -> {what}", flush=True)
+            continue
+        if proc.returncode != 0:
+            print(f"run failed:\n{proc.stderr.read()}", file=sys.stderr)
+            return 1
+    # finish the last episode without a kill
+    result = subprocess.run(command(out), capture_output=True, text=True)
+    if result.returncode != 0:
+        print(result.stderr, file=sys.stderr)
+        return 1
+    restarts += 1
+    completions += 1
+    got = files(out)
+    if got != expected:
+        mismatches += 1
+        differing = sorted(k for k in set(got) | set(expected) if got.get(k) != expected.get(k))
+        print(f"MISMATCH in the last episode: {differing}", flush=True)
+    leftovers = [p.name for p in tmp.iterdir() if p.name.endswith(".partial")]
+    summary = {
+        "kills": len(kills), "runs_started": restarts + 1, "episodes_completed": completions,
+        "artifacts_identical": completions - mismatches, "mismatches": mismatches, "leftover_partial": leftovers,
+        "stages": {s: sum(k["left"] == s for k in kills) for s in sorted({k["left"] for k in kills})},
+        "calib": args.calib, "layers": args.layers, "reference_run_s": round(total, 1),
+        "benchmark_s": round(time.monotonic() - bench_started, 1),
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs", "python": platform.python_version(),
+    }
+    print(json.dumps(summary, indent=1))
+    if not args.keep:
+        shutil.rmtree(tmp)
+    return 1 if mismatches or leftovers else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

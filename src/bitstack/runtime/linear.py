@@ -5,11 +5,49 @@ With blocks B_0 … B_{j-1} loaded, the layer computes
     y = (x ⊙ input_scale) · Ŵᵀ + bias,     Ŵ = Σ_{i<j} S_i ⊙ (u_i v_i)
 
 (``input_scale`` = 1/s when the activation scale could not be folded into a previous op).  No
-dense weight is kept: this pure-PyTorch forward rebuilds Ŵ transiently for each call; it is the
-reference semantics that the GPU kernels are checked against.
+dense weight is kept.  Two ways to compute it:
+
+* **Pure PyTorch** (CPU, no Triton, float32 compute, or ``BITSTACK_KERNELS=0``): each call
+  rebuilds Ŵ transiently from the blocks.  This is the reference semantics.
+* **Triton kernels** (CUDA with Triton installed): the blocks of the module are stored as one
+  :class:`~bitstack.kernels.PackedBitStack` (the kernels' bit-plane layout, see
+  :mod:`bitstack.kernels.layout`) and ``bitstack.kernels.bitstack_linear`` computes the product
+  without a dense Ŵ (decode kernel for ≤ 4 tokens at rank 16, chunked prefill otherwise).
+
+Storage in kernel mode ("packed")
+---------------------------------
+The packed tensors *are* the storage: ``self.packed`` holds signs uint8 (J, N, ceil(K/8)),
+u float16 (J, N, k), v float16 (J, k, K), and ``self.blocks[i]`` is a :class:`PackedBlockView`
+whose ``signs``/``u``/``v`` are the views ``packed.signs[i]``/``packed.u[i]``/``packed.v[i]``.
+The signs of a view are in the bit-plane layout, not the stored one (``view.stored()`` converts;
+``view.dense()`` is correct either way).  ``u`` and ``v`` are the stored factors unchanged:
+``input_scale`` is *not* folded into ``v``; the module multiplies x by it (one elementwise op),
+so the blocks stay exactly the artifact's values.  The packed layout has exactly the stored
+blocks' byte size, and :func:`bitstack.memory_bytes` counts each packed storage once, so the
+resident bytes still equal the manifest's prefix bytes exactly.
+
+Changing the blocks
+-------------------
+The loader and :class:`~bitstack.runtime.stack.LiveStack` append stored blocks to (or pop views
+from) ``self.blocks`` and then call :meth:`BitStackLinear.blocks_changed`, which repacks **this
+one weight** into fresh packed tensors: the views still valid are copied, the new blocks are
+converted to the bit-plane layout, and the old packed tensors are released.  Transient device
+memory of one repack: the old packed tensors plus the new ones of this weight (≤ 2 × its
+resident bytes), plus the conversion scratch of the sign bits (≤ 8 × ``_SIGN_CHUNK_BYTES`` bytes
+of uint8, rows converted in chunks).  Callers repack weight by weight, so the model-wide
+transient is that of the largest weight.  ``forward`` also repacks if it finds ``self.blocks``
+out of sync with the packed form (a safety net for code that edits the list directly).
+
+Transient memory that is not weight memory (not counted by ``memory_bytes``): the kernels'
+scratch buffers (split-K partial sums for decode; a ≤ 64 MiB rebuilt-row scratch per
+(dtype, K) for the chunked prefill, cached by :mod:`bitstack.kernels.rebuild`).
 """
 
 from __future__ import annotations
+
+import dataclasses
+import operator
+import os
 
 import torch
 import torch.nn.functional as F
@@ -17,13 +55,54 @@ from torch import nn
 
 from bitstack.core.avd import ResidualBlock, reconstruct
 
+KERNELS_ENV = "BITSTACK_KERNELS"  # "0", "off", "false" or "no": never use the Triton kernels
+_KERNEL_DTYPES = (torch.float16, torch.bfloat16)
+_SIGN_CHUNK_BYTES = 8 << 20  # rows of stored signs converted to the bit-plane layout at a time
+
+
+@dataclasses.dataclass(frozen=True)
+class PackedBlockView(ResidualBlock):
+    """Block ``i`` of a module's :class:`~bitstack.kernels.PackedBitStack`, as views.
+
+    signs: uint8 (out, ceil(in/8)) in the kernels' **bit-plane** layout with ``group`` bytes per
+    full group (see :mod:`bitstack.kernels.layout`).  u: float16 (out, k).  v: float16 (k, in)
+    (the stored factors; ``input_scale`` is not folded in).
+    """
+
+    group: int = 32
+
+    def stored(self) -> ResidualBlock:
+        """The same block in the stored layout (fresh sign tensor; u and v are shared)."""
+        from bitstack.kernels.layout import standard_from_bitplane
+
+        return ResidualBlock(standard_from_bitplane(self.signs, self.v.shape[1], self.group), self.u, self.v)
+
+    def dense(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """The block's dense contribution S ⊙ (u v), shape (out, in)."""
+        from bitstack.kernels.layout import unpack_bitplane
+
+        sign = unpack_bitplane(self.signs, self.v.shape[1], self.group).to(torch.float32) * 2 - 1
+        return (sign * (self.u.to(torch.float32) @ self.v.to(torch.float32))).to(dtype)
+
+
+def kernels_disabled_by_env() -> bool:
+    """True when ``BITSTACK_KERNELS`` is set to 0/off/false/no."""
+    return os.environ.get(KERNELS_ENV, "").strip().lower() in ("0", "off", "false", "no")
+
 
 class BitStackLinear(nn.Module):
     """Drop-in replacement of ``nn.Linear`` (``in_features`` → ``out_features``).
 
     Attributes:
-        blocks: loaded residual blocks, in load order (uint8 signs, float16 u/v; see
-            :class:`~bitstack.core.avd.ResidualBlock`).  Managed by the loader.
+        blocks: loaded residual blocks, in load order.  Stored layout (uint8 signs, float16 u/v;
+            see :class:`~bitstack.core.avd.ResidualBlock`) in the pure-PyTorch mode; views into
+            ``packed`` (:class:`PackedBlockView`) in kernel mode.  Managed by the loader and the
+            live stack, which call :meth:`blocks_changed` after editing it.
+        packed: the :class:`~bitstack.kernels.PackedBitStack` that stores the blocks in kernel
+            mode, else None.
+        kernels: None (auto: kernel mode on CUDA when Triton is importable and ``BITSTACK_KERNELS``
+            does not disable it), True (also on CPU under ``TRITON_INTERPRET=1``, for tests) or
+            False (never).  Set it with :func:`set_kernels`.
         bias: Parameter (out,) or None.
         input_scale: buffer (in,) in the compute dtype, or None.
     """
@@ -35,6 +114,9 @@ class BitStackLinear(nn.Module):
         self.out_features = out_features
         self.rank = rank
         self.blocks: list[ResidualBlock] = []
+        self.packed = None  # PackedBitStack in kernel mode
+        self._views: tuple[PackedBlockView, ...] = ()  # the views of ``packed`` (identity checks)
+        self.kernels: bool | None = None
         factory = {"device": device, "dtype": dtype}
         self.bias = nn.Parameter(torch.empty(out_features, **factory), requires_grad=False) if bias else None
         if input_scale:
@@ -44,34 +126,154 @@ class BitStackLinear(nn.Module):
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, rank={self.rank}, "
-                f"blocks={len(self.blocks)}, bias={self.bias is not None}, input_scale={self.input_scale is not None}")
+                f"blocks={len(self.blocks)}, bias={self.bias is not None}, input_scale={self.input_scale is not None}, "
+                f"packed={self.packed is not None}")
 
     @property
     def block_bytes(self) -> int:
         return sum(b.nbytes for b in self.blocks)
 
+    # ---- kernel mode ------------------------------------------------------------------------
+    def _wants_packed(self) -> bool:
+        """Whether the blocks should be stored packed (kernel mode) on their current device."""
+        if not self.blocks or self.kernels is False or (self.kernels is None and kernels_disabled_by_env()):
+            return False
+        device = self.blocks[0].signs.device
+        if device.type != "cuda" and self.kernels is not True:
+            return False
+        from bitstack.kernels import triton_available
+
+        if not triton_available():
+            return False
+        if device.type == "cuda":
+            return True
+        from bitstack.kernels._checks import interpret_mode
+
+        return interpret_mode()
+
+    def _in_sync(self) -> bool:
+        views = self._views
+        return len(self.blocks) == len(views) and all(map(operator.is_, self.blocks, views))
+
+    def blocks_changed(self) -> None:
+        """Bring the storage in line with ``self.blocks`` after blocks were appended or popped.
+
+        Kernel mode: repack this weight (see the module docstring: the old and the new packed
+        tensors of this one weight coexist for the duration).  Pure-PyTorch mode: convert views
+        back to the stored layout if the module left kernel mode (e.g. moved to the CPU).
+        """
+        want = self._wants_packed()
+        if want and self.packed is not None and self._in_sync():
+            return
+        if want:
+            self._repack()
+        elif self.packed is not None or any(isinstance(b, PackedBlockView) for b in self.blocks):
+            # fresh tensors for every view, so that no view keeps the old packed storage alive
+            blocks = [ResidualBlock(b.stored().signs, b.u.clone(), b.v.clone()) if isinstance(b, PackedBlockView) else b
+                      for b in self.blocks]
+            self.packed, self._views, self.blocks = None, (), blocks
+
+    def _repack(self) -> None:
+        from bitstack.kernels.layout import (DEFAULT_GROUP, PackedBitStack, bitplane_from_standard,
+                                             standard_from_bitplane)
+
+        old = self.packed
+        group = old.group if old is not None else DEFAULT_GROUP
+        N, K, k = self.out_features, self.in_features, self.rank
+        nb = (K + 7) // 8
+        J = len(self.blocks)
+        device = self.blocks[0].signs.device
+        signs = torch.empty(J, N, nb, dtype=torch.uint8, device=device)
+        u = torch.empty(J, N, k, dtype=torch.float16, device=device)
+        v = torch.empty(J, k, K, dtype=torch.float16, device=device)
+        rows = max(1, _SIGN_CHUNK_BYTES // max(1, nb))
+        for i, block in enumerate(self.blocks):
+            if tuple(block.u.shape) != (N, k) or tuple(block.v.shape) != (k, K) or tuple(block.signs.shape) != (N, nb):
+                raise ValueError(f"block {i} has shapes {tuple(block.signs.shape)}, {tuple(block.u.shape)}, "
+                                 f"{tuple(block.v.shape)}; this layer is {N}x{K} of rank {k}")
+            if isinstance(block, PackedBlockView) and block.group == group:
+                signs[i].copy_(block.signs)
+            else:
+                stored = block.signs
+                if isinstance(block, PackedBlockView):
+                    stored = standard_from_bitplane(stored, K, block.group)
+                for r0 in range(0, N, rows):
+                    signs[i, r0:r0 + rows] = bitplane_from_standard(stored[r0:r0 + rows].to(device), K, group)
+            u[i].copy_(block.u)
+            v[i].copy_(block.v)
+        packed = PackedBitStack(signs, u, v, N, K, k, group)
+        views = tuple(PackedBlockView(signs[i], u[i], v[i], group) for i in range(J))
+        del old
+        self.packed, self._views, self.blocks = packed, views, list(views)
+
+    # ---- compute ----------------------------------------------------------------------------
     def dense_weight(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         """Ŵ of the loaded blocks (zeros if none), shape (out, in) — for checks, not kept."""
         if not self.blocks:
             device = self.bias.device if self.bias is not None else None
             return torch.zeros(self.out_features, self.in_features, dtype=dtype, device=device)
+        if self.packed is not None and self._in_sync():
+            from bitstack.kernels.reference import dense_weight
+
+            return dense_weight(self.packed, dtype)
+        if any(isinstance(b, PackedBlockView) for b in self.blocks):
+            total = self.blocks[0].dense()
+            for block in self.blocks[1:]:
+                total += block.dense()
+            return total.to(dtype)
         return reconstruct(self.blocks, dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.packed is not None and not self._in_sync():
+            self.blocks_changed()  # someone edited self.blocks without telling us
         if self.input_scale is not None:
             x = x * self.input_scale
+        packed = self.packed
+        if (packed is not None and x.dtype in _KERNEL_DTYPES and x.device == packed.device
+                and not (x.requires_grad and torch.is_grad_enabled())):
+            from bitstack.kernels import bitstack_linear
+
+            return bitstack_linear(x, packed, self.bias)
         weight = self.dense_weight(x.dtype).to(x.device)
         return F.linear(x, weight, self.bias)
 
     def _apply(self, fn, recurse: bool = True):
         # Blocks move with the module but keep their storage dtypes (uint8 signs, float16 u/v).
         super()._apply(fn, recurse)
-        moved = []
-        for block in self.blocks:
-            parts = []
-            for t in (block.signs, block.u, block.v):
-                new = fn(t)
-                parts.append(new if new.dtype == t.dtype else new.to(t.dtype))
-            moved.append(ResidualBlock(*parts))
-        self.blocks = moved
+
+        def move(t: torch.Tensor) -> torch.Tensor:
+            new = fn(t)
+            return new if new.dtype == t.dtype else new.to(t.dtype)
+
+        if self.packed is not None and self._in_sync():
+            p = self.packed
+            moved = dataclasses.replace(p, signs=move(p.signs), u=move(p.u), v=move(p.v))
+            self._views = tuple(PackedBlockView(moved.signs[i], moved.u[i], moved.v[i], moved.group)
+                                for i in range(moved.num_blocks))
+            self.packed, self.blocks = moved, list(self._views)
+        else:
+            self.blocks = [dataclasses.replace(b, signs=move(b.signs), u=move(b.u), v=move(b.v)) for b in self.blocks]
+        self.blocks_changed()  # pack on CUDA, unpack elsewhere
         return self
+
+
+def set_kernels(model: nn.Module, enabled: bool | None) -> int:
+    """Choose the compute path of every :class:`BitStackLinear` of ``model`` and repack/unpack now.
+
+    ``enabled``: True (kernels wherever possible: CUDA, or CPU under ``TRITON_INTERPRET=1``),
+    False (pure PyTorch, stored layout), None (automatic, the default).  Weights are converted one
+    at a time, under the model's stack lock when it has one.  Returns how many layers are packed.
+    """
+    state = getattr(model, "bitstack", None)
+    lock = getattr(state, "lock", None)
+    modules = [m for m in model.modules() if isinstance(m, BitStackLinear)]
+    if lock is not None:
+        lock.acquire()
+    try:
+        for module in modules:
+            module.kernels = enabled
+            module.blocks_changed()
+    finally:
+        if lock is not None:
+            lock.release()
+    return sum(m.packed is not None for m in modules)

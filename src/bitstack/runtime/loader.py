@@ -131,6 +131,8 @@ def load(path: str | Path, memory: str | int | None = None, *, device: torch.dev
             raise ArtifactError(f"the artifact lacks tensors the model needs: {', '.join(missing[:5])}")
         for entry, block in reader.read_blocks(0, count, device):
             modules[entry.tensor].blocks.append(block)
+        for module in modules.values():
+            module.blocks_changed()  # kernel mode (CUDA + Triton): repack weight by weight
         model.eval()
         model.bitstack = LiveStack(reader, modules, count, dtype, device, budget, prefix_bytes_at(manifest, dtype))
         model.bitstack.attach(model)

@@ -97,6 +97,7 @@ class LiveStack:
                 if target > old:
                     for entry, block in staged:
                         self.modules[entry.tensor].blocks.append(block)
+                    staged = []  # the modules own the new blocks: a repack below frees them weight by weight
                 else:
                     for position in range(old - 1, target - 1, -1):
                         entry = self.manifest.stack[position]
@@ -104,11 +105,13 @@ class LiveStack:
                         if len(blocks) != entry.index + 1:
                             raise RuntimeError(f"stack out of sync at block {position} ({entry.tensor})")
                         blocks.pop()
+                for name in dict.fromkeys(e.tensor for e in self.manifest.stack[min(old, target):max(old, target)]):
+                    self.modules[name].blocks_changed()  # kernel mode: repack this weight alone (linear.py)
                 self.loaded = target
                 self.budget = budget
         del staged
-        if target < old and self.device.type == "cuda":
-            torch.cuda.empty_cache()  # hand the freed blocks back to the device
+        if target != old and self.device.type == "cuda":
+            torch.cuda.empty_cache()  # hand the freed blocks (and replaced packed tensors) back to the device
         read = self.prefix_bytes[target] - self.prefix_bytes[old] if target > old else 0
         return ResizeReport(old, target, self.prefix_bytes[old], self.prefix_bytes[target], read,
                             time.perf_counter() - started)

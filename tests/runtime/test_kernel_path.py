@@ -1,0 +1,170 @@
+"""Loaded models on the Triton kernel path (``BitStackLinear`` in kernel mode), on the CPU.
+
+Kernel mode stores each weight's blocks as one ``PackedBitStack`` (bit-plane signs) and runs
+``bitstack.kernels.bitstack_linear``.  On CUDA that is automatic; here the layers are switched to
+it with ``set_kernels(model, True)`` and the kernels run in Triton's CPU interpreter
+(``TRITON_INTERPRET=1``, set up by ``tests/kernels/conftest.py``, which this module loads).  The
+interpreter runs the plain-Triton sign unpacking; the PTX variants that CUDA uses are checked on
+the GPU by ``benchmarks/e2e_decode.py`` (same model-level comparison) and the kernel benchmark.
+"""
+
+from __future__ import annotations
+
+import gc
+import importlib.util
+import weakref
+from pathlib import Path
+
+import pytest
+import torch
+
+
+def _interpreter_setup() -> None:
+    """Run tests/kernels/conftest.py (TRITON_INTERPRET=1 and its NumPy shim) once more, by path."""
+    path = Path(__file__).resolve().parent.parent / "kernels" / "conftest.py"
+    spec = importlib.util.spec_from_file_location("_bitstack_kernel_test_setup", path)
+    spec.loader.exec_module(importlib.util.module_from_spec(spec))
+
+
+_interpreter_setup()
+pytest.importorskip("triton", reason="triton is not installed (pip install triton)")
+
+import bitstack  # noqa: E402
+from bitstack.artifact.reader import ArtifactReader  # noqa: E402
+from bitstack.core.avd import ResidualBlock  # noqa: E402
+from bitstack.kernels._checks import interpret_mode  # noqa: E402
+from bitstack.runtime.budget import prefix_bytes_at  # noqa: E402
+from bitstack.runtime.linear import BitStackLinear, PackedBlockView, set_kernels  # noqa: E402
+
+if not interpret_mode():
+    pytest.skip("the kernel path runs on the CPU in Triton's interpreter (TRITON_INTERPRET=1)", allow_module_level=True)
+
+# relative error of the logits (3 decoder layers), kernel path vs pure-PyTorch path, same dtype
+# (measured: fp16 0.8e-3 to 1.1e-3, bf16 1.1e-2 to 1.4e-2)
+REL_TOL = {torch.float16: 1e-2, torch.bfloat16: 5e-2}
+
+
+def _manifest(path):
+    with ArtifactReader(path) as reader:
+        return reader.manifest
+
+
+def _prefix(path, dtype=torch.float16):
+    """(manifest, resident bytes of every prefix when loaded in ``dtype``)."""
+    m = _manifest(path)
+    return m, prefix_bytes_at(m, dtype)
+
+
+def _layers(model):
+    return [m for m in model.modules() if isinstance(m, BitStackLinear)]
+
+
+def _check_packed(model):
+    """Every layer packed, its blocks the views of its packed tensors, bytes exact."""
+    state = model.bitstack
+    for module in _layers(model):
+        p = module.packed
+        assert p is not None and p.num_blocks == len(module.blocks)
+        for i, view in enumerate(module.blocks):
+            assert isinstance(view, PackedBlockView)
+            assert view.signs.untyped_storage().data_ptr() == p.signs.untyped_storage().data_ptr()
+            assert view.u.data_ptr() == p.u[i].data_ptr() and view.v.data_ptr() == p.v[i].data_ptr()
+    assert bitstack.memory_bytes(model) == state.resident_bytes == state.prefix_bytes[state.loaded]
+    assert sum(len(m.blocks) for m in _layers(model)) == state.loaded
+
+
+def _rel_err(a, b):
+    return float((a.float() - b.float()).norm() / b.float().norm())
+
+
+def _logits(model, ids):
+    with torch.no_grad():
+        return model(ids).logits
+
+
+def test_cpu_default_stays_pure_pytorch(tiny_artifact):
+    path, _, _ = tiny_artifact
+    model = bitstack.load(path, device="cpu", dtype="float16")
+    assert all(m.packed is None and not any(isinstance(b, PackedBlockView) for b in m.blocks) for m in _layers(model))
+
+
+def test_repack_is_exact_and_keeps_memory_bytes(tiny_artifact):
+    path, _, _ = tiny_artifact
+    m, prefix = _prefix(path)
+    budget = prefix[m.floor_blocks + 7]
+    model = bitstack.load(path, budget, device="cpu", dtype="float16")
+    fresh = bitstack.load(path, budget, device="cpu", dtype="float16")
+    before = bitstack.memory_bytes(model)
+    assert set_kernels(model, True) == len(_layers(model))
+    _check_packed(model)
+    assert bitstack.memory_bytes(model) == before
+    for name, module in model.bitstack.modules.items():
+        for view, stored in zip(module.blocks, fresh.bitstack.modules[name].blocks, strict=True):
+            back = view.stored()
+            assert torch.equal(back.signs, stored.signs) and torch.equal(view.u, stored.u) and torch.equal(view.v, stored.v)
+            assert torch.equal(view.dense(), stored.dense())
+        assert torch.equal(module.dense_weight(), fresh.bitstack.modules[name].dense_weight())
+    assert set_kernels(model, False) == 0  # back to the stored layout, fresh tensors
+    for name, module in model.bitstack.modules.items():
+        assert module.packed is None
+        for block, stored in zip(module.blocks, fresh.bitstack.modules[name].blocks, strict=True):
+            assert type(block) is ResidualBlock
+            assert torch.equal(block.signs, stored.signs) and torch.equal(block.u, stored.u) and torch.equal(block.v, stored.v)
+    assert bitstack.memory_bytes(model) == before
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_kernel_logits_match_pure_path(tiny_artifact, dtype):
+    path, _, _ = tiny_artifact
+    m, prefix = _prefix(path, dtype)
+    budget = prefix[m.floor_blocks + 9]
+    pure = bitstack.load(path, budget, device="cpu", dtype=dtype)
+    fast = bitstack.load(path, budget, device="cpu", dtype=dtype)
+    set_kernels(fast, True)
+    _check_packed(fast)
+    g = torch.Generator().manual_seed(1)
+    for tokens in (1, 6):  # decode kernel (<= 4 tokens at this rank) and chunked prefill
+        ids = torch.randint(4, 64, (1, tokens), generator=g)
+        err = _rel_err(_logits(fast, ids), _logits(pure, ids))
+        assert err < REL_TOL[dtype], f"{tokens} tokens: relative error {err:.2e}"
+
+
+def test_resize_rebuilds_the_packed_form(tiny_artifact):
+    path, _, _ = tiny_artifact
+    dtype = torch.float16
+    m, prefix = _prefix(path, dtype)
+    model = bitstack.load(path, prefix[m.floor_blocks + 2], device="cpu", dtype=dtype)
+    set_kernels(model, True)
+    ids = torch.tensor([[5, 9, 17]])
+    grown_tensor = m.stack[m.floor_blocks + 2].tensor
+    old_signs = weakref.ref(model.bitstack.modules[grown_tensor].packed.signs)
+    for extra in (12, 1, 6):  # grow, shrink, grow
+        budget = prefix[m.floor_blocks + extra]
+        report = bitstack.resize(model, budget)
+        assert report.new_blocks == m.floor_blocks + extra
+        _check_packed(model)
+        if extra == 12:
+            gc.collect()
+            assert old_signs() is None  # the replaced packed tensors are released
+            shrunk_tensor = m.stack[m.floor_blocks + 11].tensor
+            old_signs = weakref.ref(model.bitstack.modules[shrunk_tensor].packed.signs)
+        elif extra == 1:
+            gc.collect()
+            assert old_signs() is None
+        reference = bitstack.load(path, budget, device="cpu", dtype=dtype)
+        err = _rel_err(_logits(model, ids), _logits(reference, ids))
+        assert err < REL_TOL[dtype], f"after resize to floor + {extra}: relative error {err:.2e}"
+
+
+def test_forward_repacks_a_list_edited_behind_its_back(tiny_artifact):
+    path, _, _ = tiny_artifact
+    model = bitstack.load(path, device="cpu", dtype="float16")
+    set_kernels(model, True)
+    module = next(m for m in _layers(model) if len(m.blocks) > 1)
+    x = torch.randn(1, module.in_features).half()
+    module.blocks.pop()
+    expected = torch.nn.functional.linear(x.float() * (module.input_scale.float() if module.input_scale is not None else 1),
+                                          module.dense_weight(), None if module.bias is None else module.bias.float())
+    y = module(x)
+    assert module.packed.num_blocks == len(module.blocks)
+    assert _rel_err(y, expected) < REL_TOL[torch.float16]

@@ -17,6 +17,7 @@ from bitstack.evaluation.stack_eval import StackEvaluator
 from bitstack.sorting import SortSettings, cache_dir, compute_order, sort_artifact
 
 CONFIG = dict(nsamples=2, seqlen=16, niter=4, rank=2, dtype="float32", batch_size=2, shard_mb=0.02)
+_CANDIDATE_LOSS = StackEvaluator.candidate_loss
 SETTINGS = SortSettings(val_windows=2, val_seqlen=16, batch_size=2, greedy_step=4, greedy_max_age=8, device="cpu")
 
 
@@ -152,56 +153,34 @@ def test_resort_rejects_an_order_without_the_head(artifact):
         resort_artifact(artifact, order, progress=False)
 
 
-def test_measurements_resume_after_an_interruption(artifact, monkeypatch):
-    from bitstack.evaluation import stack_eval
-
-    real = stack_eval.StackEvaluator.candidate_loss
+def _count_candidates(monkeypatch, interrupt_after=None):
+    """Count StackEvaluator.candidate_loss calls; raise KeyboardInterrupt after ``interrupt_after``."""
     calls = {"n": 0}
-
-    def interrupted(self, windows, w):
-        calls["n"] += 1
-        if calls["n"] > 10:
-            raise KeyboardInterrupt
-        return real(self, windows, w)
-
-    monkeypatch.setattr(stack_eval.StackEvaluator, "candidate_loss", interrupted)
-    with pytest.raises(KeyboardInterrupt):
-        compute_order(artifact, "average", SETTINGS, progress=False)
-    files = list(cache_dir(artifact).glob("average-*.json"))
-    assert len(files) == 1 and len(json.loads(files[0].read_text())["data"]["losses"]) == 10
-    monkeypatch.setattr(stack_eval.StackEvaluator, "candidate_loss", real)
-    counted = {"n": 0}
 
     def counting(self, windows, w):
-        counted["n"] += 1
-        return real(self, windows, w)
-
-    monkeypatch.setattr(stack_eval.StackEvaluator, "candidate_loss", counting)
-    resumed = compute_order(artifact, "average", SETTINGS, progress=False)
-    total = sum(n - 1 for n in StackEvaluator(artifact, device="cpu").num_blocks)
-    assert counted["n"] == total - 10
-    fresh = compute_order(artifact, "average", SETTINGS, use_cache=False, progress=False)
-    assert resumed.order == fresh.order
-
-
-def test_greedy_resumes_to_the_same_order(artifact, monkeypatch):
-    from bitstack.evaluation import stack_eval
-
-    real = stack_eval.StackEvaluator.candidate_loss
-    calls = {"n": 0}
-
-    def interrupted(self, windows, w):
         calls["n"] += 1
-        if calls["n"] > 25:
+        if interrupt_after is not None and calls["n"] > interrupt_after:
             raise KeyboardInterrupt
-        return real(self, windows, w)
+        return _CANDIDATE_LOSS(self, windows, w)
 
-    monkeypatch.setattr(stack_eval.StackEvaluator, "candidate_loss", interrupted)
+    monkeypatch.setattr(StackEvaluator, "candidate_loss", counting)
+    return calls
+
+
+@pytest.mark.parametrize("strategy, stop", [("average", 10), ("greedy", 25)])
+def test_measurements_resume_after_an_interruption(strategy, stop, artifact, monkeypatch):
+    _count_candidates(monkeypatch, interrupt_after=stop)
     with pytest.raises(KeyboardInterrupt):
-        compute_order(artifact, "greedy", SETTINGS, progress=False)
-    monkeypatch.setattr(stack_eval.StackEvaluator, "candidate_loss", real)
-    resumed = compute_order(artifact, "greedy", SETTINGS, progress=False)
-    fresh = compute_order(artifact, "greedy", SETTINGS, use_cache=False, progress=False)
+        compute_order(artifact, strategy, SETTINGS, progress=False)
+    files = list(cache_dir(artifact).glob(f"{strategy}-*.json"))
+    assert len(files) == 1
+    if strategy == "average":
+        assert len(json.loads(files[0].read_text())["data"]["losses"]) == stop
+    calls = _count_candidates(monkeypatch)
+    resumed = compute_order(artifact, strategy, SETTINGS, progress=False)
+    if strategy == "average":  # nothing measured twice
+        assert calls["n"] == sum(n - 1 for n in StackEvaluator(artifact, device="cpu").num_blocks) - stop
+    fresh = compute_order(artifact, strategy, SETTINGS, use_cache=False, progress=False)
     assert resumed.order == fresh.order
 
 
@@ -222,3 +201,17 @@ def test_compress_with_a_measured_strategy_resorts_the_result(tmp_path):
         compression = reader.manifest.compression
     assert compression["sort"] == "fisher" and compression["sort_info"]["forwards"] > 0
     assert not resort_dir(path).exists()
+
+
+def test_proxy_keeps_the_compress_time_order_until_resorted(artifact):
+    from bitstack.artifact.reader import ArtifactReader as Reader
+
+    stored = stack_order(Reader(artifact).manifest)
+    result = compute_order(artifact, "proxy", SETTINGS, progress=False)
+    assert result.order == stored and result.info["energies"] == "compress-time" and result.info["forwards"] == 0
+    sort_artifact(artifact, "proxy", progress=False)  # a no-op re-sort keeps it
+    assert compute_order(artifact, "proxy", SETTINGS, progress=False).info["energies"] == "compress-time"
+    sort_artifact(artifact, "random", SortSettings(seed=1), progress=False)
+    again = compute_order(artifact, "proxy", SETTINGS, progress=False)
+    assert again.info["energies"] == "recomputed from the blocks"
+    check_order(again.order, [w.num_blocks for w in Reader(artifact).manifest.weights])

@@ -2,9 +2,10 @@
 
 Strategies (:data:`bitstack.config.SORT_STRATEGIES`):
 
-- ``proxy``: activation-scaled residual energy per byte (:mod:`bitstack.core.ordering`).  On an
-  existing artifact the energies are recomputed from the blocks, with the full stack standing in
-  for the original weight.  No forward pass.
+- ``proxy``: activation-scaled residual energy per byte (:mod:`bitstack.core.ordering`).  The
+  order ``compress`` wrote is kept (it used the exact energies); on an artifact re-sorted since,
+  the energies are recomputed from the blocks with the full stack standing in for the original
+  weight (:func:`is_compress_time_proxy`).  No forward pass.
 - ``fisher``: the diagonal empirical Fisher F of the validation loss with respect to every
   decomposed weight (one forward + backward per validation window at the full stack) weights
   the residual energies: E_w[i] = Σ F_w ⊙ (Ŵ_w,n − Ŵ_w,i)² ≈ 2 × the loss increase when weight w
@@ -84,6 +85,20 @@ class SortResult:
 
     order: list[tuple[int, int]]
     info: dict[str, Any] = field(default_factory=dict)
+
+
+def is_compress_time_proxy(manifest) -> bool:
+    """Whether the artifact's stack is still the order ``compress`` wrote with ``sort=proxy``.
+
+    Only then are the exact residual energies of the decomposition behind it; once re-sorted,
+    ``proxy`` recomputes them from the blocks with the full stack standing in for the original
+    weight (:func:`~bitstack.core.ordering.residual_energies`), which moves late blocks: the
+    drops E[i] − E[i+1] of the last blocks are of the order of the final residual E[n] that the
+    approximation sets to 0.
+    """
+    compression = manifest.compression
+    info = compression.get("sort_info")
+    return compression.get("sort") == "proxy" and (info is None or info.get("energies") == "compress-time")
 
 
 def cache_dir(path: str | Path) -> Path:
@@ -178,7 +193,7 @@ def fisher_diagonal(evaluator, windows: torch.Tensor, progress: bool = True) -> 
     evaluator.set_counts(evaluator.num_blocks)
     params = []
     for module in evaluator.modules:
-        module.weight = module.acc.to(evaluator.dtype).requires_grad_(True)
+        module.weight = module.acc.to(evaluator.dtype, copy=True).requires_grad_(True)
         params.append(module.weight)
     fisher = [torch.zeros(p.shape, dtype=torch.float32, device=p.device) for p in params]
     began = time.perf_counter()
@@ -275,16 +290,25 @@ def compute_order(path: str | Path, strategy: str, settings: SortSettings | None
     _check_strategy(strategy)
     settings = settings or SortSettings()
     began = time.perf_counter()
-    if strategy == "random":
+    if strategy in ("random", "proxy"):
         from bitstack.artifact.reader import ArtifactReader
-
-        with ArtifactReader(path, verify=False) as reader:
-            num_blocks = [w.num_blocks for w in reader.manifest.weights]
+        from bitstack.artifact.resort import stack_order
         from bitstack.core.ordering import random_order
 
-        order = random_order(num_blocks, settings.seed)
-        return SortResult(order, {"strategy": strategy, "seed": settings.seed, "forwards": 0, "forward_equivalents": 0,
-                                  "seconds": round(time.perf_counter() - began, 2)})
+        with ArtifactReader(path, verify=False) as reader:
+            manifest = reader.manifest
+        info: dict[str, Any] = {"strategy": strategy, "forwards": 0, "forward_equivalents": 0}
+        if strategy == "random":
+            order = random_order([w.num_blocks for w in manifest.weights], settings.seed)
+            info["seed"] = settings.seed
+        elif is_compress_time_proxy(manifest):  # exact energies were used: keep that order
+            order = stack_order(manifest)
+            info["energies"] = "compress-time"
+        else:
+            order = None
+        if order is not None:
+            info["seconds"] = round(time.perf_counter() - began, 2)
+            return SortResult(order, info)
     if evaluator is None:
         evaluator = StackEvaluator(path, device=settings.device, dtype=settings.dtype, batch_size=settings.batch_size)
     start = (evaluator.cost.forwards, evaluator.cost.equivalents)
@@ -295,8 +319,9 @@ def compute_order(path: str | Path, strategy: str, settings: SortSettings | None
             windows = validation_windows(evaluator, settings)
         info.update(val=settings.val, val_windows=int(windows.shape[0]), val_seqlen=int(windows.shape[1]),
                     dtype=str(evaluator.dtype).replace("torch.", ""))
-    if strategy == "proxy":
+    if strategy == "proxy":  # the artifact was re-sorted: approximate energies from the blocks
         order = universal_order(energy_stats(evaluator, progress=progress), "proxy")
+        info["energies"] = "recomputed from the blocks"
     elif strategy == "fisher":
         fisher = fisher_diagonal(evaluator, windows, progress=progress)
         order = universal_order(energy_stats(evaluator, fisher, progress=progress), "fisher")

@@ -244,11 +244,13 @@ def residual_energies(blocks_dense: Sequence[torch.Tensor], importance: torch.Te
         return [0.0]
     # residual after i blocks = Σ_{j >= i} block_j, built from the tail so that no Ŵ_n is needed
     energies = [0.0] * (n + 1)
-    tail = torch.zeros_like(blocks_dense[0], dtype=torch.float64)
+    tail = torch.zeros_like(blocks_dense[0], dtype=torch.float32)
     for i in range(n - 1, -1, -1):
-        tail += blocks_dense[i].double()
+        tail += blocks_dense[i]
         sq = tail.square()
-        energies[i] = float((sq * importance.double()).sum() if importance is not None else sq.sum())
+        if importance is not None:
+            sq *= importance
+        energies[i] = float(sq.sum(dtype=torch.float64))
     return energies
 
 

@@ -199,6 +199,12 @@ def plot_curves(series: dict[str, list[CurvePoint]], png: str | Path, *, base_by
         ax.set_xlabel("resident weight memory (MB)")
         ax.set_ylabel("perplexity (log scale)")
         ax.set_yscale("log")
+        from matplotlib.ticker import FuncFormatter, NullFormatter
+
+        plain = FuncFormatter(lambda y, _: f"{y:g}")
+        ax.yaxis.set_major_formatter(plain)
+        low, high = ax.get_ylim()
+        ax.yaxis.set_minor_formatter(plain if high / low < 10 else NullFormatter())  # label minors only within a decade
         ax.grid(True, which="both", alpha=0.3)
         if base_bytes is not None and params:
             scale = 8e6 / params

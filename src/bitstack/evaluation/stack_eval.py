@@ -58,12 +58,13 @@ class DenseStackLinear(nn.Module):
             raise ValueError(f"block count must be in 1 … {len(self.blocks)}, got {count}")
         if count == self.count:
             return
-        if self.acc is not None and count == self.count + 1:
-            self.acc += self.blocks[self.count].dense()
-        else:  # same float32 summation order as reconstruct()
+        if self.acc is None or count < self.count:  # same float32 summation order as reconstruct()
             self.acc = self.blocks[0].dense()
-            for block in self.blocks[1:count]:
-                self.acc += block.dense()
+            start = 1
+        else:  # growing: add the new blocks to the running sum, in the same order
+            start = self.count
+        for block in self.blocks[start:count]:
+            self.acc += block.dense()
         self.count = count
         self.weight = self.acc.to(self.dtype)
 

@@ -1,0 +1,163 @@
+"""Sorting study (issue 3): the memory–perplexity curve of every ordering strategy, and its cost.
+
+One artifact, every strategy of ``bitstack.config.SORT_STRATEGIES``: each strategy's order is
+computed on validation text (calibration-style, not the test set), then the artifact is
+evaluated *in memory* in that order (no rewrite: :func:`bitstack.evaluation.curve.evaluate_order`
+assigns each weight the blocks of the longest prefix that fits, exactly as ``bitstack.load``
+would after ``bitstack sort``) on the test text at the same budgets for all strategies.
+
+Resumable: orders and curve points go to ``OUT/study.json`` as they are finished, and the
+``average``/``greedy`` measurements to ``ARTIFACT.sortcache/``; a rerun skips finished work.
+
+Example (the numbers in benchmarks/RESULTS.md):
+
+    python benchmarks/sorting_study.py --artifact runs/smol.bstk \\
+        --val /work/shared/data/calibration_wikipedia.txt --ppl /work/shared/data/wikitext2_test.txt \\
+        --out runs/sorting_study
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import math
+import platform
+import time
+from pathlib import Path
+
+import torch
+
+
+def _save(path: Path, data: dict) -> None:
+    from bitstack.artifact.atomic import atomic_write_bytes
+
+    atomic_write_bytes(path, (json.dumps(data, indent=1) + "\n").encode())
+
+
+def main(argv: list[str] | None = None) -> int:
+    from bitstack.config import SORT_STRATEGIES
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--artifact", required=True)
+    parser.add_argument("--val", default="self", help="validation text for fisher/average/greedy (default: sampled from the model)")
+    parser.add_argument("--val-windows", type=int, default=8)
+    parser.add_argument("--val-seqlen", type=int, default=256)
+    parser.add_argument("--ppl", required=True, help="test text (e.g. WikiText-2 test)")
+    parser.add_argument("--eval-seqlen", type=int, default=512)
+    parser.add_argument("--max-windows", type=int, default=16, help="test windows scored per budget")
+    parser.add_argument("--points", type=int, default=13, help="budgets spread evenly from floor to full")
+    parser.add_argument("--extra-budgets", default="", help="more budgets, e.g. 90MB,100MB (the low end is where orders differ)")
+    parser.add_argument("--strategies", default=",".join(SORT_STRATEGIES))
+    parser.add_argument("--greedy-step", type=int, default=8)
+    parser.add_argument("--greedy-max-age", type=int, default=256)
+    parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--dtype", default=None, help="compute dtype (default: the artifact's)")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (the study machine is shared)")
+    parser.add_argument("--out", required=True, help="output folder")
+    args = parser.parse_args(argv)
+
+    from bitstack.calibration.samples import tokenize_text
+    from bitstack.evaluation.curve import CurvePoint, evaluate_order, spread_budgets, write_curve
+    from bitstack.evaluation.perplexity import token_windows
+    from bitstack.evaluation.stack_eval import StackEvaluator
+    from bitstack.memory import parse_memory
+    from bitstack.runtime.loader import load_tokenizer
+    from bitstack.sorting import SortSettings, compute_order, validation_windows
+
+    torch.set_num_threads(args.threads)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    state_file = out / "study.json"
+    strategies = [s for s in args.strategies.split(",") if s]
+    settings = SortSettings(val=args.val, val_windows=args.val_windows, val_seqlen=args.val_seqlen, batch_size=args.batch_size,
+                            greedy_step=args.greedy_step, greedy_max_age=args.greedy_max_age, device=args.device, dtype=args.dtype)
+
+    began = time.perf_counter()
+    evaluator = StackEvaluator(args.artifact, device=args.device, dtype=args.dtype, batch_size=args.batch_size)
+    print(f"loaded {args.artifact} in {time.perf_counter() - began:.1f} s", flush=True)
+    val = validation_windows(evaluator, settings)
+    tokenizer = load_tokenizer(args.artifact)
+    test = token_windows(tokenize_text(tokenizer, Path(args.ppl).read_text(encoding="utf-8"), special_tokens=True),
+                         args.eval_seqlen, args.max_windows)
+    floor = evaluator.prefix_bytes[evaluator.manifest.floor_blocks]
+    budgets = spread_budgets(floor, evaluator.prefix_bytes[-1], args.points)
+    budgets = sorted(set(budgets) | {parse_memory(b) for b in args.extra_budgets.split(",") if b})
+
+    setup = {"artifact": str(args.artifact), "val": args.val, "val_windows": int(val.shape[0]), "val_seqlen": int(val.shape[1]),
+             "val_sha256": hashlib.sha256(val.numpy().tobytes()).hexdigest(), "ppl": args.ppl,
+             "eval_seqlen": args.eval_seqlen, "eval_windows": int(test.shape[0]), "budgets": budgets,
+             "dtype": str(evaluator.dtype), "greedy_step": args.greedy_step, "greedy_max_age": args.greedy_max_age}
+    state = json.loads(state_file.read_text()) if state_file.is_file() else {}
+    if state.get("setup") != setup:
+        state = {"setup": setup, "strategies": {}}
+    if evaluator.device.type == "cuda":
+        machine = f"{torch.cuda.get_device_name(evaluator.device)}, torch {torch.__version__}"
+    else:
+        machine = f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}"
+    if "forward_seconds" not in state:  # the unit of cost: one full forward over the validation windows
+        evaluator.set_counts(evaluator.num_blocks)
+        evaluator.evaluate(val)  # warm-up
+        t = time.perf_counter()
+        for _ in range(3):
+            evaluator.evaluate(val)
+        state["forward_seconds"] = round((time.perf_counter() - t) / 3, 3)
+        state["machine"] = machine
+        _save(state_file, state)
+
+    for strategy in strategies:
+        entry = state["strategies"].setdefault(strategy, {})
+        if "order" not in entry:
+            print(f"[{strategy}] computing the order", flush=True)
+            result = compute_order(args.artifact, strategy, settings, evaluator=evaluator, windows=val)
+            entry.update(order=result.order, info=result.info)
+            _save(state_file, state)
+            print(f"[{strategy}] {result.info}", flush=True)
+        if "points" not in entry:
+            order = [tuple(x) for x in entry["order"]]
+            points = evaluate_order(evaluator, order, budgets, test, label=strategy)
+            entry["points"] = [p.to_dict() for p in points]
+            _save(state_file, state)
+
+    series = {s: [CurvePoint(**p) for p in state["strategies"][s]["points"]] for s in strategies}
+    params = evaluator.manifest.decomposed_params()
+    paths = write_curve(series, out / "sorting_curve", base_bytes=evaluator.prefix_bytes[0], params=params,
+                        title=f"SmolLM2-135M: universal order vs WikiText-2 ppl ({test.shape[0]}×{test.shape[1]} tokens)",
+                        meta={**setup, "machine": state.get("machine")})
+    print(report(state, strategies, params, evaluator.prefix_bytes[0]))
+    print("wrote " + ", ".join(str(p) for p in paths.values()))
+    return 0
+
+
+def report(state: dict, strategies: list[str], params: int, base: int) -> str:
+    """Markdown tables: perplexity per budget, gaps to ``average``, and each strategy's cost."""
+    rows = {s: state["strategies"][s]["points"] for s in strategies}
+    budgets = state["setup"]["budgets"]
+    lines = ["| budget (MB) | bits/param | " + " | ".join(strategies) + " |", "|---" * (len(strategies) + 2) + "|"]
+    for k, budget in enumerate(budgets):
+        bits = 8 * (budget - base) / params
+        cells = []
+        for s in strategies:
+            ppl = rows[s][k]["ppl"]
+            cells.append("inf" if ppl is None or not math.isfinite(ppl) else f"{ppl:.2f}" if ppl < 1000 else f"{ppl:.0f}")
+        lines.append(f"| {budget / 1e6:.1f} | {bits:.2f} | " + " | ".join(cells) + " |")
+    if "average" in rows:
+        lines += ["", "Perplexity relative to `average` (+x % = worse):", "",
+                  "| budget (MB) | " + " | ".join(s for s in strategies if s != "average") + " |",
+                  "|---" * len(strategies) + "|"]
+        for k, budget in enumerate(budgets):
+            ref = rows["average"][k]["ppl"]
+            cells = [f"{100 * (rows[s][k]['ppl'] / ref - 1):+.1f} %" for s in strategies if s != "average"]
+            lines.append(f"| {budget / 1e6:.1f} | " + " | ".join(cells) + " |")
+    unit = state["forward_seconds"]
+    lines += ["", f"Cost (one full forward over the validation windows = {unit} s on {state.get('machine')}):", "",
+              "| strategy | seconds | forward passes | full-forward equivalents |", "|---|---|---|---|"]
+    for s in strategies:
+        info = state["strategies"][s]["info"]
+        lines.append(f"| {s} | {info['seconds']} | {info['forwards']} | {info['forward_equivalents']} |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

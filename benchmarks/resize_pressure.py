@@ -10,7 +10,8 @@ resize latency; for every grow it also times, in the same run and the same page-
   tensors) into a buffer dropped at once — pure I/O;
 * ``raw into new memory``: the same reads into buffers that are kept, i.e. landing in newly
   faulted-in pages, as a grow's bytes must;
-* ``reload``: ``bitstack.load`` from scratch at the new budget.
+* ``reload``: ``bitstack.load`` from scratch at the new budget — whose weights must equal the
+  resized model's exactly (checked with ``torch.equal``, the run fails otherwise).
 
 All shard files are read once first so that every measurement sees a warm page cache (the same
 state for resize and raw).  Writes a JSON log and a PNG plot to --out and prints a summary.
@@ -115,6 +116,8 @@ def main() -> None:
                 began = time.perf_counter()
                 fresh = bitstack.load(path, budget, device=device)
                 step["reload_seconds"] = time.perf_counter() - began
+                step["matches_fresh_load"] = same_weights(model, fresh)
+                assert step["matches_fresh_load"], f"step {number}: resized weights differ from a fresh load"
                 del fresh
             grows += 1
         assert step["resident"] <= budget
@@ -139,11 +142,24 @@ def main() -> None:
         "shrink_ms_max": max(s["seconds"] * 1e3 for s in shrink_steps),
         "load_peak": load_peak,
         "resize_peak_over_budget_max": max((s["cuda_peak_allocated"] - s["budget"] for s in steps), default=None) if cuda else None,
+        "fresh_load_checks": sum(1 for s in steps if s.get("matches_fresh_load")),
         "reload_vs_grow_median": statistics.median(s["reload_seconds"] / s["seconds"] for s in grow_steps if "reload_seconds" in s),
     }
     (out / "resize_pressure.json").write_text(json.dumps({"summary": summary, "steps": steps}, indent=1))
     plot(steps, floor, full, out / "resize_pressure.png")
     print(json.dumps(summary, indent=1))
+
+
+def same_weights(a, b) -> bool:
+    """Every loaded block of every weight identical (torch.equal) in two loaded models."""
+    for name, module in a.bitstack.modules.items():
+        other = b.bitstack.modules[name]
+        if len(module.blocks) != len(other.blocks):
+            return False
+        for x, y in zip(module.blocks, other.blocks):
+            if not (torch.equal(x.signs, y.signs) and torch.equal(x.u, y.u) and torch.equal(x.v, y.v)):
+                return False
+    return True
 
 
 def manifest_prefix_target(manifest, budget: int) -> int:

@@ -271,8 +271,10 @@ def main() -> None:
     if device.type == "cpu":  # the tests' interpreter set-up (NumPy >= 2.3 shim), loaded by path
         import importlib.util
 
-        spec = importlib.util.spec_from_file_location("_kernel_test_setup", HERE.parent / "tests/kernels/conftest.py")
-        spec.loader.exec_module(importlib.util.module_from_spec(spec))
+        spec = importlib.util.spec_from_file_location("_kernel_test_setup", HERE.parent / "tests/triton_interpreter.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        module.setup()
     results: dict = {"args": vars(args)}
     versions = {"torch": torch.__version__, "python": platform.python_version()}
     for name in ("transformers", "triton"):

@@ -101,18 +101,23 @@ def main() -> int:
           f"{sum(map(len, expected.values()))} bytes", flush=True)
 
     out = tmp / "killed.bstk"
-    kills, episodes, completions, mismatches, restarts = [], 0, 0, 0, 0
+    kills, completions, mismatches, restarts, anomalies = [], 0, 0, 0, []
+    last_left = stage(out)
     bench_started = time.monotonic()
     while len(kills) < args.kills:
         if out.exists():  # the previous episode completed: compare it and start again from scratch
             completions += 1
-            if files(out) != expected:
-                mismatches += 1
-                print(f"MISMATCH after episode {episodes}", flush=True)
+            same = files(out) == expected
+            mismatches += not same
+            print(f"episode {completions} completed: artifact {'identical to' if same else 'DIFFERENT from'} the reference",
+                  flush=True)
             shutil.rmtree(out)
-            episodes += 1
+            last_left = stage(out)
         restarts += 1
         before = stage(out)
+        if before != last_left:  # nothing runs between two attempts: the folder must not change
+            anomalies.append(f"before attempt {restarts}: {last_left!r} became {before!r} with no process running")
+            print("ANOMALY:", anomalies[-1], flush=True)
         proc = subprocess.Popen(command(out), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         launched = time.monotonic()
         if len(kills) % 2 == 0:  # anywhere in the run, start-up included
@@ -129,29 +134,34 @@ def main() -> int:
         if proc.poll() is None:
             proc.send_signal(signal.SIGKILL)
             proc.wait()
-            what = stage(out)
+            what = last_left = stage(out)
             kills.append({"mode": mode, "after_s": round(time.monotonic() - launched, 2), "before": before, "left": what})
             print(f"kill {len(kills):2d} ({mode}, after {kills[-1]['after_s']:5.2f} s): {before} -> {what}", flush=True)
             continue
         if proc.returncode != 0:
             print(f"run failed:\n{proc.stderr.read()}", file=sys.stderr)
             return 1
-    # finish the last episode without a kill
-    result = subprocess.run(command(out), capture_output=True, text=True)
-    if result.returncode != 0:
-        print(result.stderr, file=sys.stderr)
-        return 1
-    restarts += 1
+        last_left = stage(out)
+    # finish the last episode without a kill (unless the last kill came after it had finished)
+    if not out.exists():
+        result = subprocess.run(command(out), capture_output=True, text=True)
+        if result.returncode != 0:
+            print(result.stderr, file=sys.stderr)
+            return 1
+        restarts += 1
     completions += 1
     got = files(out)
     if got != expected:
         mismatches += 1
         differing = sorted(k for k in set(got) | set(expected) if got.get(k) != expected.get(k))
         print(f"MISMATCH in the last episode: {differing}", flush=True)
+    print(f"episode {completions} completed: artifact {'identical to' if got == expected else 'DIFFERENT from'} the reference")
     leftovers = [p.name for p in tmp.iterdir() if p.name.endswith(".partial")]
     summary = {
-        "kills": len(kills), "runs_started": restarts + 1, "episodes_completed": completions,
+        "kills": len(kills), "runs_started": restarts + 1,  # the reference run included
+        "episodes_completed": completions,
         "artifacts_identical": completions - mismatches, "mismatches": mismatches, "leftover_partial": leftovers,
+        "anomalies": anomalies,
         "stages": {s: sum(k["left"] == s for k in kills) for s in sorted({k["left"] for k in kills})},
         "calib": args.calib, "layers": args.layers, "reference_run_s": round(total, 1),
         "benchmark_s": round(time.monotonic() - bench_started, 1),
@@ -160,7 +170,7 @@ def main() -> int:
     print(json.dumps(summary, indent=1))
     if not args.keep:
         shutil.rmtree(tmp)
-    return 1 if mismatches or leftovers else 0
+    return 1 if mismatches or leftovers or anomalies else 0
 
 
 if __name__ == "__main__":

@@ -11,9 +11,12 @@ Resumable: orders and curve points go to ``OUT/study.json`` as they are finished
 
 Example (the numbers in benchmarks/RESULTS.md):
 
-    python benchmarks/sorting_study.py --artifact runs/smol.bstk \\
+    python benchmarks/sorting_study.py --threads 1 --artifact runs/smol.bstk \\
         --val /work/shared/data/calibration_wikipedia.txt --ppl /work/shared/data/wikitext2_test.txt \\
-        --out runs/sorting_study
+        --extra-budgets 85MB,90MB,95MB,100MB,115MB,125MB --out runs/sorting_study
+
+``--threads 1``: on a 2-core machine shared with other jobs, two torch threads per process
+oversubscribe the cores and a forward pass was 6x slower than with one thread.
 """
 
 from __future__ import annotations
@@ -54,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--dtype", default=None, help="compute dtype (default: the artifact's)")
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (the study machine is shared)")
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1: the study machine is shared)")
     parser.add_argument("--out", required=True, help="output folder")
     args = parser.parse_args(argv)
 

@@ -6,6 +6,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 
+import triton_interpreter  # noqa: E402
+
+triton_interpreter.setup()  # before any test module imports bitstack.kernels (and so Triton)
+
 
 @pytest.fixture(autouse=True)
 def _deterministic():

@@ -4,6 +4,7 @@ import fcntl
 import json
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -16,7 +17,6 @@ from tiny_models import WORDS, tiny_model, tiny_tokenizer
 
 import bitstack
 import bitstack.compressor as compressor
-from bitstack.cli import main
 from bitstack.config import CompressConfig
 from bitstack.errors import InputError
 
@@ -178,23 +178,32 @@ def test_sigkilled_cli_runs_resume_bitwise(tmp_path):
     tiny_tokenizer().save_pretrained(model_dir)
     calib = tmp_path / "calib.txt"
     calib.write_text(" ".join(random.Random(0).choice(WORDS) for _ in range(2000)))
-    assert main(_cli_args(model_dir, calib, tmp_path / "ref.bstk")) == 0
     out = tmp_path / "k.bstk"
     command = [sys.executable, "-m", "bitstack.cli", *_cli_args(model_dir, calib, out)]
+    # the reference runs the same way as the killed runs (a fresh process: same thread count)
+    ref = subprocess.run([sys.executable, "-m", "bitstack.cli", *_cli_args(model_dir, calib, tmp_path / "ref.bstk")],
+                         capture_output=True, text=True)
+    assert ref.returncode == 0, ref.stderr
     fingerprint = tmp_path / "k.bstk.partial" / "work" / "fingerprint.json"
-    kills = 0
-    while kills < 2 and not out.exists():
+    reference = files(tmp_path / "ref.bstk")
+    kills = attempts = 0
+    while kills < 2:
+        attempts += 1
+        assert attempts <= 12, "the run kept finishing before the kill: the working phase is too short to hit"
         proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 60
         while not fingerprint.exists() and proc.poll() is None and time.monotonic() < deadline:
             time.sleep(0.02)
-        time.sleep(rng.uniform(0.0, 1.5))
+        time.sleep(rng.uniform(0.0, 0.5))
         if proc.poll() is None:
             proc.send_signal(signal.SIGKILL)
-            kills += 1
         proc.wait()
+        if out.exists():  # it finished before the kill landed: check it, then start again from scratch
+            assert files(out) == reference
+            shutil.rmtree(out)
+        elif proc.returncode == -signal.SIGKILL:
+            kills += 1
     result = subprocess.run(command, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
-    assert kills == 2
-    assert files(out) == files(tmp_path / "ref.bstk")
+    assert files(out) == reference
     assert not (tmp_path / "k.bstk.partial").exists()

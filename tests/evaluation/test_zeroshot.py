@@ -22,7 +22,15 @@ from bitstack.evaluation.zeroshot import (
     score_requests,
 )
 
-torch.set_num_threads(1)
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny models: one thread is faster, and the setting must not leak into other modules."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 # ---------------------------------------------------------------------------------------------
 # Fixtures: tokenizers, models, task files

@@ -3,7 +3,7 @@
 Kernel mode stores each weight's blocks as one ``PackedBitStack`` (bit-plane signs) and runs
 ``bitstack.kernels.bitstack_linear``.  On CUDA that is automatic; here the layers are switched to
 it with ``set_kernels(model, True)`` and the kernels run in Triton's CPU interpreter
-(``TRITON_INTERPRET=1``, set up by ``tests/kernels/conftest.py``, which this module loads).  The
+(``TRITON_INTERPRET=1``, set up by ``tests/triton_interpreter.py`` from the root conftest).  The
 interpreter runs the plain-Triton sign unpacking; the PTX variants that CUDA uses are checked on
 the GPU by ``benchmarks/e2e_decode.py`` (same model-level comparison) and the kernel benchmark.
 """
@@ -11,7 +11,6 @@ the GPU by ``benchmarks/e2e_decode.py`` (same model-level comparison) and the ke
 from __future__ import annotations
 
 import gc
-import importlib.util
 import weakref
 from pathlib import Path
 
@@ -19,14 +18,6 @@ import pytest
 import torch
 
 
-def _interpreter_setup() -> None:
-    """Run tests/kernels/conftest.py (TRITON_INTERPRET=1 and its NumPy shim) once more, by path."""
-    path = Path(__file__).resolve().parent.parent / "kernels" / "conftest.py"
-    spec = importlib.util.spec_from_file_location("_bitstack_kernel_test_setup", path)
-    spec.loader.exec_module(importlib.util.module_from_spec(spec))
-
-
-_interpreter_setup()
 pytest.importorskip("triton", reason="triton is not installed (pip install triton)")
 
 import bitstack  # noqa: E402

@@ -1,10 +1,13 @@
-"""Kernel tests run Triton's CPU interpreter; set it up before Triton is imported."""
+"""Triton's CPU interpreter for the kernel tests, set up before anything imports Triton.
+
+``@triton.jit`` reads ``TRITON_INTERPRET`` when a kernel module is imported, so this must run
+before the first test module that imports ``bitstack.kernels`` (directly or through the runtime):
+the root ``conftest.py`` calls :func:`setup` first thing.  Test-only.
+"""
 
 from __future__ import annotations
 
 import os
-
-os.environ.setdefault("TRITON_INTERPRET", "1")
 
 
 def _patch_interpreter_scalar_index() -> None:
@@ -27,4 +30,7 @@ def _patch_interpreter_scalar_index() -> None:
     interpreter._patch_lang_tensor = patched
 
 
-_patch_interpreter_scalar_index()
+def setup() -> None:
+    """Turn on the interpreter (unless the caller set TRITON_INTERPRET) and patch old Tritons."""
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+    _patch_interpreter_scalar_index()

@@ -8,15 +8,19 @@ would after ``bitstack sort``) on the test text at the same budgets for all stra
 
 Resumable: orders and curve points go to ``OUT/study.json`` as they are finished, and the
 ``average``/``greedy`` measurements to ``ARTIFACT.sortcache/``; a rerun skips finished work.
+``--report-only`` redraws the plot and ``OUT/report.md`` from ``OUT/study.json`` alone (no artifact,
+no model), e.g. after a run that was stopped before its last strategy.
 
-Example (the numbers in benchmarks/RESULTS.md):
+Example: the run behind ``benchmarks/results/sorting_study/`` (an H200; the data files carried):
 
-    python benchmarks/sorting_study.py --threads 1 --artifact runs/smol.bstk \\
-        --val /work/shared/data/calibration_wikipedia.txt --ppl /work/shared/data/wikitext2_test.txt \\
-        --extra-budgets 85MB,90MB,95MB,100MB,115MB,125MB --out runs/sorting_study
+    bitstack compress smollm2-135m -o /tmp/smol.bstk --calib calibration_wikipedia.txt --device cuda
+    python benchmarks/sorting_study.py --device cuda --artifact /tmp/smol.bstk \\
+        --val calibration_wikipedia.txt --ppl wikitext2_test.txt --eval-seqlen 2048 --max-windows 40 \\
+        --batch-size 8 --points 13 --extra-budgets 85MB,90MB,95MB,100MB,115MB,125MB,150MB,180MB \\
+        --strategies proxy,fisher,random,average,greedy --out runs/sorting_study
 
-``--threads 1``: on a 2-core machine shared with other jobs, two torch threads per process
-oversubscribe the cores and a forward pass was 6x slower than with one thread.
+On a CPU, ``--threads 1`` (the default): on a 2-core machine shared with other jobs, two torch
+threads per process oversubscribe the cores and a forward pass was 6x slower than with one thread.
 """
 
 from __future__ import annotations
@@ -42,11 +46,11 @@ def main(argv: list[str] | None = None) -> int:
     from bitstack.config import SORT_STRATEGIES
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--artifact", required=True)
+    parser.add_argument("--artifact")
     parser.add_argument("--val", default="self", help="validation text for fisher/average/greedy (default: sampled from the model)")
     parser.add_argument("--val-windows", type=int, default=8)
     parser.add_argument("--val-seqlen", type=int, default=256)
-    parser.add_argument("--ppl", required=True, help="test text (e.g. WikiText-2 test)")
+    parser.add_argument("--ppl", help="test text (e.g. WikiText-2 test)")
     parser.add_argument("--eval-seqlen", type=int, default=512)
     parser.add_argument("--max-windows", type=int, default=16, help="test windows scored per budget")
     parser.add_argument("--points", type=int, default=13, help="budgets spread evenly from floor to full")
@@ -59,10 +63,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1: the study machine is shared)")
     parser.add_argument("--out", required=True, help="output folder")
+    parser.add_argument("--report-only", action="store_true",
+                        help="only redraw the curve files and report.md from OUT/study.json (strategies with points)")
     args = parser.parse_args(argv)
+    out = Path(args.out)
+    state_file = out / "study.json"
+    if args.report_only:
+        state = json.loads(state_file.read_text())
+        wanted = [s for s in args.strategies.split(",") if s]
+        strategies = [s for s in wanted if "points" in state["strategies"].get(s, {})]
+        finish(state, strategies, out)
+        return 0
+    if not args.artifact or not args.ppl:
+        parser.error("--artifact and --ppl are required (unless --report-only)")
 
     from bitstack.calibration.samples import tokenize_text
-    from bitstack.evaluation.curve import CurvePoint, evaluate_order, spread_budgets, write_curve
+    from bitstack.evaluation.curve import evaluate_order, spread_budgets
     from bitstack.evaluation.perplexity import token_windows
     from bitstack.evaluation.stack_eval import StackEvaluator
     from bitstack.memory import parse_memory
@@ -70,9 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     from bitstack.sorting import SortSettings, compute_order, validation_windows
 
     torch.set_num_threads(args.threads)
-    out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    state_file = out / "study.json"
     strategies = [s for s in args.strategies.split(",") if s]
     settings = SortSettings(val=args.val, val_windows=args.val_windows, val_seqlen=args.val_seqlen, batch_size=args.batch_size,
                             greedy_step=args.greedy_step, greedy_max_age=args.greedy_max_age, device=args.device, dtype=args.dtype)
@@ -108,6 +122,10 @@ def main(argv: list[str] | None = None) -> int:
         state["forward_seconds"] = round((time.perf_counter() - t) / 3, 3)
         state["machine"] = machine
         _save(state_file, state)
+    # what the plot and the report need, so that --report-only works without the artifact
+    state["base_bytes"] = evaluator.prefix_bytes[0]
+    state["params"] = evaluator.manifest.decomposed_params()
+    state["title"] = f"SmolLM2-135M: universal order vs WikiText-2 ppl ({test.shape[0]}×{test.shape[1]} tokens)"
 
     for strategy in strategies:
         entry = state["strategies"].setdefault(strategy, {})
@@ -119,18 +137,28 @@ def main(argv: list[str] | None = None) -> int:
             print(f"[{strategy}] {result.info}", flush=True)
         if "points" not in entry:
             order = [tuple(x) for x in entry["order"]]
+            t = time.perf_counter()
             points = evaluate_order(evaluator, order, budgets, test, label=strategy)
             entry["points"] = [p.to_dict() for p in points]
+            entry["curve_seconds"] = round(time.perf_counter() - t, 1)
             _save(state_file, state)
+            print(f"[{strategy}] curve: " + ", ".join(f"{p.memory_bytes / 1e6:.1f} MB {p.ppl:.2f}" for p in points), flush=True)
+
+    finish(state, strategies, out)
+    return 0
+
+
+def finish(state: dict, strategies: list[str], out: Path) -> None:
+    """Write the curve files (CSV/JSON/PNG, all strategies on one axis) and ``report.md``."""
+    from bitstack.evaluation.curve import CurvePoint, write_curve
 
     series = {s: [CurvePoint(**p) for p in state["strategies"][s]["points"]] for s in strategies}
-    params = evaluator.manifest.decomposed_params()
-    paths = write_curve(series, out / "sorting_curve", base_bytes=evaluator.prefix_bytes[0], params=params,
-                        title=f"SmolLM2-135M: universal order vs WikiText-2 ppl ({test.shape[0]}×{test.shape[1]} tokens)",
-                        meta={**setup, "machine": state.get("machine")})
-    print(report(state, strategies, params, evaluator.prefix_bytes[0]))
-    print("wrote " + ", ".join(str(p) for p in paths.values()))
-    return 0
+    paths = write_curve(series, out / "sorting_curve", base_bytes=state["base_bytes"], params=state["params"],
+                        title=state.get("title"), meta={**state["setup"], "machine": state.get("machine")})
+    text = report(state, strategies, state["params"], state["base_bytes"])
+    (out / "report.md").write_text(text + "\n", encoding="utf-8")
+    print(text)
+    print("wrote " + ", ".join(str(p) for p in paths.values()) + f", {out / 'report.md'}")
 
 
 def report(state: dict, strategies: list[str], params: int, base: int) -> str:
@@ -155,10 +183,11 @@ def report(state: dict, strategies: list[str], params: int, base: int) -> str:
             lines.append(f"| {budget / 1e6:.1f} | " + " | ".join(cells) + " |")
     unit = state["forward_seconds"]
     lines += ["", f"Cost (one full forward over the validation windows = {unit} s on {state.get('machine')}):", "",
-              "| strategy | seconds | forward passes | full-forward equivalents |", "|---|---|---|---|"]
+              "| strategy | seconds | forward passes | full-forward equivalents | curve seconds |", "|---|---|---|---|---|"]
     for s in strategies:
-        info = state["strategies"][s]["info"]
-        lines.append(f"| {s} | {info['seconds']} | {info['forwards']} | {info['forward_equivalents']} |")
+        entry = state["strategies"][s]
+        info = entry["info"]
+        lines.append(f"| {s} | {info['seconds']} | {info['forwards']} | {info['forward_equivalents']} | {entry.get('curve_seconds', '')} |")
     return "\n".join(lines)
 
 

@@ -23,9 +23,7 @@ def sqnr_db(ref: torch.Tensor, approx: torch.Tensor) -> float:
     return float(20 * torch.log10(ref.double().norm() / noise.clamp_min(1e-300)))
 
 
-@pytest.fixture(scope="session")
-def tiny_artifact(tmp_path_factory):
-    """A compressed tiny Llama (GQA, so o_proj keeps a run-time scale) with its float model."""
+def _compress_tiny(tmp_path_factory, name: str, **settings):
     from tiny_models import tiny_model, tiny_tokenizer
 
     import bitstack
@@ -34,10 +32,23 @@ def tiny_artifact(tmp_path_factory):
     model = tiny_model("llama", num_hidden_layers=3)
     reference = tiny_model("llama", num_hidden_layers=3)  # identical weights, never modified
     tokenizer = tiny_tokenizer()
-    path = tmp_path_factory.mktemp("art") / "tiny.bstk"
-    config = CompressConfig(nsamples=4, seqlen=32, niter=6, rank=4, dtype="float32", batch_size=2, shard_mb=0.05)
+    path = tmp_path_factory.mktemp("art") / name
+    config = CompressConfig(nsamples=4, seqlen=32, niter=6, dtype="float32", batch_size=2, **settings)
     bitstack.compress(model, path, config, tokenizer=tokenizer, device="cpu", progress=False)
     return path, reference, tokenizer
+
+
+@pytest.fixture(scope="session")
+def tiny_artifact(tmp_path_factory):
+    """A compressed tiny Llama (GQA, so o_proj keeps a run-time scale) with its float model:
+    the default codec (planes), groups of 16 so that every weight has several groups."""
+    return _compress_tiny(tmp_path_factory, "tiny.bstk", group_size=16, shard_mb=0.01)
+
+
+@pytest.fixture(scope="session")
+def tiny_avd_artifact(tmp_path_factory):
+    """The same tiny Llama compressed with the paper's codec (avd, rank 4): the Triton kernels' input."""
+    return _compress_tiny(tmp_path_factory, "tiny-avd.bstk", codec="avd", rank=4, shard_mb=0.05)
 
 
 @pytest.fixture(scope="session")

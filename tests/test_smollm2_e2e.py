@@ -35,7 +35,7 @@ def smol(tmp_path_factory):
     reference = perplexity(float_model.model.to(torch.bfloat16), tokenizer, TEXT, seqlen=64, progress=False).ppl
     float_model.model.float()
     path = tmp_path_factory.mktemp("smol") / "smol.bstk"
-    config = CompressConfig(calib="self", nsamples=4, seqlen=64, niter=4, rank=16, batch_size=4)
+    config = CompressConfig(calib="self", nsamples=4, seqlen=64, niter=6, batch_size=4)
     bitstack.compress(float_model.model, path, config, tokenizer=tokenizer, device="cpu", progress=False)
     return path, reference
 
@@ -53,7 +53,7 @@ def test_budgets_on_the_real_model(smol):
         assert bitstack.memory_bytes(model) <= budget
         ppls.append(perplexity(model, tokenizer, TEXT, seqlen=64, progress=False).ppl)
     assert ppls[0] > ppls[1] > ppls[2]  # quality improves with memory
-    assert ppls[2] < 2.0 * float_ppl  # 4 of 16 blocks (~7 bits/param) is already close to float
+    assert ppls[2] < 1.1 * float_ppl  # 6 bit planes (6.25 bits/param) is close to float
     ids = tokenizer("The capital of France is", return_tensors="pt")
     out = full.generate(**ids, max_new_tokens=5, do_sample=False)
     assert out.shape[1] == ids.input_ids.shape[1] + 5

@@ -38,6 +38,7 @@ from bitstack.calibration.samples import calibration_samples, check_source, sour
 from bitstack.config import CompressConfig
 from bitstack.core.avd import ResidualBlock, avd_decompose, block_nbytes
 from bitstack.core.ordering import WeightStats, universal_order
+from bitstack.core.planes import plane_decompose, search_scale_power
 from bitstack.core.scaling import activation_scale
 from bitstack.devices import resolve_device
 from bitstack.errors import BitstackError, InputError, UnsupportedModelError
@@ -69,15 +70,26 @@ def _compress_layer(layer: nn.Module, linears: dict[str, nn.Linear], inputs: Lay
     tensors and its :class:`LayerRecord`.  ``first_weight`` numbers the layer's first linear
     among all decomposed weights (it seeds the truncated SVDs).
     """
-    outputs, channel_stats = run_layer(layer, inputs, linears)
+    planes = config.codec == "planes"
+    outputs, channel_stats = run_layer(layer, inputs, linears, hessians=planes)
     scales = {name: activation_scale(st.norm_sum, st.count) for name, st in channel_stats.items()}
     folds = plan_folds(model.config.model_type, layer, linears, model.config)
-    for rule in {id(r): r for r in folds.values()}.values():
-        shared = torch.stack([scales[c] for c in rule.consumers]).mean(dim=0)  # identical inputs -> identical s
-        for consumer in rule.consumers:
+    rules = list({id(r): r for r in folds.values()}.values())
+    groups = [list(rule.consumers) for rule in rules] + [[name] for name in linears if name not in folds]
+    powers = config.scale_powers()
+    for consumers in groups:  # linears that read one input share one scale
+        shared = torch.stack([scales[c] for c in consumers]).mean(dim=0)
+        if len(powers) > 1:  # the exponent whose round-to-nearest planes lose the least output
+            power = search_scale_power([linears[c].weight.detach().float() for c in consumers],
+                                       [channel_stats[c].hessian for c in consumers], shared, powers, config.group_size)
+        else:
+            power = powers[0]
+        shared = shared if power == 1 else shared ** power
+        for consumer in consumers:
             scales[consumer] = shared
+    for rule in rules:
         fold = fold_into_norm if rule.kind == "norm" else fold_into_rows
-        fold(layer.get_submodule(rule.producer), 1.0 / shared)
+        fold(layer.get_submodule(rule.producer), 1.0 / scales[rule.consumers[0]])
     blocks: list[tuple[str, torch.Tensor]] = []
     record = LayerRecord([], {}, {}, {})
     for number, (name, linear) in enumerate(linears.items()):
@@ -85,25 +97,35 @@ def _compress_layer(layer: nn.Module, linears: dict[str, nn.Linear], inputs: Lay
         scaled = linear.weight.detach().float() * scales[name][None, :]
         if not torch.isfinite(scaled).all():
             raise InputError(f"{full} has NaN or infinite weights or calibration activations: the model cannot be compressed")
-        rank = min(config.rank, linear.out_features, linear.in_features)
-        result = avd_decompose(scaled, config.niter, rank, oversample=config.svd_oversample,
-                               power_iters=config.svd_power_iters, seed=config.seed + first_weight + number)
+        if planes:
+            rank, group_size = 0, config.group_size
+            s = scales[name]
+            hessian = channel_stats[name].hessian / s[:, None] / s[None, :]  # of the scaled inputs x / s
+            result = plane_decompose(scaled, config.niter, group_size, hessian=hessian,
+                                     feedback=config.signs == "hessian", damp=config.damp)
+            record.plane_params[full] = (result.offset.cpu(), result.step.cpu())
+        else:
+            rank, group_size = min(config.rank, linear.out_features, linear.in_features), 0
+            result = avd_decompose(scaled, config.niter, rank, oversample=config.svd_oversample,
+                                   power_iters=config.svd_power_iters, seed=config.seed + first_weight + number)
         for i, block in enumerate(result.blocks):
             for tensor_name, tensor in zip(block_tensor_names(full, i), (block.u, block.v, block.signs)):
                 blocks.append((tensor_name, tensor.cpu()))
         if name not in folds:
             record.input_scales[full] = (1.0 / scales[name]).cpu()
         nbytes = block_nbytes(linear.out_features, linear.in_features, rank)
-        record.weights.append(WeightEntry(full, linear.out_features, linear.in_features, rank, config.niter, nbytes,
-                                          linear.bias is not None, name not in folds))
+        record.weights.append(WeightEntry(full, linear.out_features, linear.in_features, rank, group_size, config.niter,
+                                          nbytes, linear.bias is not None, name not in folds))
         record.residual_sq[full] = tuple(result.residual_sq)
     dense = {f"{name}.weight" for name in linears}
     record.state.update({n: p.detach().cpu().clone() for n, p in layer.named_parameters() if n not in dense})
     return outputs, (blocks, record)
 
 
-def _base_tensors(model: nn.Module, skip: set[str], input_scales: dict[str, torch.Tensor], dtype: torch.dtype) -> tuple[list[BaseTensorSpec], dict[str, str]]:
-    """Every parameter and buffer not decomposed (each storage once), plus run-time scales."""
+def _base_tensors(model: nn.Module, skip: set[str], input_scales: dict[str, torch.Tensor], dtype: torch.dtype,
+                  plane_params: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> tuple[list[BaseTensorSpec], dict[str, str]]:
+    """Every parameter and buffer not decomposed (each storage once), plus run-time scales and
+    the group grids of ``planes`` weights (float16 buffers: stored and loaded as they are)."""
     specs: list[BaseTensorSpec] = []
     aliases: dict[str, str] = {}
     first_name: dict[int, str] = {}
@@ -122,6 +144,9 @@ def _base_tensors(model: nn.Module, skip: set[str], input_scales: dict[str, torc
             specs.append(BaseTensorSpec(name, value.cpu(), kind))
     for name, inv_scale in input_scales.items():
         specs.append(BaseTensorSpec(f"{name}.input_scale", inv_scale.to(dtype).cpu(), "param"))
+    for name, (offset, step) in plane_params.items():
+        specs.append(BaseTensorSpec(f"{name}.plane_offset", offset.to(torch.float16).cpu(), "buffer"))
+        specs.append(BaseTensorSpec(f"{name}.plane_step", step.to(torch.float16).cpu(), "buffer"))
     return specs, aliases
 
 
@@ -208,6 +233,7 @@ def compress(
         weights: list[WeightEntry] = []
         stats: list[WeightStats] = []
         input_scales: dict[str, torch.Tensor] = {}
+        plane_params: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         decomposed: set[str] = set()
         inputs = None
         bar = tqdm(total=sum(len(l) for l in all_linears), desc="decomposing", unit="weight", disable=not progress)
@@ -232,6 +258,7 @@ def compress(
                 stats.append(WeightStats(record.residual_sq[entry.name], entry.block_bytes))
                 decomposed.add(f"{entry.name}.weight")
             input_scales.update(record.input_scales)
+            plane_params.update(record.plane_params)
             for linear in linears.values():  # the dense weight is no longer needed
                 linear.weight.data = torch.empty(0, device=linear.weight.device)
             bar.update(len(linears))
@@ -241,7 +268,7 @@ def compress(
 
         # fisher/average/greedy need the finished artifact: they start from proxy and re-sort below
         order = universal_order(stats, config.sort if config.sort in ("proxy", "random") else "proxy", seed=config.seed)
-        base_specs, aliases = _base_tensors(model, decomposed, input_scales, storage_dtype)
+        base_specs, aliases = _base_tensors(model, decomposed, input_scales, storage_dtype, plane_params)
         base_section, base_bytes = write_base(work.partial, base_specs, aliases)
 
         from safetensors import safe_open

@@ -13,11 +13,15 @@ from typing import Any
 
 from bitstack.errors import InputError
 
-CONFIG_VERSION = 1
+CONFIG_VERSION = 2  # 2 added codec, group_size, signs, damp, scale_power (version-1 settings meant codec "avd")
 
 # proxy/random need no model; fisher, average and greedy measure validation loss after compression
 # (bitstack.sorting; see `bitstack sort`).
 SORT_STRATEGIES = ("proxy", "fisher", "average", "greedy", "random")
+# planes: bit-plane blocks with group-wise magnitudes (bitstack.core.planes); avd: the paper's
+# rank-k magnitudes (bitstack.core.avd)
+CODECS = ("planes", "avd")
+SIGN_RULES = ("nearest", "hessian")
 STORAGE_DTYPES = ("bfloat16", "float16", "float32")
 
 
@@ -37,8 +41,29 @@ class CompressConfig:
     nsamples: int = _opt(256, "number of calibration sequences")
     seqlen: int = _opt(2048, "tokens per calibration sequence")
     seed: int = _opt(0, "seed for calibration sampling and the randomized SVD")
-    niter: int = _opt(16, "residual blocks per weight (AVD iterations)")
-    rank: int = _opt(16, "rank k of each block's magnitude factors u, v")
+    codec: str = _opt(
+        "planes",
+        "block codec: 'planes' (bit planes with group-wise magnitudes, 1 bit per weight per block) or "
+        "'avd' (the paper's absolute-value decomposition with rank-k magnitudes)",
+        choices=CODECS,
+    )
+    niter: int = _opt(8, "residual blocks per weight (AVD iterations; the paper uses 16 with codec avd)")
+    rank: int = _opt(16, "rank k of each block's magnitude factors u, v (codec avd)")
+    group_size: int = _opt(128, "input columns per magnitude group (codec planes)")
+    signs: str = _opt(
+        "nearest",
+        "how block signs are chosen (codec planes): 'nearest' (round to nearest: every prefix is a "
+        "round-to-nearest grid) or 'hessian' (GPTQ-style error feedback from the calibration Hessian; "
+        "better at the first block, worse at the later ones, see benchmarks/RESULTS.md)",
+        choices=SIGN_RULES,
+    )
+    damp: float = _opt(0.01, "Hessian damping, a fraction of its mean diagonal (signs 'hessian')")
+    scale_power: str = _opt(
+        "auto",
+        "exponent p of the activation-aware scale s (W is decomposed as W·diag(s^p)): a number (1 = the "
+        "paper's scale, 0 = none) or 'auto' (codec planes: per input, the p in 0, 0.25, 0.5, 0.75, 1 whose "
+        "round-to-nearest planes have the least output error at 2-4 blocks; codec avd: 1)",
+    )
     dtype: str = _opt(
         "bfloat16",
         "storage dtype of the weights that are not decomposed (embeddings, norms, lm_head)",
@@ -55,7 +80,16 @@ class CompressConfig:
     def __post_init__(self) -> None:
         if not isinstance(self.shard_mb, (int, float)) or isinstance(self.shard_mb, bool) or not 0 < self.shard_mb < float("inf"):
             raise InputError(f"shard_mb must be a positive number, got {self.shard_mb!r}")
-        for name in ("nsamples", "seqlen", "niter", "rank", "batch_size"):
+        if not isinstance(self.damp, (int, float)) or isinstance(self.damp, bool) or not 0 <= self.damp < float("inf"):
+            raise InputError(f"damp must be a finite number >= 0, got {self.damp!r}")
+        if self.scale_power != "auto":
+            try:
+                power = float(self.scale_power)
+            except (TypeError, ValueError):
+                power = -1.0
+            if not 0 <= power < float("inf"):
+                raise InputError(f"scale_power must be 'auto' or a finite number >= 0, got {self.scale_power!r}")
+        for name in ("nsamples", "seqlen", "niter", "rank", "batch_size", "group_size"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise InputError(f"{name} must be a positive integer, got {value!r}")
@@ -70,12 +104,20 @@ class CompressConfig:
         if self.version != CONFIG_VERSION:
             raise InputError(f"compression config version {self.version} is not supported (this bitstack reads {CONFIG_VERSION})")
 
+    def scale_powers(self) -> tuple[float, ...]:
+        """The exponents of s to choose from (one: no search)."""
+        if self.scale_power != "auto":
+            return (float(self.scale_power),)
+        return (0.0, 0.25, 0.5, 0.75, 1.0) if self.codec == "planes" else (1.0,)
+
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "CompressConfig":
         known = {f.name for f in dataclasses.fields(cls)}
+        if data.get("version") == 1:  # before codecs: the paper's decomposition
+            data = {**data, "version": CONFIG_VERSION, "codec": "avd", "scale_power": "1"}
         unknown = sorted(set(data) - known)
         if unknown:
             raise InputError(f"unknown compression settings: {', '.join(unknown)}")

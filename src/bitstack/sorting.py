@@ -176,7 +176,7 @@ def energy_stats(evaluator, importance: list[torch.Tensor] | None = None, progre
     """Residual energies of every weight from its blocks (see :func:`residual_energies`)."""
     stats = []
     for w, module in enumerate(tqdm(evaluator.modules, desc="residual energies", unit="weight", disable=not progress)):
-        dense = [b.dense() for b in module.blocks]
+        dense = [module.contribution(i) for i in range(len(module.blocks))]
         energies = residual_energies(dense, None if importance is None else importance[w])
         stats.append(WeightStats(tuple(energies), module.blocks[0].nbytes))
     return stats

@@ -182,7 +182,7 @@ def _drop(path):
     (_set(("stack", 0, "offset"), -1), "points outside its shard"),
     (_set(("shards", 0, "file"), "/abs/path"), "unsafe file name"),
     (_set(("tokenizer", "dir"), "../x"), "unsafe file name"),
-    (_set(("format_version",), 2), "newer than this bitstack reads"),
+    (_set(("format_version",), 3), "newer than this bitstack reads"),
     (_set(("format_version",), "1"), "integer format_version"),
 ])
 def test_nested_records_are_strict(tiny_artifact, mutate, message):

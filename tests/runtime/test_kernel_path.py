@@ -73,14 +73,14 @@ def _logits(model, ids):
         return model(ids).logits
 
 
-def test_cpu_default_stays_pure_pytorch(tiny_artifact):
-    path, _, _ = tiny_artifact
+def test_cpu_default_stays_pure_pytorch(tiny_avd_artifact):
+    path, _, _ = tiny_avd_artifact
     model = bitstack.load(path, device="cpu", dtype="float16")
     assert all(m.packed is None and not any(isinstance(b, PackedBlockView) for b in m.blocks) for m in _layers(model))
 
 
-def test_repack_is_exact_and_keeps_memory_bytes(tiny_artifact):
-    path, _, _ = tiny_artifact
+def test_repack_is_exact_and_keeps_memory_bytes(tiny_avd_artifact):
+    path, _, _ = tiny_avd_artifact
     m, prefix = _prefix(path)
     budget = prefix[m.floor_blocks + 7]
     model = bitstack.load(path, budget, device="cpu", dtype="float16")
@@ -105,8 +105,8 @@ def test_repack_is_exact_and_keeps_memory_bytes(tiny_artifact):
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-def test_kernel_logits_match_pure_path(tiny_artifact, dtype):
-    path, _, _ = tiny_artifact
+def test_kernel_logits_match_pure_path(tiny_avd_artifact, dtype):
+    path, _, _ = tiny_avd_artifact
     m, prefix = _prefix(path, dtype)
     budget = prefix[m.floor_blocks + 9]
     pure = bitstack.load(path, budget, device="cpu", dtype=dtype)
@@ -120,8 +120,8 @@ def test_kernel_logits_match_pure_path(tiny_artifact, dtype):
         assert err < REL_TOL[dtype], f"{tokens} tokens: relative error {err:.2e}"
 
 
-def test_resize_rebuilds_the_packed_form(tiny_artifact):
-    path, _, _ = tiny_artifact
+def test_resize_rebuilds_the_packed_form(tiny_avd_artifact):
+    path, _, _ = tiny_avd_artifact
     dtype = torch.float16
     m, prefix = _prefix(path, dtype)
     model = bitstack.load(path, prefix[m.floor_blocks + 2], device="cpu", dtype=dtype)
@@ -147,8 +147,8 @@ def test_resize_rebuilds_the_packed_form(tiny_artifact):
         assert err < REL_TOL[dtype], f"after resize to floor + {extra}: relative error {err:.2e}"
 
 
-def test_forward_repacks_a_list_edited_behind_its_back(tiny_artifact):
-    path, _, _ = tiny_artifact
+def test_forward_repacks_a_list_edited_behind_its_back(tiny_avd_artifact):
+    path, _, _ = tiny_avd_artifact
     model = bitstack.load(path, device="cpu", dtype="float16")
     set_kernels(model, True)
     module = next(m for m in _layers(model) if len(m.blocks) > 1)

@@ -14,11 +14,15 @@ from bitstack.runtime.linear import BitStackLinear
 FAMILIES = ["llama", "mistral", "qwen2", "qwen3", "opt", "gpt_neox", "phi3"]
 
 
+CODECS = {"planes": {"codec": "planes", "niter": 24, "group_size": 16}, "avd": {"codec": "avd", "niter": 40, "rank": 8}}
+
+
+@pytest.mark.parametrize("codec", sorted(CODECS))
 @pytest.mark.parametrize("family", FAMILIES)
-def test_full_stack_matches_float_model(family, tmp_path):
+def test_full_stack_matches_float_model(family, codec, tmp_path):
     """With every block loaded, logits match the float model within the decomposition's error."""
     model, reference = tiny_model(family), tiny_model(family)
-    config = CompressConfig(nsamples=4, seqlen=16, niter=40, rank=8, dtype="float32", batch_size=4)
+    config = CompressConfig(nsamples=4, seqlen=16, dtype="float32", batch_size=4, **CODECS[codec])
     path = bitstack.compress(model, tmp_path / "a.bstk", config, tokenizer=tiny_tokenizer(), device="cpu", progress=False)
     loaded = bitstack.load(path, device="cpu")
     ids = torch.randint(4, 64, (2, 24))
@@ -111,7 +115,7 @@ def test_artifact_has_no_pickle_and_json_manifest(tiny_artifact):
     assert "manifest.json" in names and "base.safetensors" in names and "tokenizer" in names
     assert not any(n.endswith((".bin", ".pt", ".pkl")) for n in names)
     data = json.loads((path / "manifest.json").read_text())
-    assert data["format"] == "bitstack" and data["format_version"] == 1
+    assert data["format"] == "bitstack" and data["format_version"] == 2
     assert data["prefix_bytes"][0] == data["base_bytes"]
     assert len(data["prefix_bytes"]) == len(data["stack"]) + 1
 

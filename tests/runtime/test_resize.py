@@ -30,8 +30,9 @@ def _same_weights(a, b):
     return True
 
 
-def test_random_grow_shrink_sequence_matches_fresh_loads(tiny_artifact):
-    path, _, _ = tiny_artifact
+@pytest.mark.parametrize("artifact", ["tiny_artifact", "tiny_avd_artifact"])
+def test_random_grow_shrink_sequence_matches_fresh_loads(artifact, request):
+    path, _, _ = request.getfixturevalue(artifact)
     m = _manifest(path)
     rng = random.Random(0)
     model = bitstack.load(path, m.floor_bytes, device="cpu")

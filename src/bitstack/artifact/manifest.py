@@ -1,6 +1,7 @@
 """The artifact manifest (``manifest.json``): what the artifact holds, in what order, how big.
 
-Format version 1, one JSON object:
+Format version 2, one JSON object (version 1, which had no codecs, is still read: its weights
+are ``group_size`` 0):
 
 - ``format``: ``"bitstack"``; ``format_version``: 1; ``library_version``: writer's version.
 - ``model``: ``source`` (what was compressed), ``config`` (the transformers config dict),
@@ -10,9 +11,12 @@ Format version 1, one JSON object:
 - ``base``: ``file``, ``sha256`` of the whole file, ``tensors`` (list of ``{name, kind, dtype,
   shape}``; kind ``param`` is cast to the load dtype, ``buffer`` keeps its dtype), ``aliases``
   (``{name: name it shares storage with}``, e.g. a tied LM head).
-- ``weights``: the decomposed linears ``{name, out_features, in_features, rank, num_blocks,
-  block_bytes, bias, input_scale}`` (``bias``/``input_scale``: whether base holds
-  ``NAME.bias`` / ``NAME.input_scale``).
+- ``weights``: the decomposed linears ``{name, out_features, in_features, rank, group_size,
+  num_blocks, block_bytes, bias, input_scale}`` (``bias``/``input_scale``: whether base holds
+  ``NAME.bias`` / ``NAME.input_scale``).  ``group_size`` 0: codec ``avd``, blocks of rank
+  ``rank`` >= 1.  ``group_size`` g > 0: codec ``planes`` (:mod:`bitstack.core.planes`), rank 0
+  (``u`` and ``v`` are empty), and base holds the buffers ``NAME.plane_offset`` and
+  ``NAME.plane_step`` (float16, (out, ceil(in / g))).
 - ``shards``: ``{file, bytes, sha256}`` of each block shard, in stack order.
 - ``stack``: the universal order, one entry per block ``{tensor, index, shard, offset, bytes,
   xxh3_128}``: ``tensor`` names the weight, ``index`` is the block's iteration, ``offset`` is its
@@ -36,7 +40,7 @@ from bitstack.config import STORAGE_DTYPES
 from bitstack.errors import ArtifactError
 
 FORMAT_NAME = "bitstack"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 MANIFEST_NAME = "manifest.json"
 MAX_MANIFEST_BYTES = 512 * 1000 * 1000
 
@@ -59,6 +63,7 @@ class WeightEntry:
     out_features: int
     in_features: int
     rank: int
+    group_size: int  # 0: codec avd (rank-k magnitudes); > 0: codec planes (rank 0)
     num_blocks: int
     block_bytes: int
     bias: bool
@@ -149,6 +154,9 @@ class Manifest:
         if version < 1:
             raise ArtifactError(f"{what} has invalid format version {version}")
         _check_keys(data, {f.name for f in fields(cls)}, what)
+        if version == 1 and isinstance(data["weights"], list):  # version 1 knew only codec avd
+            data = {**data, "weights": [{**e, "group_size": 0} if isinstance(e, dict) and "group_size" not in e else e
+                                        for e in data["weights"]]}
         try:
             manifest = cls(
                 format=data["format"],
@@ -196,6 +204,7 @@ class Manifest:
         if not isinstance(base["tensors"], list) or not isinstance(base["aliases"], dict):
             raise ArtifactError(f"{what}: base.tensors must be a list and base.aliases an object")
         names: set[str] = set()
+        base_specs: dict[str, dict] = {}
         total = 0
         for i, t in enumerate(base["tensors"]):
             if not isinstance(t, dict) or set(t) != {"name", "kind", "dtype", "shape"}:
@@ -208,6 +217,7 @@ class Manifest:
             if t["name"] in names:
                 raise ArtifactError(f"{what}: base tensor {t['name']!r} is listed twice")
             names.add(t["name"])
+            base_specs[t["name"]] = t
             total += math.prod(t["shape"]) * _itemsize(t["dtype"])
         if self.base_bytes != total:
             raise ArtifactError(f"{what}: base_bytes is {self.base_bytes}, the base tensors hold {total}")
@@ -226,8 +236,18 @@ class Manifest:
         for w in self.weights:
             if w.name in seen or not w.name:
                 raise ArtifactError(f"{what}: weight {w.name!r} is empty or listed twice")
-            if min(w.out_features, w.in_features, w.rank) < 1 or w.num_blocks < 0:
-                raise ArtifactError(f"{what}: weight {w.name!r} has non-positive sizes")
+            if min(w.out_features, w.in_features) < 1 or w.num_blocks < 0 or w.group_size < 0 \
+                    or (w.rank < 1 if w.group_size == 0 else w.rank != 0):
+                raise ArtifactError(f"{what}: weight {w.name!r} has non-positive sizes (or a rank that its "
+                                    "group_size forbids: planes weights have rank 0)")
+            if w.group_size:
+                groups = -(-w.in_features // w.group_size)
+                for part in ("plane_offset", "plane_step"):
+                    spec = base_specs.get(f"{w.name}.{part}")
+                    if spec is None or spec["kind"] != "buffer" or spec["dtype"] != "F16" \
+                            or spec["shape"] != [w.out_features, groups]:
+                        raise ArtifactError(f"{what}: weight {w.name!r} (group_size {w.group_size}) needs the base "
+                                            f"buffer {w.name}.{part}, float16 of shape [{w.out_features}, {groups}]")
             expected = w.out_features * ((w.in_features + 7) // 8) + 2 * w.rank * (w.out_features + w.in_features)
             if w.block_bytes != expected:
                 raise ArtifactError(f"{what}: weight {w.name!r} says block_bytes={w.block_bytes}, its shapes give {expected}")

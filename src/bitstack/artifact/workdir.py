@@ -46,6 +46,7 @@ PROGRESS = "progress.json"
 LOCK = "lock"
 
 _STATE, _SCALE, _ENERGY = "state:", "input_scale:", "residual_sq:"
+_OFFSET, _STEP = "plane_offset:", "plane_step:"
 
 
 @dataclass
@@ -57,12 +58,14 @@ class LayerRecord:
     input_scales: per weight name without a fold, the run-time scale 1/s (float32 (in,)).
     state: the layer's parameters other than the decomposed weights, after folding, by name
         relative to the layer.
+    plane_params: per weight name of codec ``planes``, its (offset, step), float16 (out, G).
     """
 
     weights: list[WeightEntry]
     residual_sq: dict[str, tuple[float, ...]]
     input_scales: dict[str, torch.Tensor]
     state: dict[str, torch.Tensor]
+    plane_params: dict[str, tuple[torch.Tensor, torch.Tensor]] = dataclasses.field(default_factory=dict)
 
 
 def weights_digest(model: nn.Module) -> str:
@@ -261,6 +264,8 @@ class WorkDir:
         tensors += [(_STATE + name, t.detach().cpu()) for name, t in record.state.items()]
         tensors += [(_SCALE + name, t.detach().cpu()) for name, t in record.input_scales.items()]
         tensors += [(_ENERGY + name, torch.tensor(e, dtype=torch.float64)) for name, e in record.residual_sq.items()]
+        for name, (offset, step) in record.plane_params.items():
+            tensors += [(_OFFSET + name, offset.detach().cpu()), (_STEP + name, step.detach().cpu())]
         metadata = {"bitstack": "work-layer", "layer": str(index),
                     "weights": json.dumps([dataclasses.asdict(w) for w in record.weights])}
         digest = write_safetensors(self.layer_path(index), tensors, metadata)
@@ -284,6 +289,9 @@ class WorkDir:
                 record.input_scales[key] = tensor
             elif kind + ":" == _ENERGY:
                 record.residual_sq[key] = tuple(tensor.tolist())
+            elif kind + ":" in (_OFFSET, _STEP):
+                offset, step = record.plane_params.get(key, (None, None))
+                record.plane_params[key] = (tensor, step) if kind + ":" == _OFFSET else (offset, tensor)
         return record
 
 

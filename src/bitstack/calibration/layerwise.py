@@ -61,25 +61,38 @@ def capture_layer_inputs(model: nn.Module, first_layer: nn.Module, samples: torc
 
 @dataclass
 class ChannelStats:
-    """Running Σ_i ||x_i[:, j]||_2 (float32 (in,)) and the sample count for one linear."""
+    """Running statistics of one linear's input over the calibration samples.
+
+    norm_sum: float32 (in,), Σ_i ||x_i[:, j]||_2 over samples i.  count: number of samples.
+    hessian: float32 (in, in), Σ over all tokens of x xᵀ, when requested (else None).
+    """
 
     norm_sum: torch.Tensor
     count: int = 0
+    hessian: torch.Tensor | None = None
 
 
 @torch.no_grad()
-def run_layer(layer: nn.Module, inputs: LayerInputs, linears: dict[str, nn.Linear]) -> tuple[LayerInputs, dict[str, ChannelStats]]:
-    """Run one layer on every batch; return its outputs and each linear's input statistics."""
+def run_layer(layer: nn.Module, inputs: LayerInputs, linears: dict[str, nn.Linear], *,
+              hessians: bool = False) -> tuple[LayerInputs, dict[str, ChannelStats]]:
+    """Run one layer on every batch; return its outputs and each linear's input statistics
+    (with ``hessians``, also Σ x xᵀ of each linear's input: in² floats per linear)."""
     stats: dict[str, ChannelStats] = {}
     handles = []
     for name, linear in linears.items():
-        entry = ChannelStats(torch.zeros(linear.in_features, dtype=torch.float32, device=linear.weight.device))
+        device = linear.weight.device
+        entry = ChannelStats(torch.zeros(linear.in_features, dtype=torch.float32, device=device))
+        if hessians:
+            entry.hessian = torch.zeros(linear.in_features, linear.in_features, dtype=torch.float32, device=device)
         stats[name] = entry
 
         def hook(module, args, entry=entry):
             sums, count = channel_norm_sum(args[0])
             entry.norm_sum += sums
             entry.count += count
+            if entry.hessian is not None:
+                flat = args[0].reshape(-1, args[0].shape[-1]).to(torch.float32)  # (tokens, in)
+                entry.hessian.addmm_(flat.T, flat)
 
         handles.append(linear.register_forward_pre_hook(hook))
     outputs: list[torch.Tensor] = []

@@ -30,7 +30,7 @@ def channel_norm_sum(x: torch.Tensor) -> tuple[torch.Tensor, int]:
     return norms.sum(dim=0), x.shape[0]
 
 
-def activation_scale(norm_sum: torch.Tensor, count: int, *, floor: float = 1e-3) -> torch.Tensor:
+def activation_scale(norm_sum: torch.Tensor, count: int, *, floor: float = 1e-3, power: float = 1.0) -> torch.Tensor:
     """The scale s from accumulated statistics, normalised to mean 1.
 
     Args:
@@ -39,6 +39,8 @@ def activation_scale(norm_sum: torch.Tensor, count: int, *, floor: float = 1e-3)
         floor: channels are clamped to at least ``floor`` × mean, so that dead channels do not
             produce an infinite 1/s.  Normalising to mean 1 keeps the scaled weight and the folded
             norm weights in a range float16 holds; AVD itself is invariant to a global factor.
+        power: the scale is raised to this exponent after the floor (1: the paper's scale; 0: no
+            scaling, all ones; values in between soften it, as AWQ's searched exponent does).
     Returns:
         float32 (in,), all entries > 0.
     """
@@ -50,5 +52,5 @@ def activation_scale(norm_sum: torch.Tensor, count: int, *, floor: float = 1e-3)
     mean = s.mean()
     if mean <= 0:
         return torch.ones_like(s)
-    s = s / mean
-    return s.clamp_min(floor)
+    s = (s / mean).clamp_min(floor)
+    return s if power == 1 else s ** power

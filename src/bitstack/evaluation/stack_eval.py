@@ -47,6 +47,8 @@ class DenseStackLinear(nn.Module):
         self.blocks: list[ResidualBlock] = list(source.blocks)
         self.bias = source.bias
         self.input_scale = source.input_scale
+        self.group_size = getattr(source, "group_size", 0)
+        self.plane_grid = (source.plane_offset, source.plane_step) if self.group_size else None
         self.dtype = dtype
         self.count = 0
         self.acc: torch.Tensor | None = None
@@ -59,18 +61,26 @@ class DenseStackLinear(nn.Module):
         if count == self.count:
             return
         if self.acc is None or count < self.count:  # same float32 summation order as reconstruct()
-            self.acc = self.blocks[0].dense()
+            self.acc = self.contribution(0)
             start = 1
         else:  # growing: add the new blocks to the running sum, in the same order
             start = self.count
-        for block in self.blocks[start:count]:
-            self.acc += block.dense()
+        for index in range(start, count):
+            self.acc = self.acc + self.contribution(index)
         self.count = count
         self.weight = self.acc.to(self.dtype)
 
+    def contribution(self, index: int) -> torch.Tensor:
+        """Block ``index``'s dense term of Ŵ, float32 (out, in) (codec planes: block 0 includes C)."""
+        if self.group_size:
+            from bitstack.core.planes import plane_block_contribution
+
+            return plane_block_contribution(self.blocks[index], index, *self.plane_grid, self.group_size)
+        return self.blocks[index].dense()
+
     def next_weight(self) -> torch.Tensor:
         """Ŵ with ``count + 1`` blocks, in the compute dtype (not stored)."""
-        return (self.acc + self.blocks[self.count].dense()).to(self.dtype)
+        return (self.acc + self.contribution(self.count)).to(self.dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.input_scale is not None:

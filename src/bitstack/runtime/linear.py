@@ -2,10 +2,13 @@
 
 With blocks B_0 … B_{j-1} loaded, the layer computes
 
-    y = (x ⊙ input_scale) · Ŵᵀ + bias,     Ŵ = Σ_{i<j} S_i ⊙ (u_i v_i)
+    y = (x ⊙ input_scale) · Ŵᵀ + bias,     Ŵ = Σ_{i<j} S_i ⊙ (u_i v_i)            (codec avd)
+                                        Ŵ = C + Σ_{i<j} S_i ⊙ step·2^-i        (codec planes)
 
-(``input_scale`` = 1/s when the activation scale could not be folded into a previous op).  No
-dense weight is kept.  Two ways to compute it:
+(``input_scale`` = 1/s when the activation scale could not be folded into a previous op; C and
+step are the float16 group grids of :mod:`bitstack.core.planes`, buffers ``plane_offset`` and
+``plane_step``).  No dense weight is kept.  Two ways to compute it (planes weights always take
+the first; the Triton kernels implement the rank-k magnitudes of codec avd):
 
 * **Pure PyTorch** (CPU, no Triton, float32 compute, or ``BITSTACK_KERNELS=0``): each call
   rebuilds Ŵ transiently from the blocks.  This is the reference semantics.
@@ -54,6 +57,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from bitstack.core.avd import ResidualBlock, reconstruct
+from bitstack.core.planes import num_groups, planes_reconstruct
 
 KERNELS_ENV = "BITSTACK_KERNELS"  # "0", "off", "false" or "no": never use the Triton kernels
 _KERNEL_DTYPES = (torch.float16, torch.bfloat16)
@@ -105,14 +109,24 @@ class BitStackLinear(nn.Module):
             False (never).  Set it with :func:`set_kernels`.
         bias: Parameter (out,) or None.
         input_scale: buffer (in,) in the compute dtype, or None.
+        group_size: 0 (codec avd) or the magnitude group size (codec planes, rank 0), whose
+            buffers ``plane_offset`` and ``plane_step`` (float16 (out, ceil(in / group_size)))
+            keep float16 whatever the module's dtype.
     """
 
+    _PLANE_BUFFERS = ("plane_offset", "plane_step")
+
     def __init__(self, in_features: int, out_features: int, rank: int, *, bias: bool, input_scale: bool,
-                 device: torch.device | str | None = None, dtype: torch.dtype | None = None):
+                 device: torch.device | str | None = None, dtype: torch.dtype | None = None, group_size: int = 0):
         super().__init__()
         self.in_features = in_features
         self.out_features = out_features
         self.rank = rank
+        self.group_size = group_size
+        if group_size:
+            for name in self._PLANE_BUFFERS:
+                self.register_buffer(name, torch.empty(out_features, num_groups(in_features, group_size),
+                                                       device=device, dtype=torch.float16))
         self.blocks: list[ResidualBlock] = []
         self.packed = None  # PackedBitStack in kernel mode
         self._views: tuple[PackedBlockView, ...] = ()  # the views of ``packed`` (identity checks)
@@ -126,6 +140,7 @@ class BitStackLinear(nn.Module):
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, rank={self.rank}, "
+                f"group_size={self.group_size}, "
                 f"blocks={len(self.blocks)}, bias={self.bias is not None}, input_scale={self.input_scale is not None}, "
                 f"packed={self.packed is not None}")
 
@@ -136,7 +151,7 @@ class BitStackLinear(nn.Module):
     # ---- kernel mode ------------------------------------------------------------------------
     def _wants_packed(self) -> bool:
         """Whether the blocks should be stored packed (kernel mode) on their current device."""
-        if not self.blocks or self.kernels is False or (self.kernels is None and kernels_disabled_by_env()):
+        if not self.blocks or self.group_size or self.kernels is False or (self.kernels is None and kernels_disabled_by_env()):
             return False
         device = self.blocks[0].signs.device
         if device.type != "cuda" and self.kernels is not True:
@@ -212,6 +227,8 @@ class BitStackLinear(nn.Module):
         if not self.blocks:
             device = self.bias.device if self.bias is not None else None
             return torch.zeros(self.out_features, self.in_features, dtype=dtype, device=device)
+        if self.group_size:
+            return planes_reconstruct(self.blocks, self.plane_offset, self.plane_step, self.group_size, dtype)
         if self.packed is not None and self._in_sync():
             from bitstack.kernels.reference import dense_weight
 
@@ -238,12 +255,20 @@ class BitStackLinear(nn.Module):
         return F.linear(x, weight, self.bias)
 
     def _apply(self, fn, recurse: bool = True):
-        # Blocks move with the module but keep their storage dtypes (uint8 signs, float16 u/v).
+        # Blocks and plane grids move with the module but keep their storage dtypes (uint8 signs,
+        # float16 u/v and grids): only the device of ``fn``'s result is used, never its dtype
+        # (a float16 -> bfloat16 -> float16 round trip would change the values).
+        grids = {name: self._buffers.pop(name) for name in self._PLANE_BUFFERS if name in self._buffers}
         super()._apply(fn, recurse)
 
         def move(t: torch.Tensor) -> torch.Tensor:
-            new = fn(t)
-            return new if new.dtype == t.dtype else new.to(t.dtype)
+            if t.device.type == "meta":
+                return t
+            target = fn(torch.empty(0, dtype=torch.float16, device=t.device)).device
+            return t if t.device == target else t.to(target)
+
+        for name, grid in grids.items():
+            self._buffers[name] = move(grid)
 
         if self.packed is not None and self._in_sync():
             p = self.packed

@@ -119,7 +119,8 @@ def load(path: str | Path, memory: str | int | None = None, *, device: torch.dev
             if not isinstance(original, nn.Linear) or (original.out_features, original.in_features) != (weight.out_features, weight.in_features):
                 raise ArtifactError(f"{weight.name!r} in the artifact does not match the model's layer")
             module = BitStackLinear(weight.in_features, weight.out_features, weight.rank, bias=weight.bias,
-                                    input_scale=weight.input_scale, device="meta", dtype=dtype)
+                                    input_scale=weight.input_scale, device="meta", dtype=dtype,
+                                    group_size=weight.group_size)
             setattr(parent, child, module)
             modules[weight.name] = module
         for name, tensor in reader.read_base(dtype).items():

@@ -152,6 +152,19 @@ def test_exact_greedy_picks_the_best_gain_per_byte():
     assert sorter.order[2:] == [(0, 1), (1, 1), (1, 2), (0, 2)]
 
 
+def test_greedy_remeasures_a_weight_that_looked_useless_early():
+    """Weight 0's gain is 0 until 10 other blocks are in, then it is the best: a stale low gain
+    outside the top candidates must not keep it out of the stack (the bug the sorting study found)."""
+    def gain_of(w, i, counts):
+        if w == 0:
+            return 0.0 if sum(counts) - 3 < 10 else 100.0
+        return 1.0 / (i + 1)
+
+    sorter = _run_greedy(GreedySorter([5, 40, 40], [1, 1, 1], step=2, max_age=8), gain_of)
+    position = sorter.order.index((0, 1))
+    assert position <= 3 + 10 + 8 + 2 * 2  # head + the 10 blocks + at most max_age + two steps of staleness
+
+
 def test_greedy_rejects_non_finite_gains():
     sorter = GreedySorter([2], [1])
     with pytest.raises(ValueError, match="finite"):

@@ -140,7 +140,8 @@ class GreedySorter:
 
     A round looks at the ``step`` candidates with the highest known gain (a candidate that was
     never measured ranks first).  If any of them was never measured or was measured more than
-    ``max_age`` accepted blocks ago, the driver is asked to (re)measure those (``measure``);
+    ``max_age`` accepted blocks ago, the driver is asked to (re)measure those (``measure``) —
+    and every candidate, in the top or not, is re-measured once its gain is older than ``max_age``;
     otherwise all of them are accepted at once (``accept``), and their weights' next blocks
     become unmeasured candidates.  ``step=1, max_age=0`` is exact greedy (every candidate
     re-measured after every block); larger values trade fidelity for fewer measurements:
@@ -183,8 +184,13 @@ class GreedySorter:
             known = self.gains.get(w)
             return (-math.inf if known is None else -known[0], w)
 
+        # any candidate measured more than max_age blocks ago is re-measured, not only the top
+        # ones: a weight whose gain was low near the floor may have become the best since
+        expired = [w for w in pending if w in self.gains and self.accepted - self.gains[w][1] > self.max_age]
+        if expired:
+            return "measure", expired
         top = sorted(pending, key=rank)[: self.step]
-        stale = [w for w in top if w not in self.gains or self.accepted - self.gains[w][1] > self.max_age]
+        stale = [w for w in top if w not in self.gains]
         if stale:
             return "measure", stale
         return "accept", top

@@ -1,20 +1,25 @@
 """Long fuzzing run of the artifact parsers (issue 6, part 4): only BitstackError may escape.
 
-    python benchmarks/fuzz_parsers.py [--cases 10000] [--reader-cases 2000] [--seed 0]
+    python benchmarks/fuzz_parsers.py [--cases 10000] [--reader-cases 2000] [--seed 0] [--json FILE]
 
 Targets and inputs are those of ``tests/fuzz_cases.py`` (the test suite runs the same properties
 with a few hundred cases): ``Manifest.from_json``/``from_dict`` on random JSON, random bytes and
 mutated valid manifests; ``parse_header`` on random bytes and mutated valid shard headers;
 ``ArtifactReader`` (open, base, every block, tokenizer) on mutated copies of a real artifact.
 ``--cases`` is per parser property, ``--reader-cases`` for the (slower) artifact property.
-Prints one line per property and a JSON summary; exits 1 if anything else escaped.
+``target_calls`` counts the calls of each target (a case may call two); ``outcomes`` counts what
+each target did: "ok" or the BitstackError subclass it raised.  Prints one line per property and
+a JSON summary (also written to ``--json``); exits 1 if anything else escaped.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
+import importlib.util
 import json
 import platform
+import shutil
 import struct
 import sys
 import tempfile
@@ -45,12 +50,24 @@ def build_artifact(folder: Path) -> Path:
     return path
 
 
+def source_digest() -> tuple[str, str]:
+    """(folder, sha256 over the relative paths and bytes of every .py file) of the bitstack package used."""
+    folder = Path(importlib.util.find_spec("bitstack").origin).parent
+    digest = hashlib.sha256()
+    for path in sorted(folder.rglob("*.py")):
+        digest.update(path.relative_to(folder).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
+    return str(folder), digest.hexdigest()
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cases", type=int, default=10000)
     parser.add_argument("--reader-cases", type=int, default=2000)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--json", type=Path, help="also write the JSON summary to this file")
     args = parser.parse_args()
+    torch.set_num_threads(1)
+    package, source = source_digest()
 
     tmp = Path(tempfile.mkdtemp(prefix="bitstack-fuzz-"))
     artifact = build_artifact(tmp)
@@ -114,7 +131,8 @@ def main() -> int:
 
     failures = 0
     summary = {"machine": f"{platform.machine()} {platform.processor() or ''}".strip(), "python": platform.python_version(),
-               "torch": torch.__version__, "properties": {}}
+               "torch": torch.__version__, "bitstack_package": package, "bitstack_source_sha256": source,
+               "seed": args.seed, "properties": {}}
     started_all = time.perf_counter()
     for name, (prop, cases) in properties.items():
         before = sum(OUTCOMES.values())
@@ -132,7 +150,18 @@ def main() -> int:
                                        "ok": status.startswith("only")}
     summary["seconds"] = round(time.perf_counter() - started_all, 1)
     summary["outcomes"] = {f"{t} -> {o}": n for (t, o), n in sorted(OUTCOMES.items())}
+    by_target: dict[str, dict[str, int]] = {}
+    for (target_name, outcome), n in OUTCOMES.items():
+        by_target.setdefault(target_name, {})[outcome] = by_target.get(target_name, {}).get(outcome, 0) + n
+    summary["calls_per_target"] = {t: sum(v.values()) for t, v in sorted(by_target.items())}
+    if source_digest()[1] != source:
+        failures += 1
+        summary["anomaly"] = f"the source of {package} changed during the run"
+    summary["failures"] = failures
     print(json.dumps(summary, indent=1))
+    shutil.rmtree(tmp, ignore_errors=True)
+    if args.json:
+        args.json.write_text(json.dumps(summary, indent=1) + "\n")
     return 1 if failures else 0
 
 

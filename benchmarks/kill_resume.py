@@ -1,20 +1,32 @@
 """SIGKILL a real ``bitstack compress`` at random moments, restart it, compare with an uninterrupted run.
 
-    python benchmarks/kill_resume.py [--kills 20] [--seed 0] [--calib self|file] [--layers 8]
+    python benchmarks/kill_resume.py [--kills 20] [--seed 0] [--calib self|file] [--layers 8] [--json FILE]
 
 A tiny random Llama is saved as a Hugging Face folder.  One uninterrupted CLI run gives the
 reference artifact.  Then the same command is started again and again; each start is killed
-(SIGKILL) — every other one at a random time uniform over 1.5 x the reference run's duration
-(start-up included), the others at a random time within 1 s (skewed to early) after the run
-saved something new (samples, a layer, a final-stage file) — until ``--kills`` kills have landed.  Whenever a run completes, its artifact must be
+(SIGKILL), the kill times cycling through three modes:
+
+* "random time": uniform over 1.2 x the reference run's duration (start-up included);
+* "random time in work": as soon as the run holds the work folder's lock (start-up, model
+  loading and fingerprinting are done), a random time uniform over the duration of the
+  reference run's working phase (from its lock to its end), so that most of these land in
+  unfinished work whatever the start-up time;
+* "after a save": a random time within 1 s (skewed to early) after the run saved something new
+  (samples, a layer, a final-stage file);
+
+until ``--kills`` kills have landed.  Whenever a run completes, its artifact must be
 byte-identical to the reference (same files, same bytes), and a new episode starts from scratch.
 For every kill the script records what the killed run had saved (nothing, samples, N layers,
-the final stage).  Prints one line per kill and a JSON summary; exits 1 on any difference.
+the final stage).  The runs use the ``bitstack`` package this interpreter imports (set
+``PYTHONPATH`` to test a snapshot); its source files are hashed before and after the benchmark,
+and a change in between (someone editing the code under test) counts as an anomaly.  Prints
+one line per kill and a JSON summary; exits 1 on any difference, leftover or anomaly.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import platform
@@ -32,6 +44,22 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 def files(path: Path) -> dict[str, bytes]:
     return {p.relative_to(path).as_posix(): p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file()}
+
+
+def holds_lock(pid: int, out: Path) -> bool:
+    """Whether process ``pid`` has ``<out>.partial/work/lock`` open, i.e. is past its start-up (Linux /proc)."""
+    lock = os.path.realpath(out.with_name(out.name + ".partial") / "work" / "lock")
+    try:
+        entries = list(os.scandir(f"/proc/{pid}/fd"))
+    except OSError:
+        return False
+    for entry in entries:
+        try:
+            if os.readlink(entry.path) == lock:
+                return True
+        except OSError:
+            continue
+    return False
 
 
 def stage(out: Path) -> str:
@@ -57,6 +85,23 @@ def stage(out: Path) -> str:
     return "work folder created, no samples"
 
 
+def _torch_version() -> str:
+    import torch
+
+    return torch.__version__
+
+
+def source_digest() -> tuple[str, str]:
+    """(folder, sha256 over the relative paths and bytes of every .py file) of the bitstack package used."""
+    import importlib.util
+
+    folder = Path(importlib.util.find_spec("bitstack").origin).parent
+    digest = hashlib.sha256()
+    for path in sorted(folder.rglob("*.py")):
+        digest.update(path.relative_to(folder).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
+    return str(folder), digest.hexdigest()
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--kills", type=int, default=20)
@@ -64,8 +109,10 @@ def main() -> int:
     parser.add_argument("--calib", choices=("self", "file"), default="file")
     parser.add_argument("--layers", type=int, default=8)
     parser.add_argument("--keep", action="store_true", help="keep the temporary folder")
+    parser.add_argument("--json", type=Path, help="also write the JSON summary to this file")
     args = parser.parse_args()
     rng = random.Random(args.seed)
+    package, source_before = source_digest()
 
     from tiny_models import WORDS, tiny_model, tiny_tokenizer
 
@@ -88,7 +135,7 @@ def main() -> int:
     proc = subprocess.Popen(command(reference), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     working_at = None
     while proc.poll() is None:
-        if working_at is None and reference.with_name("reference.bstk.partial").exists():
+        if working_at is None and holds_lock(proc.pid, reference):
             working_at = time.monotonic() - started
         time.sleep(0.01)
     total = time.monotonic() - started
@@ -97,6 +144,7 @@ def main() -> int:
         return 1
     expected = files(reference)
     working_at = working_at if working_at is not None else 0.0
+    work_s = total - working_at
     print(f"reference run: {total:.1f} s ({working_at:.1f} s start-up), {len(expected)} files, "
           f"{sum(map(len, expected.values()))} bytes", flush=True)
 
@@ -107,10 +155,14 @@ def main() -> int:
     while len(kills) < args.kills:
         if out.exists():  # the previous episode completed: compare it and start again from scratch
             completions += 1
-            same = files(out) == expected
+            got = files(out)
+            same = got == expected
             mismatches += not same
             print(f"episode {completions} completed: artifact {'identical to' if same else 'DIFFERENT from'} the reference",
                   flush=True)
+            if not same:
+                print("  differing files:", sorted(k for k in set(got) | set(expected) if got.get(k) != expected.get(k)),
+                      flush=True)
             shutil.rmtree(out)
             last_left = stage(out)
         restarts += 1
@@ -120,13 +172,17 @@ def main() -> int:
             print("ANOMALY:", anomalies[-1], flush=True)
         proc = subprocess.Popen(command(out), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         launched = time.monotonic()
-        if len(kills) % 2 == 0:  # anywhere in the run, start-up included
-            mode, deadline = "random time", launched + rng.uniform(0.0, 1.5 * total)
+        if len(kills) % 3 == 0:  # anywhere in the run, start-up included
+            mode, deadline = "random time", launched + rng.uniform(0.0, 1.2 * total)
+        elif len(kills) % 3 == 1:  # within the working phase, measured from the moment the run took the lock
+            mode, deadline = "random time in work", None
         else:  # just after the run saved something new (a moment of the working phase)
             mode, deadline = "after a save", None
         while proc.poll() is None:
             now = time.monotonic()
-            if deadline is None and stage(out) != before:
+            if deadline is None and mode == "random time in work" and holds_lock(proc.pid, out):
+                deadline = now + rng.uniform(0.0, work_s)
+            if deadline is None and mode == "after a save" and stage(out) != before:
                 deadline = now + rng.uniform(0.0, 1.0) ** 2  # skewed to early: catches short stages too
             if deadline is not None and now >= deadline:
                 break
@@ -157,17 +213,31 @@ def main() -> int:
         print(f"MISMATCH in the last episode: {differing}", flush=True)
     print(f"episode {completions} completed: artifact {'identical to' if got == expected else 'DIFFERENT from'} the reference")
     leftovers = [p.name for p in tmp.iterdir() if p.name.endswith(".partial")]
+    if source_digest()[1] != source_before:
+        anomalies.append(f"the source of {package} changed during the benchmark: the runs did not all test the same code")
+        print("ANOMALY:", anomalies[-1], flush=True)
+    unfinished = [k for k in kills if k["left"] != "finished"]
     summary = {
         "kills": len(kills), "runs_started": restarts + 1,  # the reference run included
+        "kills_in_unfinished_run": len(unfinished),  # the others landed after the artifact was renamed into place
+        "kills_with_work_saved": sum(k["left"] not in ("finished", "nothing written (start-up)") for k in kills),
+        "modes": {m: sum(k["mode"] == m for k in kills) for m in ("random time", "random time in work", "after a save")},
         "episodes_completed": completions,
         "artifacts_identical": completions - mismatches, "mismatches": mismatches, "leftover_partial": leftovers,
         "anomalies": anomalies,
         "stages": {s: sum(k["left"] == s for k in kills) for s in sorted({k["left"] for k in kills})},
         "calib": args.calib, "layers": args.layers, "reference_run_s": round(total, 1),
+        "reference_startup_s": round(working_at, 1),
         "benchmark_s": round(time.monotonic() - bench_started, 1),
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs", "python": platform.python_version(),
+        "torch": _torch_version(), "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
+        "bitstack_package": package, "bitstack_source_sha256": source_before, "seed": args.seed,
+        "command": [Path(c).name if c == sys.executable else c for c in command(Path("OUT"))],
+        "kill_log": kills,
     }
     print(json.dumps(summary, indent=1))
+    if args.json:
+        args.json.write_text(json.dumps(summary, indent=1) + "\n")
     if not args.keep:
         shutil.rmtree(tmp)
     return 1 if mismatches or leftovers or anomalies else 0

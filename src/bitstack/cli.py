@@ -86,8 +86,10 @@ def info_dict(path: str) -> dict:
             "floor_bits_per_param": round(8 * (m.floor_bytes - m.base_bytes) / params, 4),
             "full_bits_per_param": round(8 * (m.full_bytes - m.base_bytes) / params, 4),
             "disk_bytes": artifact_size_on_disk(path),
+            "codec": "planes" if any(w.group_size for w in m.weights) else "avd",
             "niter": m.compression.get("niter"),
             "rank": m.compression.get("rank"),
+            "group_size": m.compression.get("group_size"),
             "compression": m.compression,
         }
 
@@ -100,7 +102,9 @@ def cmd_info(args: argparse.Namespace) -> int:
     from bitstack.memory import format_bytes
 
     print(f"{info['path']}: {info['model_type']} from {info['model_source']} (format v{info['format_version']})")
-    print(f"  {info['num_weights']} decomposed weights, {info['num_blocks']} blocks (niter {info['niter']}, rank {info['rank']})")
+    shape = f"groups of {info['group_size']}" if info["codec"] == "planes" else f"rank {info['rank']}"
+    print(f"  {info['num_weights']} decomposed weights, {info['num_blocks']} blocks (codec {info['codec']}, "
+          f"niter {info['niter']}, {shape})")
     print(f"  floor {format_bytes(info['floor_bytes'])} ({info['floor_bits_per_param']} bits/param), "
           f"full {format_bytes(info['full_bytes'])} ({info['full_bits_per_param']} bits/param), "
           f"non-decomposed {format_bytes(info['base_bytes'])}")

@@ -38,7 +38,7 @@ from bitstack.calibration.samples import calibration_samples, check_source, sour
 from bitstack.config import CompressConfig
 from bitstack.core.avd import ResidualBlock, avd_decompose, block_nbytes
 from bitstack.core.ordering import WeightStats, universal_order
-from bitstack.core.planes import plane_decompose, search_scale_power
+from bitstack.core.planes import CLIP_RATIOS, plane_decompose, search_scale_power
 from bitstack.core.scaling import activation_scale
 from bitstack.devices import resolve_device
 from bitstack.errors import BitstackError, InputError, UnsupportedModelError
@@ -102,7 +102,8 @@ def _compress_layer(layer: nn.Module, linears: dict[str, nn.Linear], inputs: Lay
             s = scales[name]
             hessian = channel_stats[name].hessian / s[:, None] / s[None, :]  # of the scaled inputs x / s
             result = plane_decompose(scaled, config.niter, group_size, hessian=hessian,
-                                     feedback=config.signs == "hessian", damp=config.damp)
+                                     feedback=config.signs == "hessian", damp=config.damp,
+                                     clip_ratios=CLIP_RATIOS if config.clip == "search" else (1.0,))
             record.plane_params[full] = (result.offset.cpu(), result.step.cpu())
         else:
             rank, group_size = min(config.rank, linear.out_features, linear.in_features), 0

@@ -57,6 +57,12 @@ class CompressConfig:
         "better at the first block, worse at the later ones, see benchmarks/RESULTS.md)",
         choices=SIGN_RULES,
     )
+    clip: str = _opt(
+        "search",
+        "grid span per (row, group) (codec planes): 'search' (the fraction of the group's range, 1 down to "
+        "0.7, with the least Hessian-weighted error at 2-4 blocks) or 'none' (the full range)",
+        choices=("search", "none"),
+    )
     damp: float = _opt(0.01, "Hessian damping, a fraction of its mean diagonal (signs 'hessian')")
     scale_power: str = _opt(
         "auto",
@@ -69,7 +75,7 @@ class CompressConfig:
         "storage dtype of the weights that are not decomposed (embeddings, norms, lm_head)",
         choices=STORAGE_DTYPES,
     )
-    sort: str = _opt("proxy", "universal-order strategy", choices=SORT_STRATEGIES)
+    sort: str = _opt("fisher", "universal-order strategy (fisher: the sorting study's winner, see benchmarks/RESULTS.md)", choices=SORT_STRATEGIES)
     batch_size: int = _opt(8, "calibration sequences per forward pass")
     svd_oversample: int = _opt(8, "extra random vectors of the truncated SVD")
     svd_power_iters: int = _opt(4, "power iterations of the truncated SVD")

@@ -108,3 +108,26 @@ def test_scale_power_search():
     assert best > 0
     errors = {p: sum(nearest_energies(w * s ** p, 32, 4, h / s[:, None] ** p / s[None, :] ** p)[1:]) for p in powers}
     assert errors[best] == min(errors.values())
+
+
+def test_clipping_search_trades_outliers_for_finer_bins():
+    torch.manual_seed(3)
+    w = torch.randn(32, 256)
+    w[:, ::37] *= 8  # a few outliers per group stretch the ranges
+    importance = torch.rand(256) + 0.5
+    full = plane_grid(w, 64)
+    assert torch.equal(torch.stack(full), torch.stack(plane_grid(w, 64, ratios=(1.0,), importance=importance)))
+    clipped = plane_grid(w, 64, ratios=(1.0, 0.9, 0.8, 0.7), importance=importance)
+    assert torch.equal(clipped[0], full[0])  # same centres
+    assert bool((clipped[1] <= full[1]).all()) and bool((clipped[1] < full[1]).any())
+
+    def weighted_error(grid, level):  # nearest signs on the given grid
+        q = expand_groups(grid[0], 256, 64)
+        base = expand_groups(grid[1], 256, 64)
+        for i in range(level):
+            m = base * 0.5 ** i
+            q = q + torch.where(w >= q, m, -m)
+        return float(((w - q).square() * importance).sum())
+
+    for level in (2, 3):
+        assert weighted_error(clipped, level) < weighted_error(full, level)

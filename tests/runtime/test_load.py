@@ -14,7 +14,9 @@ from bitstack.runtime.linear import BitStackLinear
 FAMILIES = ["llama", "mistral", "qwen2", "qwen3", "opt", "gpt_neox", "phi3"]
 
 
-CODECS = {"planes": {"codec": "planes", "niter": 24, "group_size": 16}, "avd": {"codec": "avd", "niter": 40, "rank": 8}}
+# clip none: a clipped grid keeps its clipping error at every block, so only the full range converges to W
+CODECS = {"planes": {"codec": "planes", "niter": 24, "group_size": 16, "clip": "none"},
+          "avd": {"codec": "avd", "niter": 40, "rank": 8}}
 
 
 @pytest.mark.parametrize("codec", sorted(CODECS))

@@ -48,25 +48,66 @@ def expand_groups(values: torch.Tensor, in_features: int, group_size: int) -> to
     return values.to(torch.float32).repeat_interleave(group_size, dim=1)[:, :in_features]
 
 
-def plane_grid(weight: torch.Tensor, group_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+CLIP_RATIOS = (1.0, 0.95, 0.9, 0.85, 0.8, 0.75, 0.7)
+
+
+def _grouped(weight: torch.Tensor, group_size: int) -> tuple[torch.Tensor, int]:
+    """float32 (out, G, group_size) view of ``weight``; the last group is padded with its own first column."""
+    out_features, in_features = weight.shape
+    groups = num_groups(in_features, group_size)
+    pad = groups * group_size - in_features
+    if pad:  # a copy of an existing column changes neither min nor max
+        weight = torch.cat([weight, weight[:, -group_size:][:, :1].expand(out_features, pad)], dim=1)
+    return weight.reshape(out_features, groups, group_size), pad
+
+
+def _nearest_grid_values(grouped: torch.Tensor, offset: torch.Tensor, step: torch.Tensor, level: int) -> torch.Tensor:
+    """Round-to-nearest values after ``level`` blocks, (out, G, g): the centres of 2^level bins of
+    [offset - 2 step, offset + 2 step], values outside the range going to the end bins."""
+    bins = 2 ** level
+    width = 4 * step / bins  # (out, G, 1)
+    low = offset - 2 * step
+    index = torch.floor((grouped - low) / width).clamp(0, bins - 1)
+    return low + (index + 0.5) * width
+
+
+def plane_grid(weight: torch.Tensor, group_size: int, *, importance: torch.Tensor | None = None,
+               ratios: tuple[float, ...] = (1.0,), levels: tuple[int, ...] = (2, 3, 4)) -> tuple[torch.Tensor, torch.Tensor]:
     """The grid of each (row, group): centre and first-level magnitude, rounded to float16.
 
     Args:
         weight: float32 (out, in).
         group_size: columns per group, >= 1.
+        importance: float32 (in,) >= 0, the weight of each input column's squared error (e.g. the
+            Hessian diagonal), for the clipping search; None = all ones.
+        ratios: candidate fractions of the group's range [lo, hi] that the grid spans (around its
+            centre).  With several, each (row, group) takes the one whose round-to-nearest values
+            after ``levels`` blocks have the least importance-weighted squared error, summed over
+            those levels (each relative to the full range's error).  Clipping the few extreme
+            weights buys finer bins for all the others; a clipped weight keeps its clipping error
+            at every later block, which is why only the first few levels are weighed.
     Returns:
-        (offset, step): float16 (out, G) each; offset = (lo + hi) / 2 and step = (hi - lo) / 4
+        (offset, step): float16 (out, G) each; offset = (lo + hi) / 2 and step = ratio · (hi - lo) / 4
         (at least the smallest float16), lo/hi the group's min/max.
     """
-    out_features, in_features = weight.shape
-    groups = num_groups(in_features, group_size)
-    pad = groups * group_size - in_features
-    if pad:  # pad the last group with its own first column, which changes neither min nor max
-        weight = torch.cat([weight, weight[:, -group_size:][:, :1].expand(out_features, pad)], dim=1)
-    grouped = weight.view(out_features, groups, group_size)
+    grouped, pad = _grouped(weight, group_size)
     lo, hi = grouped.amin(dim=2), grouped.amax(dim=2)  # (out, G)
     offset = ((lo + hi) / 2).to(torch.float16)
-    step = ((hi - lo) / 4).clamp_min(_TINY_STEP).to(torch.float16)
+    candidates = [((hi - lo) / 4 * ratio).clamp_min(_TINY_STEP).to(torch.float16) for ratio in ratios]
+    if len(candidates) == 1:
+        return offset, candidates[0]
+    columns = torch.ones(weight.shape[1], device=weight.device) if importance is None else importance.to(torch.float32)
+    columns = torch.cat([columns, torch.zeros(pad, device=weight.device)]).reshape(1, -1, group_size)  # (1, G, g)
+    centre = offset.to(torch.float32)[..., None]
+    errors = []
+    for step in candidates:
+        step32 = step.to(torch.float32)[..., None]
+        errors.append(torch.stack([((grouped - _nearest_grid_values(grouped, centre, step32, level)).square() * columns).sum(2)
+                                   for level in levels]))  # (levels, out, G)
+    reference = errors[0].clamp_min(1e-30)
+    scores = torch.stack([(e / reference).sum(0) for e in errors])  # (ratios, out, G)
+    best = scores.argmin(dim=0)  # (out, G); ties -> the first (widest) ratio
+    step = torch.stack(candidates).gather(0, best[None]).squeeze(0)
     return offset, step
 
 
@@ -191,7 +232,8 @@ class PlaneDecomposition:
 
 
 def plane_decompose(weight: torch.Tensor, niter: int, group_size: int, *, hessian: torch.Tensor | None = None,
-                    feedback: bool = False, damp: float = 0.01, act_order: bool = True) -> PlaneDecomposition:
+                    feedback: bool = False, damp: float = 0.01, act_order: bool = True,
+                    clip_ratios: tuple[float, ...] = (1.0,)) -> PlaneDecomposition:
     """Decompose ``weight`` into ``niter`` bit-plane blocks (see the module docstring).
 
     Args:
@@ -206,6 +248,8 @@ def plane_decompose(weight: torch.Tensor, niter: int, group_size: int, *, hessia
         damp: GPTQ damping, a fraction of the mean diagonal of H.
         act_order: decide the columns in order of decreasing H diagonal (the grid is fixed in
             advance, so the order changes only the error feedback).
+        clip_ratios: candidate grid spans for :func:`plane_grid`'s clipping search, weighted by
+            the diagonal of ``hessian`` (all ones without it).
     """
     if weight.dim() != 2 or weight.dtype != torch.float32:
         raise ValueError(f"plane_decompose expects a float32 matrix, got {weight.dtype} of shape {tuple(weight.shape)}")
@@ -216,7 +260,8 @@ def plane_decompose(weight: torch.Tensor, niter: int, group_size: int, *, hessia
     out_features, in_features = weight.shape
     if hessian is not None and tuple(hessian.shape) != (in_features, in_features):
         raise ValueError(f"hessian must be ({in_features}, {in_features}), got {tuple(hessian.shape)}")
-    offset, step = plane_grid(weight, group_size)
+    offset, step = plane_grid(weight, group_size, ratios=clip_ratios,
+                              importance=None if hessian is None else hessian.diagonal().clamp_min(0))
     base_step = expand_groups(step, in_features, group_size)  # (out, in)
     current = expand_groups(offset, in_features, group_size)  # Ŵ_0 = C
     energy_h = hessian.to(torch.float32) if hessian is not None else None
@@ -267,16 +312,20 @@ def nearest_energies(weight: torch.Tensor, group_size: int, levels: int, hessian
 
 
 def search_scale_power(weights: list[torch.Tensor], hessians: list[torch.Tensor], scale: torch.Tensor,
-                       powers: tuple[float, ...], group_size: int, levels: tuple[int, ...] = (2, 3, 4)) -> float:
+                       powers: tuple[float, ...], group_size: int, levels: tuple[int, ...] = (2, 3, 4),
+                       max_rows: int = 256) -> float:
     """The exponent p of the activation scale s that minimises the summed output error.
 
     Every weight W (float32 (out, in), unscaled) that reads the same input (one shared scale s,
     float32 (in,), mean 1) is decomposed as W·diag(s^p) with round-to-nearest planes; the error
     tr(R H_p Rᵀ), H_p = diag(s^-p) H diag(s^-p) (the Hessian of the scaled inputs), is summed over
     the weights and over the prefixes of ``levels`` blocks, each prefix weighted equally in
-    relative terms (divided by the error of p = 0, the unscaled grid).  Ties go to the first power.
+    relative terms (divided by the error of the first power).  Ties go to the first power.  Only
+    ``max_rows`` evenly spaced rows of each weight are used (the error is a sum over rows).
     """
     top = max(levels)
+    # the error is a sum over rows: an evenly spaced subset of rows estimates it at a fraction of the cost
+    weights = [w[torch.linspace(0, w.shape[0] - 1, min(w.shape[0], max_rows), device=w.device).long()] for w in weights]
     totals: list[float] = []
     reference: list[list[float]] | None = None
     for power in powers:

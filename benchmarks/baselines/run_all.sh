@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# Every baseline row of benchmarks/results/baselines_smollm2.{jsonl,csv}, one at a time, most
+# important first. Resumable: rows already in the output are skipped.
+# Usage (repository root, venv per benchmarks/baselines/README.md):
+#   bash benchmarks/baselines/run_all.sh
+# Environment: PY (python of the venv), LOGS (log folder), EVAL (evaluation flags; the default is
+# the lead's short protocol: first 4 WikiText-2 windows, first 100 examples per zero-shot task;
+# EVAL="--zs-limit 100" gives all 148 windows), AWQ_NSAMPLES (AWQ calibration samples).
+set -u
+PY=${PY:-/work/venv-baselines/bin/python}
+LOGS=${LOGS:-/tmp/baselines-logs}
+EVAL=${EVAL:---max-windows 4 --zs-limit 100}
+AWQ_NSAMPLES=${AWQ_NSAMPLES:-32}
+mkdir -p "$LOGS"
+run() {
+  local name="$1"; shift
+  echo "$(date +%T) start $name" >> "$LOGS/queue.log"
+  # shellcheck disable=SC2086
+  "$PY" benchmarks/baselines/quantize_baselines.py "$@" $EVAL > "$LOGS/$name.log" 2>&1
+  echo "$(date +%T) end $name rc=$?" >> "$LOGS/queue.log"
+}
+run float --method float
+for b in 4 3; do
+  run rtn-w$b-g64  --method rtn  --bits $b --group 64
+  run hqq-w$b-g64  --method hqq  --bits $b --group 64
+done
+for b in 4 3; do
+  run gptq-w$b-g64 --method gptq --bits $b --group 64
+  run awq-w$b-g64  --method awq  --bits $b --group 64 --nsamples "$AWQ_NSAMPLES"
+done
+run rtn-w2-g64  --method rtn  --bits 2 --group 64
+run hqq-w2-g64  --method hqq  --bits 2 --group 64
+run gptq-w2-g64 --method gptq --bits 2 --group 64
+run awq-w2-g64  --method awq  --bits 2 --group 64 --nsamples "$AWQ_NSAMPLES"
+run rtn-w4-g32  --method rtn  --bits 4 --group 32
+run hqq-w4-g32  --method hqq  --bits 4 --group 32
+run gptq-w4-g32 --method gptq --bits 4 --group 32
+run awq-w4-g32  --method awq  --bits 4 --group 32 --nsamples "$AWQ_NSAMPLES"

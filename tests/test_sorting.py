@@ -70,8 +70,10 @@ def test_every_strategy_gives_a_valid_order(strategy, small_artifact, evaluator)
     check_order(result.order, num_blocks)
     check_head_first(result.order, num_blocks)
     assert result.info["strategy"] == strategy
-    if strategy in ("average", "greedy", "fisher"):
+    if strategy in ("average", "greedy", "fisher", "leveled"):
         assert result.info["forwards"] > 0
+    if strategy == "leveled":  # block i of every weight before any block i + 1
+        assert [i for _, i in result.order] == sorted(i for _, i in result.order)
 
 
 def test_evaluator_matches_load_at_a_budget(small_artifact, evaluator):

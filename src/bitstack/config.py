@@ -17,7 +17,7 @@ CONFIG_VERSION = 2  # 2 added codec, group_size, signs, damp, scale_power (versi
 
 # proxy/random need no model; fisher, average and greedy measure validation loss after compression
 # (bitstack.sorting; see `bitstack sort`).
-SORT_STRATEGIES = ("proxy", "fisher", "average", "greedy", "random")
+SORT_STRATEGIES = ("proxy", "fisher", "leveled", "average", "greedy", "random")
 # planes: bit-plane blocks with group-wise magnitudes (bitstack.core.planes); avd: the paper's
 # rank-k magnitudes (bitstack.core.avd)
 CODECS = ("planes", "avd")
@@ -75,7 +75,8 @@ class CompressConfig:
         "storage dtype of the weights that are not decomposed (embeddings, norms, lm_head)",
         choices=STORAGE_DTYPES,
     )
-    sort: str = _opt("fisher", "universal-order strategy (fisher: the sorting study's winner, see benchmarks/RESULTS.md)", choices=SORT_STRATEGIES)
+    sort: str = _opt("leveled", "universal-order strategy (leveled: Fisher ranking level by level; see benchmarks/RESULTS.md)",
+                     choices=SORT_STRATEGIES)
     batch_size: int = _opt(8, "calibration sequences per forward pass")
     svd_oversample: int = _opt(8, "extra random vectors of the truncated SVD")
     svd_power_iters: int = _opt(4, "power iterations of the truncated SVD")

@@ -43,7 +43,7 @@ from bitstack.core.ordering import GreedySorter, WeightStats, level_order, resid
 from bitstack.errors import InputError
 
 MEASURED = ("average", "greedy")
-NEEDS_MODEL = ("fisher", "average", "greedy")
+NEEDS_MODEL = ("fisher", "leveled", "average", "greedy")
 
 
 @dataclass
@@ -322,9 +322,9 @@ def compute_order(path: str | Path, strategy: str, settings: SortSettings | None
     if strategy == "proxy":  # the artifact was re-sorted: approximate energies from the blocks
         order = universal_order(energy_stats(evaluator, progress=progress), "proxy")
         info["energies"] = "recomputed from the blocks"
-    elif strategy == "fisher":
+    elif strategy in ("fisher", "leveled"):
         fisher = fisher_diagonal(evaluator, windows, progress=progress)
-        order = universal_order(energy_stats(evaluator, fisher, progress=progress), "fisher")
+        order = universal_order(energy_stats(evaluator, fisher, progress=progress), strategy)
     else:
         key = {"strategy": strategy, "blocks": _blocks_fingerprint(evaluator.manifest),
                "tokens": hashlib.sha256(windows.numpy().tobytes()).hexdigest(), "dtype": str(evaluator.dtype)}

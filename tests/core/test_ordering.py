@@ -187,3 +187,14 @@ def test_residual_energies_match_direct_computation():
 def test_check_head_first():
     with pytest.raises(ValueError, match="head"):
         check_head_first([(0, 0), (0, 1), (1, 0)], [2, 1])
+
+
+def test_leveled_keeps_the_ranking_inside_each_level():
+    from bitstack.core.ordering import leveled
+
+    order = [(0, 0), (1, 0), (1, 1), (1, 2), (0, 1), (0, 2)]
+    assert leveled(order) == [(0, 0), (1, 0), (1, 1), (0, 1), (1, 2), (0, 2)]
+    stats = [WeightStats((10.0, 5.0, 4.0, 3.9), 1), WeightStats((10.0, 1.0, 0.5, 0.1), 1)]
+    result = universal_order(stats, "leveled")
+    check_order(result, [3, 3])
+    assert [i for _, i in result] == [0, 0, 1, 1, 2, 2]

@@ -48,7 +48,8 @@ def resort_artifact(
             every block exactly once, each weight's blocks in order, the head (block 0 of every
             weight) first.
         sort_info: recorded in the manifest as ``compression["sort_info"]`` (e.g. strategy,
-            validation settings, cost); ``compression["sort"]`` is set from its ``strategy``.
+            validation settings, forward passes; not its "seconds" or "cache" path, so that the same
+            command writes the same manifest); ``compression["sort"]`` is set from its ``strategy``.
         shard_mb: target shard size (default: the artifact's ``compression["shard_mb"]``, else 64).
     Returns:
         ``path``.
@@ -89,7 +90,8 @@ def resort_artifact(
                 prefix.append(prefix[-1] + block.bytes)
             compression = dict(manifest.compression)
             if sort_info is not None:
-                compression["sort_info"] = dict(sort_info)
+                # no timings or machine paths: the same command must write the same manifest
+                compression["sort_info"] = {k: v for k, v in sort_info.items() if k not in ("seconds", "cache")}
                 if "strategy" in sort_info:
                     compression["sort"] = sort_info["strategy"]
             new = dataclasses.replace(manifest, shards=tuple(shards), stack=tuple(stack),

@@ -266,7 +266,8 @@ def universal_order(weights: list[WeightStats], strategy: str = "proxy", *, seed
     Args:
         weights: one entry per decomposed weight, in model order.
         strategy: ``"proxy"`` (relative energy per byte), ``"fisher"`` (``weights`` carry
-            Fisher-weighted energies; absolute per byte) or ``"random"`` (seeded by ``seed``).
+            Fisher-weighted energies; absolute per byte), ``"leveled"`` (the same Fisher
+            ranking, level by level: see :func:`leveled`) or ``"random"`` (seeded by ``seed``).
             ``average`` and ``greedy`` need measurements: see :func:`level_order`,
             :class:`GreedySorter` and ``bitstack.sorting``.
     Returns:
@@ -277,10 +278,19 @@ def universal_order(weights: list[WeightStats], strategy: str = "proxy", *, seed
         return order_from_scores([proxy_scores(s) for s in weights])
     if strategy == "fisher":
         return order_from_scores([proxy_scores(s, relative=False) for s in weights])
+    if strategy == "leveled":  # fisher's ranking inside each level: block i of every weight before any block i+1
+        return leveled(order_from_scores([proxy_scores(s, relative=False) for s in weights]))
     if strategy == "random":
         return random_order([s.num_blocks for s in weights], seed)
     raise ValueError(f"unknown ordering strategy {strategy!r} for universal_order "
                      "(average and greedy need measurements: use bitstack.sorting)")
+
+
+def leveled(order: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """``order`` made level by level: every weight's block i comes before any weight's block i+1,
+    and inside a level the blocks keep their relative order (a stable sort by block index).
+    A budget then holds every weight at j or j+1 blocks, the highest-ranked ones at j+1."""
+    return sorted(order, key=lambda block: block[1])
 
 
 def check_order(order: list[tuple[int, int]], num_blocks: list[int]) -> None:

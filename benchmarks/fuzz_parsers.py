@@ -50,13 +50,7 @@ def build_artifact(folder: Path) -> Path:
     return path
 
 
-def source_digest() -> tuple[str, str]:
-    """(folder, sha256 over the relative paths and bytes of every .py file) of the bitstack package used."""
-    folder = Path(importlib.util.find_spec("bitstack").origin).parent
-    digest = hashlib.sha256()
-    for path in sorted(folder.rglob("*.py")):
-        digest.update(path.relative_to(folder).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
-    return str(folder), digest.hexdigest()
+from source_digest import source_digest  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
 
 
 def main() -> int:

@@ -205,7 +205,8 @@ def test_compress_with_a_measured_strategy_resorts_the_result(tmp_path):
     assert not resort_dir(path).exists()
 
 
-def test_proxy_keeps_the_compress_time_order_until_resorted(artifact):
+def test_proxy_keeps_the_compress_time_order_until_resorted(tmp_path):
+    artifact = _compress(tmp_path / "p.bstk", sort="proxy")  # compress-time energies, no re-sort
     from bitstack.artifact.reader import ArtifactReader as Reader
 
     stored = stack_order(Reader(artifact).manifest)

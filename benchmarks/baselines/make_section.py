@@ -1,4 +1,4 @@
-"""Render benchmarks/baselines/RESULTS_section.md's table from the measured rows.
+"""Render the baselines table of benchmarks/RESULTS.md (issue 7) from the measured rows.
 
     python benchmarks/baselines/make_section.py [benchmarks/results/baselines_smollm2.jsonl]
 

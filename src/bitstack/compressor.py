@@ -315,9 +315,20 @@ def compress(
     finally:
         if work is not None:
             work.release()  # a kill or another error keeps the work for a resume
-    path = finish(output, work.partial, manifest, overwrite=overwrite)
-    if config.sort not in ("proxy", "random"):  # issue 3: measured orders re-sort the artifact in place
-        from bitstack.sorting import SortSettings, sort_artifact
+    if config.sort not in ("proxy", "random"):
+        # measured orders re-sort the complete artifact while it is still <out>.partial, so that a
+        # kill during the sort leaves no artifact at <out>: the same command then starts over
+        # (a partial folder without work files is stale) and writes the same bytes
+        import shutil
 
-        sort_artifact(path, config.sort, SortSettings(val=config.calib, seed=config.seed, device=str(device)), progress=progress)
-    return path
+        from bitstack.artifact.atomic import atomic_write_bytes
+        from bitstack.artifact.manifest import MANIFEST_NAME
+        from bitstack.sorting import SortSettings, cache_dir, sort_artifact
+
+        manifest.validate()
+        atomic_write_bytes(work.partial / MANIFEST_NAME, manifest.to_json().encode("utf-8"))
+        sort_artifact(work.partial, config.sort, SortSettings(val=config.calib, seed=config.seed, device=str(device)),
+                      progress=progress)
+        manifest = Manifest.from_json((work.partial / MANIFEST_NAME).read_bytes())
+        shutil.rmtree(cache_dir(work.partial), ignore_errors=True)
+    return finish(output, work.partial, manifest, overwrite=overwrite)

@@ -116,23 +116,6 @@ def level_magnitude(step: torch.Tensor, level: int, in_features: int, group_size
     return expand_groups(step, in_features, group_size) * (0.5 ** level)
 
 
-def planes_reconstruct(blocks: list[ResidualBlock], offset: torch.Tensor, step: torch.Tensor, group_size: int,
-                       dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """Ŵ = C + Σ_i S_i ⊙ M_i over the given blocks, accumulated in float32 in block order.
-
-    blocks: sign-only blocks (uint8 signs (out, ceil(in/8))), in load order.
-    offset, step: float16 (out, G).  Returns ``dtype`` (out, in).
-    """
-    in_features = blocks[0].v.shape[1] if blocks else None
-    if in_features is None:
-        raise ValueError("planes_reconstruct needs at least one block")
-    total = expand_groups(offset, in_features, group_size)
-    base_step = expand_groups(step, in_features, group_size)
-    for level, block in enumerate(blocks):
-        total = total + signs_to_float(block.signs, in_features) * (base_step * (0.5 ** level))
-    return total.to(dtype)
-
-
 def plane_block_contribution(block: ResidualBlock, level: int, offset: torch.Tensor, step: torch.Tensor,
                              group_size: int) -> torch.Tensor:
     """Block ``level``'s term of :func:`planes_reconstruct` (level 0 includes C), float32 (out, in)."""
@@ -141,6 +124,22 @@ def plane_block_contribution(block: ResidualBlock, level: int, offset: torch.Ten
     if level == 0:
         term = expand_groups(offset, in_features, group_size) + term
     return term
+
+
+def planes_reconstruct(blocks: list[ResidualBlock], offset: torch.Tensor, step: torch.Tensor, group_size: int,
+                       dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Ŵ = C + Σ_i S_i ⊙ M_i over the given blocks: the sum of :func:`plane_block_contribution`
+    in block order, accumulated in float32.
+
+    blocks: sign-only blocks (uint8 signs (out, ceil(in/8))), in load order.
+    offset, step: float16 (out, G).  Returns ``dtype`` (out, in).
+    """
+    if not blocks:
+        raise ValueError("planes_reconstruct needs at least one block")
+    total = plane_block_contribution(blocks[0], 0, offset, step, group_size)
+    for level in range(1, len(blocks)):
+        total = total + plane_block_contribution(blocks[level], level, offset, step, group_size)
+    return total.to(dtype)
 
 
 def sign_only_block(positive: torch.Tensor) -> ResidualBlock:

@@ -36,6 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--dtype", default=None, help="compute dtype (default: the artifact's)")
     parser.add_argument("--out", required=True)
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
     args = parser.parse_args(argv)
 
     from bitstack.artifact.resort import stack_order
@@ -48,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     text = Path(args.ppl).read_text(encoding="utf-8")
-    evaluator = StackEvaluator(args.artifact, device="cpu", dtype=args.dtype, batch_size=1)
+    evaluator = StackEvaluator(args.artifact, device=args.device, dtype=args.dtype, batch_size=1)
     tokenizer = load_tokenizer(args.artifact)
     order = stack_order(evaluator.manifest)
     params = evaluator.manifest.decomposed_params()

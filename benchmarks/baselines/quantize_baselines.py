@@ -18,7 +18,8 @@ Methods (all asymmetric integer weights, contiguous groups along the input dimen
   library's half-quadratic optimisation on), data-free.
 
 The model is bitstack's loader output (``bitstack.models.source.load_float_model``, fp32 GGUF
-dequantization), cast to bfloat16: quantization, calibration and evaluation all run in bf16 on CPU.
+dequantization), cast to bfloat16: quantization, calibration and evaluation all run in bf16 on
+``--device`` (CPU by default).
 Calibration samples are ``bitstack.calibration.samples.text_file_samples`` (seed 0), the exact
 token windows BitStack compresses with.
 
@@ -67,12 +68,12 @@ def log(msg: str) -> None:
 # ---------------------------------------------------------------------------------------------
 
 
-def load_model():
-    """bitstack's embedded SmolLM2 (fp32 GGUF dequantization) cast to bf16, and its tokenizer."""
+def load_model(device: str = "cpu"):
+    """bitstack's embedded SmolLM2 (fp32 GGUF dequantization) cast to bf16 on ``device``, and its tokenizer."""
     from bitstack.models.source import load_float_model
 
     fm = load_float_model("smollm2-135m", dtype=torch.float32)
-    model = fm.model.to(torch.bfloat16).eval()
+    model = fm.model.to(device=device, dtype=torch.bfloat16).eval()
     return model, fm.tokenizer
 
 
@@ -158,7 +159,7 @@ def quantize_llmcompressor(model, tokenizer, method: str, bits: int, group: int,
     return {"recipe": [repr(m) for m in recipe]}
 
 
-def quantize_hqq(model, bits: int, group: int) -> dict:
+def quantize_hqq(model, bits: int, group: int, device: str = "cpu") -> dict:
     from hqq.core.quantize import BaseQuantizeConfig, HQQBackend, HQQLinear
 
     config = BaseQuantizeConfig(nbits=bits, group_size=group)
@@ -166,7 +167,7 @@ def quantize_hqq(model, bits: int, group: int) -> dict:
     for name, linear in quantized_linears(model).items():
         parent_name, _, child = name.rpartition(".")
         parent = model.get_submodule(parent_name)
-        setattr(parent, child, HQQLinear(linear, config, compute_dtype=torch.bfloat16, device="cpu"))
+        setattr(parent, child, HQQLinear(linear, config, compute_dtype=torch.bfloat16, device=device))
     return {"quant_config": repr(config), "backend": "PYTORCH (dequantize, then matmul in bf16)"}
 
 
@@ -181,7 +182,7 @@ def hqq_to_dense(model) -> None:
     for name, mod in list(model.named_modules()):
         if isinstance(mod, HQQLinear):
             weight = mod.dequantize().to(torch.bfloat16)
-            dense = torch.nn.Linear(weight.shape[1], weight.shape[0], bias=False, dtype=torch.bfloat16)
+            dense = torch.nn.Linear(weight.shape[1], weight.shape[0], bias=False, dtype=torch.bfloat16, device=weight.device)
             dense.weight = torch.nn.Parameter(weight, requires_grad=False)
             parent_name, _, child = name.rpartition(".")
             setattr(model.get_submodule(parent_name), child, dense)
@@ -285,6 +286,7 @@ def main(argv=None) -> int:
     p.add_argument("--zs-limit", type=int, default=200, help="first N examples of each zero-shot task (0: all)")
     p.add_argument("--batch-size", type=int, default=16, help="zero-shot batch size")
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--device", default="cpu", help="cpu or cuda: where quantization and evaluation run")
     p.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "baselines_smollm2"),
                    help="output prefix: PREFIX.jsonl and PREFIX.csv")
     p.add_argument("--force", action="store_true", help="re-run a row already in the output")
@@ -306,7 +308,7 @@ def main(argv=None) -> int:
         return 0
 
     t_start = time.perf_counter()
-    model, tokenizer = load_model()
+    model, tokenizer = load_model(args.device)
     base_bytes, qparams = base_bytes_of(model)
     log(f"loaded: base {base_bytes} bytes, {qparams} quantized parameters")
 
@@ -317,7 +319,7 @@ def main(argv=None) -> int:
         info = quantize_llmcompressor(model, tokenizer, args.method, bits, group, windows)
         library = "llmcompressor"
     elif args.method == "hqq":
-        info = quantize_hqq(model, bits, group)
+        info = quantize_hqq(model, bits, group, args.device)
         library = "hqq"
         hqq_parts = hqq_linear_bytes(model, bits)
         hqq_to_dense(model)
@@ -369,7 +371,9 @@ def main(argv=None) -> int:
         "quantize_s": round(quantize_s, 1), "ppl_s": round(ppl_s, 1), "zs_s": round(zs_s, 1),
         "total_s": round(time.perf_counter() - t_start, 1),
         "dtype": "bfloat16", "threads": args.threads, "calib": "calibration_wikipedia.txt (seed 0)" if calibrated else None,
-        "machine": f"{platform.machine()} CPU, {os.cpu_count()} cores ({platform.processor() or 'x86_64'}), torch threads {args.threads}",
+        "machine": (f"{torch.cuda.get_device_name()} GPU, {os.cpu_count()} CPU cores" if args.device.startswith("cuda") else
+                    f"{platform.machine()} CPU, {os.cpu_count()} cores ({platform.processor() or 'x86_64'}), torch threads {args.threads}"),
+        "device": args.device,
         "versions": versions(), "info": info,
         "command": "python " + " ".join(shlex.quote(a) for a in [str(Path(sys.argv[0]).resolve().relative_to(REPO))] + sys.argv[1:]),
         "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),

@@ -103,6 +103,7 @@ def _compress_layer(layer: nn.Module, linears: dict[str, nn.Linear], inputs: Lay
             hessian = channel_stats[name].hessian / s[:, None] / s[None, :]  # of the scaled inputs x / s
             result = plane_decompose(scaled, config.niter, group_size, hessian=hessian,
                                      feedback=config.signs == "hessian", damp=config.damp,
+                                     level_weights=config.level_weight_values() if config.signs == "joint" else None,
                                      clip_ratios=CLIP_RATIOS if config.clip == "search" else (1.0,))
             record.plane_params[full] = (result.offset.cpu(), result.step.cpu())
         else:

@@ -13,7 +13,8 @@ from typing import Any
 
 from bitstack.errors import InputError
 
-CONFIG_VERSION = 2  # 2 added codec, group_size, signs, damp, scale_power (version-1 settings meant codec "avd")
+CONFIG_VERSION = 3  # 2 added codec, group_size, signs, damp, scale_power (version-1 settings meant codec "avd");
+# 3 added level_weights (signs "joint"; version-2 settings never used it)
 
 # proxy/random need no model; fisher, average and greedy measure validation loss after compression
 # (bitstack.sorting; see `bitstack sort`).
@@ -21,7 +22,7 @@ SORT_STRATEGIES = ("proxy", "fisher", "leveled", "average", "greedy", "random")
 # planes: bit-plane blocks with group-wise magnitudes (bitstack.core.planes); avd: the paper's
 # rank-k magnitudes (bitstack.core.avd)
 CODECS = ("planes", "avd")
-SIGN_RULES = ("nearest", "hessian")
+SIGN_RULES = ("nearest", "hessian", "joint")
 STORAGE_DTYPES = ("bfloat16", "float16", "float32")
 
 
@@ -53,9 +54,15 @@ class CompressConfig:
     signs: str = _opt(
         "nearest",
         "how block signs are chosen (codec planes): 'nearest' (round to nearest: every prefix is a "
-        "round-to-nearest grid) or 'hessian' (GPTQ-style error feedback from the calibration Hessian; "
-        "better at the first block, worse at the later ones, see benchmarks/RESULTS.md)",
+        "round-to-nearest grid), 'hessian' (GPTQ-style error feedback block by block; better at the first "
+        "block, worse at the later ones) or 'joint' (GPTQ-style error feedback for every prefix at once, "
+        "the signs chosen jointly with --level-weights; see benchmarks/RESULTS.md)",
         choices=SIGN_RULES,
+    )
+    level_weights: str = _opt(
+        "0.05,1,1,1,0.3,0.1",
+        "signs 'joint': comma-separated weights of the output error after 1, 2, ... blocks in the joint "
+        "sign choice (relative to each level's bin size); the first len(weights) signs are chosen jointly",
     )
     clip: str = _opt(
         "search",
@@ -89,6 +96,9 @@ class CompressConfig:
             raise InputError(f"shard_mb must be a positive number, got {self.shard_mb!r}")
         if not isinstance(self.damp, (int, float)) or isinstance(self.damp, bool) or not 0 <= self.damp < float("inf"):
             raise InputError(f"damp must be a finite number >= 0, got {self.damp!r}")
+        weights = self.level_weight_values()
+        if not weights or len(weights) > 8 or not any(weights):
+            raise InputError(f"level_weights must be 1 to 8 comma-separated numbers >= 0, not all 0, got {self.level_weights!r}")
         if self.scale_power != "auto":
             try:
                 power = float(self.scale_power)
@@ -111,8 +121,21 @@ class CompressConfig:
         if self.version != CONFIG_VERSION:
             raise InputError(f"compression config version {self.version} is not supported (this bitstack reads {CONFIG_VERSION})")
 
+    def level_weight_values(self) -> tuple[float, ...]:
+        """``level_weights`` as numbers (raises InputError on a malformed list)."""
+        try:
+            values = tuple(float(part) for part in str(self.level_weights).split(","))
+        except ValueError:
+            raise InputError(f"level_weights must be comma-separated numbers, got {self.level_weights!r}") from None
+        if any(not 0 <= v < float("inf") for v in values):
+            raise InputError(f"level_weights must be finite numbers >= 0, got {self.level_weights!r}")
+        return values
+
     def scale_powers(self) -> tuple[float, ...]:
         """The exponents of s to choose from (one: no search)."""
+        weights = self.level_weight_values()
+        if not weights or len(weights) > 8 or not any(weights):
+            raise InputError(f"level_weights must be 1 to 8 comma-separated numbers >= 0, not all 0, got {self.level_weights!r}")
         if self.scale_power != "auto":
             return (float(self.scale_power),)
         return (0.0, 0.25, 0.5, 0.75, 1.0) if self.codec == "planes" else (1.0,)
@@ -124,7 +147,9 @@ class CompressConfig:
     def from_dict(cls, data: dict[str, Any]) -> "CompressConfig":
         known = {f.name for f in dataclasses.fields(cls)}
         if data.get("version") == 1:  # before codecs: the paper's decomposition
-            data = {**data, "version": CONFIG_VERSION, "codec": "avd", "scale_power": "1"}
+            data = {**data, "version": 2, "codec": "avd", "scale_power": "1"}
+        if data.get("version") == 2:  # level_weights only matters for signs "joint", which version 2 lacked
+            data = {**data, "version": CONFIG_VERSION}
         unknown = sorted(set(data) - known)
         if unknown:
             raise InputError(f"unknown compression settings: {', '.join(unknown)}")

@@ -79,6 +79,43 @@ def test_hessian_weights_the_energies_and_feedback_helps_the_first_block():
     assert fed.residual_sq[1] < 0.9 * nearest.residual_sq[1]  # GPTQ-style feedback on the coarsest grid
 
 
+def _correlated_hessian(columns: int, seed: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    mix = torch.eye(columns) + 0.3 * torch.randn(columns, columns, generator=g)
+    x = torch.randn(1024, columns, generator=g) @ mix * torch.linspace(0.1, 3, columns)
+    return x.T @ x
+
+
+@pytest.mark.parametrize("shape", [(48, 64), (17, 40), (5, 130)])
+def test_joint_signs_lower_the_output_error_of_every_weighted_prefix(shape):
+    """One GPTQ state per prefix, one sign code for all: with correlated inputs every prefix that has
+    weight loses less output than round-to-nearest; the stored blocks rebuild the scored model."""
+    torch.manual_seed(4)
+    w = torch.randn(*shape)
+    h = _correlated_hessian(shape[1], 5)
+    nearest = plane_decompose(w, 6, 16, hessian=h)
+    joint = plane_decompose(w, 6, 16, hessian=h, level_weights=(0.05, 1, 1, 1, 0.3, 0.1))
+    assert torch.equal(joint.offset, nearest.offset) and torch.equal(joint.step, nearest.step)
+    for level in (2, 3, 4):
+        assert joint.residual_sq[level] < 0.9 * nearest.residual_sq[level], level
+    for level in range(1, 7):  # the energies are those of the stored blocks
+        rebuilt = planes_reconstruct(joint.blocks[:level], joint.offset, joint.step, 16)
+        assert joint.residual_sq[level] == pytest.approx(float(((w - rebuilt) @ h * (w - rebuilt)).sum()), rel=1e-4)
+
+
+def test_joint_signs_without_correlation_are_nearest_at_the_weighted_level():
+    """A diagonal Hessian spreads no error, so weighting one prefix length alone picks that grid's
+    nearest value: the same first blocks as round-to-nearest, bit for bit; the finer blocks, chosen
+    by their own states, are nearest too."""
+    torch.manual_seed(6)
+    w = torch.randn(33, 70)
+    h = torch.diag(torch.rand(70) + 0.5)
+    nearest = plane_decompose(w, 5, 16, hessian=h)
+    joint = plane_decompose(w, 5, 16, hessian=h, level_weights=(0, 0, 1))
+    for a, b in zip(joint.blocks, nearest.blocks):
+        assert torch.equal(a.signs, b.signs)
+
+
 def test_bad_input():
     with pytest.raises(ValueError, match="float32"):
         plane_decompose(torch.randn(4, 4, dtype=torch.float64), 2, 2)
@@ -86,6 +123,13 @@ def test_bad_input():
         plane_decompose(torch.randn(4, 4), 2, 2, feedback=True)
     with pytest.raises(ValueError, match="hessian"):
         plane_decompose(torch.randn(4, 4), 2, 2, hessian=torch.eye(3))
+    with pytest.raises(ValueError, match="hessian"):
+        plane_decompose(torch.randn(4, 4), 2, 2, level_weights=(1.0,))
+    for weights in ((), (0.0, 0.0), (1.0, -1.0), (float("inf"),)):
+        with pytest.raises(ValueError, match="level_weights"):
+            plane_decompose(torch.randn(4, 4), 2, 2, hessian=torch.eye(4), level_weights=weights)
+    with pytest.raises(ValueError, match="one of"):
+        plane_decompose(torch.randn(4, 4), 2, 2, hessian=torch.eye(4), feedback=True, level_weights=(1.0,))
     with pytest.raises(ValueError, match="NaN"):
         plane_decompose(torch.full((2, 2), float("nan")), 1, 2)
 

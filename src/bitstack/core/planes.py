@@ -20,7 +20,17 @@ layer's input (``feedback=True``), block i's signs are chosen column by column a
 its rounding: the error of each column is spread onto the columns not yet decided through the
 Cholesky factor of H⁻¹, so the block minimises the layer's output error ||(W - Ŵ_{i+1}) X||²
 given the blocks before it.  Every block targets the original weight, so each prefix's last block
-compensates the error of all the blocks before it.
+compensates the error of all the blocks before it.  Measured: better at the first block, much
+worse after three (benchmarks/RESULTS.md): a block fitted for its own prefix leaves residuals the
+finer blocks cannot reach.
+
+Joint signs (``level_weights``).  One GPTQ state per prefix length j (the weight as updated by the
+error feedback of the j-block model), and one decision per column for all levels together: the
+first J = len(level_weights) signs of each weight are the code, out of 2^J, that minimises
+Σ_j λ_j (w_j - Ŵ_j)², w_j the weight in state j and λ_j = level_weights[j] · 4^(j+1) (each level's
+error relative to its bin size).  Every state then spreads its own error over the columns not yet
+decided, so each prefix compensates its own rounding, as GPTQ does at one bit width, while all
+prefixes share their signs.  Blocks beyond J take the nearest sign of their own state.
 
 Shapes: weight (out, in) float32; G = ceil(in / group_size) groups, the last one possibly
 shorter.  Nothing here does I/O.
@@ -28,6 +38,7 @@ shorter.  Nothing here does I/O.
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 
 import torch
@@ -208,6 +219,57 @@ def _feedback_signs(target: torch.Tensor, current: torch.Tensor, magnitude: torc
     return positive, updated
 
 
+def _code_table(levels: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """All 2^levels sign codes: (positive bool (2^L, L), prefix coefficients float32 (L, 2^L)).
+
+    coefficient[j, code] = Σ_{i<=j} s_i 2^-i, so the value after j + 1 blocks is C + step · coefficient[j].
+    """
+    signs = torch.tensor(list(itertools.product((1.0, -1.0), repeat=levels)), device=device)  # (2^L, L)
+    coefficient = torch.cumsum(signs * (0.5 ** torch.arange(levels, device=device))[None, :], dim=1).T
+    return signs > 0, coefficient
+
+
+def _joint_signs(target: torch.Tensor, centre: torch.Tensor, base_step: torch.Tensor, factor: torch.Tensor,
+                 niter: int, level_weights: tuple[float, ...], block_columns: int = 128) -> torch.Tensor:
+    """All blocks' signs with joint multi-level error feedback (module docstring, "Joint signs").
+
+    target, centre, base_step: float32 (out, in), columns in decision order; factor: U of
+    :func:`inverse_hessian_factor` in the same order.  Returns positive: bool (niter, out, in).
+    """
+    out_features, columns = target.shape
+    joint = min(len(level_weights), niter)
+    positive_codes, coefficient = _code_table(joint, target.device)  # (2^J, J), (J, 2^J)
+    lam = torch.tensor([w * 4.0 ** (j + 1) for j, w in enumerate(level_weights[:joint])],
+                       device=target.device)[:, None, None]  # (J, 1, 1)
+    work = target[None].repeat(niter, 1, 1)  # (niter, out, in): one GPTQ state per prefix length
+    positive = torch.empty(niter, out_features, columns, dtype=torch.bool, device=target.device)
+    chosen = torch.empty(niter, out_features, device=target.device)
+    for first in range(0, columns, block_columns):
+        last = min(first + block_columns, columns)
+        w_block = work[:, :, first:last].clone()  # (niter, out, b)
+        errors = torch.empty_like(w_block)
+        for i in range(last - first):
+            column = first + i
+            w = w_block[:, :, i]  # (niter, out)
+            centre_c, step_c = centre[:, column], base_step[:, column]  # (out,)
+            values = centre_c[None, :, None] + step_c[None, :, None] * coefficient[:, None, :]  # (J, out, 2^J)
+            best = (lam * (w[:joint, :, None] - values).square()).sum(0).argmin(1)  # (out,)
+            positive[:joint, :, column] = positive_codes[best].T
+            chosen[:joint] = values.gather(2, best[None, :, None].expand(joint, out_features, 1)).squeeze(2)
+            previous = chosen[joint - 1]
+            for level in range(joint, niter):  # finer blocks: the nearest sign of their own state
+                up = w[level] >= previous
+                magnitude = step_c * (0.5 ** level)
+                previous = torch.where(up, previous + magnitude, previous - magnitude)
+                positive[level, :, column] = up
+                chosen[level] = previous
+            err = (w - chosen) / factor[column, column]  # (niter, out)
+            w_block[:, :, i:] -= err[:, :, None] * factor[column, column:last][None, None, :]
+            errors[:, :, i] = err
+        work[:, :, last:] -= torch.einsum("lob,bn->lon", errors, factor[first:last, last:])
+    return positive
+
+
 def output_error(residual: torch.Tensor, hessian: torch.Tensor | None) -> float:
     """tr(R H Rᵀ) (the summed squared output error on the calibration inputs), or ||R||_F² without H."""
     if hessian is None:
@@ -231,7 +293,8 @@ class PlaneDecomposition:
 
 
 def plane_decompose(weight: torch.Tensor, niter: int, group_size: int, *, hessian: torch.Tensor | None = None,
-                    feedback: bool = False, damp: float = 0.01, act_order: bool = True,
+                    feedback: bool = False, level_weights: tuple[float, ...] | None = None,
+                    damp: float = 0.01, act_order: bool = True,
                     clip_ratios: tuple[float, ...] = (1.0,)) -> PlaneDecomposition:
     """Decompose ``weight`` into ``niter`` bit-plane blocks (see the module docstring).
 
@@ -244,6 +307,9 @@ def plane_decompose(weight: torch.Tensor, niter: int, group_size: int, *, hessia
             and with ``feedback`` it drives the sign choice.
         feedback: choose signs with GPTQ-style error feedback (needs ``hessian``) instead of
             rounding to the nearest half of each bin.
+        level_weights: choose signs jointly for all prefixes (needs ``hessian``; module docstring,
+            "Joint signs"): the relative weight of each prefix length 1, 2, … in the choice of the
+            first len(level_weights) signs, each >= 0 and not all 0.  Exclusive with ``feedback``.
         damp: GPTQ damping, a fraction of the mean diagonal of H.
         act_order: decide the columns in order of decreasing H diagonal (the grid is fixed in
             advance, so the order changes only the error feedback).
@@ -265,21 +331,35 @@ def plane_decompose(weight: torch.Tensor, niter: int, group_size: int, *, hessia
     current = expand_groups(offset, in_features, group_size)  # Ŵ_0 = C
     energy_h = hessian.to(torch.float32) if hessian is not None else None
     residual_sq = [output_error(weight, energy_h)]
-    if feedback and hessian is None:
-        raise ValueError("feedback needs the calibration hessian")
+    if (feedback or level_weights is not None) and hessian is None:
+        raise ValueError("feedback and level_weights need the calibration hessian")
+    if feedback and level_weights is not None:
+        raise ValueError("choose one of feedback and level_weights")
+    if level_weights is not None and (not level_weights or any(not 0 <= w < float("inf") for w in level_weights)
+                                      or not any(level_weights)):
+        raise ValueError(f"level_weights must be finite numbers >= 0, not all 0, got {level_weights!r}")
     order = inverse = None
     factor = None
-    if feedback:
+    if feedback or level_weights is not None:
         h = hessian.to(torch.float32)
         if act_order:
             order = torch.argsort(h.diagonal(), descending=True)
             inverse = torch.argsort(order)
             h = h[order][:, order]
         factor = inverse_hessian_factor(h, damp)
+    joint = None
+    if level_weights is not None:
+        cols = order if order is not None else slice(None)
+        joint = _joint_signs(weight[:, cols], current[:, cols], base_step[:, cols], factor, niter, tuple(level_weights))
+        if inverse is not None:
+            joint = joint[:, :, inverse]
     blocks: list[ResidualBlock] = []
     for level in range(niter):
         magnitude = base_step * (0.5 ** level)
-        if factor is None:
+        if joint is not None:
+            positive = joint[level]
+            current = current + torch.where(positive, magnitude, -magnitude)
+        elif factor is None:
             positive = weight >= current
             current = current + torch.where(positive, magnitude, -magnitude)
         else:

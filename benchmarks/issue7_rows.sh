@@ -1,0 +1,79 @@
+#!/usr/bin/env bash
+# Every row of issue 7's table on one machine, all 148 WikiText-2 windows and the full zero-shot
+# tasks: the baselines (benchmarks/baselines/quantize_baselines.py) and BitStack artifacts
+# evaluated at the baselines' memories (benchmarks/quality_eval.py). Rows already present are
+# skipped, so an interrupted run resumes.
+#
+# Usage (repository root; the baselines' packages installed, see benchmarks/baselines/README.md):
+#   DEVICE=cuda DATA=../shared/data RESULTS=benchmarks/results/issue7 bash benchmarks/issue7_rows.sh [PART ...]
+# PART: baselines (three workers in parallel: RTN+HQQ, GPTQ, AWQ), bitstack (the defaults),
+# nearest (--signs nearest, the ablation of the joint signs), paper (codec avd, 16 blocks of rank
+# 16, scale power 1, fisher order); default: all of them, in parallel.
+# Environment: PY, DEVICE, DATA (the data folder of ../shared/data's layout), RESULTS (output
+# folder), ZS (examples per zero-shot task, 0 = all), NSAMPLES (calibration sequences of 2048
+# tokens for GPTQ, AWQ and BitStack: the same tokens for all), ARTIFACTS (where artifacts go).
+set -u
+PY=${PY:-python3}
+DEVICE=${DEVICE:-cuda}
+DATA=${DATA:-../shared/data}
+RESULTS=${RESULTS:-benchmarks/results/issue7}
+ARTIFACTS=${ARTIFACTS:-/tmp/issue7-artifacts}
+ZS=${ZS:-0}
+NSAMPLES=${NSAMPLES:-128}
+# llmcompressor's memories of w2/w3/w4 g64 and w4 g32 (benchmarks/results/baselines_smollm2.jsonl)
+MEMORY=${MEMORY:-w2g64=86968064,w3g64=100446464,w4g64=113924864,w4g32=118071424}
+export BITSTACK_SHARED_DATA=$DATA OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
+mkdir -p "$RESULTS/logs" "$ARTIFACTS"
+
+baseline() {  # OUTPUT-PREFIX ARGS...: one row of quantize_baselines.py
+  local prefix=$1; shift
+  "$PY" benchmarks/baselines/quantize_baselines.py --device "$DEVICE" --zs-limit "$ZS" --batch-size 32 \
+    --nsamples "$NSAMPLES" --out "$RESULTS/$prefix" "$@"
+}
+worker_rtn_hqq() {
+  baseline baselines_rtn_hqq --method float
+  for m in rtn hqq; do
+    for b in 4 3 2; do baseline baselines_rtn_hqq --method $m --bits $b --group 64; done
+    baseline baselines_rtn_hqq --method $m --bits 4 --group 32
+  done
+}
+worker_calibrated() {  # METHOD
+  for b in 4 3 2; do baseline "baselines_$1" --method "$1" --bits $b --group 64; done
+  baseline "baselines_$1" --method "$1" --bits 4 --group 32
+}
+bitstack_row() {  # LABEL COMPRESS-ARGS...: compress once, evaluate at every memory
+  local label=$1; shift
+  local art="$ARTIFACTS/$label.bstk"
+  if [ ! -d "$art" ]; then
+    "$PY" -m bitstack.cli compress smollm2-135m -o "$art" --calib "$DATA/calibration_wikipedia.txt" \
+      --nsamples "$NSAMPLES" --seqlen 2048 --device "$DEVICE" "$@" || return 1
+  fi
+  "$PY" -m bitstack.cli info "$art" > "$RESULTS/$label.info.txt"
+  local limit=(); [ "$ZS" != 0 ] && limit=(--limit "$ZS")
+  "$PY" benchmarks/quality_eval.py --artifact "$art" --label "$label" --memory "$MEMORY" \
+    --ppl "$DATA/wikitext2_test.txt" --zeroshot "$DATA/zeroshot" "${limit[@]}" --batch-size 32 \
+    --device "$DEVICE" --out "$RESULTS/evals"
+}
+
+run_part() {
+  case $1 in
+    baselines)
+      worker_rtn_hqq > "$RESULTS/logs/rtn_hqq.log" 2>&1 &
+      worker_calibrated gptq > "$RESULTS/logs/gptq.log" 2>&1 &
+      worker_calibrated awq > "$RESULTS/logs/awq.log" 2>&1 &
+      wait ;;
+    bitstack) bitstack_row bitstack > "$RESULTS/logs/bitstack.log" 2>&1 ;;
+    nearest) bitstack_row bitstack-nearest --signs nearest > "$RESULTS/logs/nearest.log" 2>&1 ;;
+    paper) bitstack_row bitstack-paper --codec avd --niter 16 --rank 16 --scale-power 1 --sort fisher \
+             > "$RESULTS/logs/paper.log" 2>&1 ;;
+    *) echo "unknown part $1 (baselines, bitstack, nearest, paper)" >&2; return 2 ;;
+  esac
+}
+
+parts=("$@")
+[ ${#parts[@]} -eq 0 ] && parts=(baselines bitstack nearest paper)
+for part in "${parts[@]}"; do
+  run_part "$part" &
+done
+wait
+echo "done: $(date +%T)"

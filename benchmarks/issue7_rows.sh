@@ -6,9 +6,10 @@
 #
 # Usage (repository root; the baselines' packages installed, see benchmarks/baselines/README.md):
 #   DEVICE=cuda DATA=../shared/data RESULTS=benchmarks/results/issue7 bash benchmarks/issue7_rows.sh [PART ...]
-# PART: baselines (three workers in parallel: RTN+HQQ, GPTQ, AWQ), bitstack (the defaults),
-# nearest (--signs nearest, the ablation of the joint signs), paper (codec avd, 16 blocks of rank
-# 16, scale power 1, fisher order); default: all of them, in parallel.
+# PART: baselines (three workers in parallel: RTN+HQQ, GPTQ, AWQ), joint (codec planes with joint
+# signs), nearest (planes with round-to-nearest signs: the ablation), paper (codec avd, 16 blocks
+# of rank 16, scale power 1, fisher order); default: all of them, in parallel. Every BitStack part
+# names its options, so the rows do not depend on the defaults of the day.
 # Environment: PY, DEVICE, DATA (the data folder of ../shared/data's layout), RESULTS (output
 # folder), ZS (examples per zero-shot task, 0 = all), NSAMPLES (calibration sequences of 2048
 # tokens for GPTQ, AWQ and BitStack: the same tokens for all), ARTIFACTS (where artifacts go).
@@ -62,16 +63,16 @@ run_part() {
       worker_calibrated gptq > "$RESULTS/logs/gptq.log" 2>&1 &
       worker_calibrated awq > "$RESULTS/logs/awq.log" 2>&1 &
       wait ;;
-    bitstack) bitstack_row bitstack > "$RESULTS/logs/bitstack.log" 2>&1 ;;
-    nearest) bitstack_row bitstack-nearest --signs nearest > "$RESULTS/logs/nearest.log" 2>&1 ;;
+    joint) bitstack_row bitstack-joint --codec planes --signs joint --sort leveled > "$RESULTS/logs/joint.log" 2>&1 ;;
+    nearest) bitstack_row bitstack-nearest --codec planes --signs nearest --sort leveled > "$RESULTS/logs/nearest.log" 2>&1 ;;
     paper) bitstack_row bitstack-paper --codec avd --niter 16 --rank 16 --scale-power 1 --sort fisher \
              > "$RESULTS/logs/paper.log" 2>&1 ;;
-    *) echo "unknown part $1 (baselines, bitstack, nearest, paper)" >&2; return 2 ;;
+    *) echo "unknown part $1 (baselines, joint, nearest, paper)" >&2; return 2 ;;
   esac
 }
 
 parts=("$@")
-[ ${#parts[@]} -eq 0 ] && parts=(baselines bitstack nearest paper)
+[ ${#parts[@]} -eq 0 ] && parts=(baselines joint nearest paper)
 for part in "${parts[@]}"; do
   run_part "$part" &
 done

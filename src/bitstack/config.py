@@ -52,7 +52,7 @@ class CompressConfig:
     rank: int = _opt(16, "rank k of each block's magnitude factors u, v (codec avd)")
     group_size: int = _opt(128, "input columns per magnitude group (codec planes)")
     signs: str = _opt(
-        "nearest",
+        "joint",
         "how block signs are chosen (codec planes): 'nearest' (round to nearest: every prefix is a "
         "round-to-nearest grid), 'hessian' (GPTQ-style error feedback block by block; better at the first "
         "block, worse at the later ones) or 'joint' (GPTQ-style error feedback for every prefix at once, "
@@ -70,7 +70,7 @@ class CompressConfig:
         "0.7, with the least Hessian-weighted error at 2-4 blocks) or 'none' (the full range)",
         choices=("search", "none"),
     )
-    damp: float = _opt(0.01, "Hessian damping, a fraction of its mean diagonal (signs 'hessian')")
+    damp: float = _opt(0.01, "Hessian damping, a fraction of its mean diagonal (signs 'hessian' and 'joint')")
     scale_power: str = _opt(
         "auto",
         "exponent p of the activation-aware scale s (W is decomposed as W·diag(s^p)): a number (1 = the "

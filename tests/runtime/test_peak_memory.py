@@ -114,7 +114,7 @@ def test_random_grow_shrink_sequence_never_exceeds_the_budget(artifact):
     assert grows >= 15 and shrinks >= 15
 
 
-# ---- known transients, measured ----------------------------------------------------------
+# ---- load with another dtype than the stored one ------------------------------------------
 @pytest.fixture(scope="module")
 def wide_vocab_artifact(tmp_path_factory):
     """A 1-layer tiny Llama with a 2048-token vocabulary (embedding and LM head dominate), stored in bfloat16."""
@@ -127,38 +127,22 @@ def wide_vocab_artifact(tmp_path_factory):
     return path
 
 
-_STORED = {torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16"}
-
-
-def _conversion_bound(m, dtype):
-    """The base at ``dtype`` plus the raw (stored-dtype) copies of the two largest converted tensors."""
-    raw = sorted(t.nbytes(None) for t in m.base_tensors
-                 if t.kind == "param" and t.dtype in ("F16", "BF16", "F32", "F64") and t.dtype != _STORED[dtype])
-    return prefix_bytes_at(m, dtype)[0] + sum(raw[-2:])
-
-
-def test_base_dtype_conversion_holds_one_stored_tensor(wide_vocab_artifact):
-    """Loading with another dtype than the artifact's converts each base tensor from a raw copy in
-    the stored dtype: the transient is the raw copy of one tensor, on top of the base loaded so far."""
-    m = _manifest(wide_vocab_artifact)
-    for dtype in (torch.float32, torch.float16):
-        prefix = prefix_bytes_at(m, dtype)
-        model, meter = metered_load(wide_vocab_artifact, prefix[m.floor_blocks], device="cpu", dtype=dtype)
-        assert meter.end == bitstack.memory_bytes(model) == prefix[m.floor_blocks]
-        assert meter.peak <= max(meter.end, _conversion_bound(m, dtype))
-    model, meter = metered_load(wide_vocab_artifact, m.floor_bytes, device="cpu")  # stored dtype: no conversion
-    assert meter.peak == meter.end == m.floor_bytes
-
-
-@pytest.mark.xfail(strict=True, reason="read_base converts a whole base tensor from a raw copy in the stored dtype: "
-                                       "at a budget near the floor, the raw copy of the embedding does not fit")
 def test_base_dtype_conversion_within_the_budget(wide_vocab_artifact):
+    """Loading with another dtype than the artifact's converts each base tensor through one chunk of
+    stored bytes, no larger than the blocks still to be read (the loader bounds it): the peak is
+    the final resident bytes, at the floor (where those blocks are 2.6 kB against a 192 kB raw
+    embedding) as at any budget."""
     m = _manifest(wide_vocab_artifact)
-    budget = prefix_bytes_at(m, torch.float32)[m.floor_blocks]
-    _, meter = metered_load(wide_vocab_artifact, budget, device="cpu", dtype=torch.float32)
-    assert meter.peak <= budget
+    for dtype in (torch.float32, torch.float16, None):  # None: the stored bfloat16, no conversion
+        prefix = prefix_bytes_at(m, dtype or torch.bfloat16)
+        for budget in (prefix[m.floor_blocks], prefix[m.floor_blocks] + 1, prefix[m.floor_blocks + 1], None):
+            model, meter = metered_load(wide_vocab_artifact, budget, device="cpu", dtype=dtype)
+            assert meter.end == bitstack.memory_bytes(model) <= (prefix[-1] if budget is None else budget)
+            over = meter.peak - meter.end
+            assert over == 0, f"{dtype}, budget {budget}: {over} bytes over after {meter.peak_op}"
 
 
+# ---- known transients, measured ----------------------------------------------------------
 def _kernel_mode_available():
     try:
         from bitstack.kernels import triton_available

@@ -5,10 +5,15 @@ and checked against the manifest's xxh3-128 checksum when ``verify`` is on (base
 tokenizer files: sha256).  Nothing in an artifact is
 ever executed: the manifest is JSON, tensors are safetensors, the tokenizer is loaded by
 transformers from its JSON files.
+
+Base tensors that :meth:`ArtifactReader.read_base` converts to another dtype are converted chunk
+by chunk: the output is allocated in the target dtype and filled from one small reused buffer of
+stored bytes, so that a conversion never holds a second whole copy of a tensor.
 """
 
 from __future__ import annotations
 
+import math
 import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -26,6 +31,8 @@ from bitstack.errors import ArtifactError, InputError
 
 _MAX_IOV = 1024  # buffers per preadv call (Linux IOV_MAX)
 _STAGING_BYTES = 64 * 1000 * 1000  # per pinned staging buffer when loading onto a GPU
+CONVERT_CHUNK_BYTES = 1 << 20  # default bound on the stored bytes held at once while converting a base tensor
+_CONVERT_ALIGN = 64  # elements: chunks of a converted tensor are multiples of this (see _read_converted)
 
 
 class ArtifactReader:
@@ -62,8 +69,25 @@ class ArtifactReader:
         self.close()
 
     # ---- base weights -------------------------------------------------------------------
-    def read_base(self, dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
-        """All base tensors on the CPU; floating ``param`` tensors are cast to ``dtype``."""
+    def read_base(self, dtype: torch.dtype | None = None, *, chunk_bytes: int = CONVERT_CHUNK_BYTES) -> dict[str, torch.Tensor]:
+        """All base tensors on the CPU, by name; floating ``param`` tensors are cast to ``dtype``.
+
+        Each tensor is a fresh contiguous CPU tensor of its manifest shape: in its stored dtype,
+        or in ``dtype`` for a floating ``param`` when ``dtype`` is given.  A tensor whose stored
+        dtype is already ``dtype`` (and every other tensor) is read whole, straight into its own
+        buffer.  A tensor to convert is allocated in ``dtype`` first, then filled in flat element
+        order from at most ``chunk_bytes`` stored bytes at a time (rounded down to whole stored
+        elements, at least one, and to a multiple of 64 elements when there is room for 64 but
+        not for the whole tensor), read into one uint8 buffer that is reused for the tensor and
+        converted with ``copy_``: the values of ``Tensor.to(dtype)`` (NaN payloads: see
+        ``_read_converted``).  So the transient on top of the tensors read is that one buffer,
+        at most ``min(chunk_bytes, the tensor's stored bytes)`` (one stored element if
+        ``chunk_bytes`` is smaller), and nothing else.
+
+        The file's sha256 is checked first, as a whole, when ``verify`` is on.
+        """
+        if isinstance(chunk_bytes, bool) or not isinstance(chunk_bytes, int) or chunk_bytes < 1:
+            raise ValueError(f"chunk_bytes must be a positive int, got {chunk_bytes!r}")
         base_path = self.path / self.manifest.base["file"]
         header = read_header(base_path)
         expected = {t.name: t for t in self.manifest.base_tensors}
@@ -77,11 +101,13 @@ class ArtifactReader:
                 spec = expected[name]
                 if DTYPES[spec.dtype] != info.dtype or tuple(spec.shape) != info.shape:
                     raise ArtifactError(f"{base_path}: tensor {name!r} does not match the manifest's dtype/shape")
-                raw = read_into(handle, header.data_start + info.begin, info.end - info.begin, what=str(base_path))
-                tensor = raw.view(info.dtype).view(info.shape)
-                if dtype is not None and spec.kind == "param" and tensor.is_floating_point():
-                    tensor = tensor.to(dtype)
-                out[name] = tensor
+                offset, nbytes = header.data_start + info.begin, info.end - info.begin
+                if (dtype is not None and spec.kind == "param" and info.dtype.is_floating_point
+                        and info.dtype != dtype):
+                    out[name] = _read_converted(handle, offset, nbytes, info.dtype, info.shape, dtype, chunk_bytes,
+                                                what=str(base_path))
+                else:
+                    out[name] = read_into(handle, offset, nbytes, what=str(base_path)).view(info.dtype).view(info.shape)
         return out
 
     # ---- blocks -------------------------------------------------------------------------
@@ -270,6 +296,51 @@ class ArtifactReader:
         except Exception as err:  # tokenizers/transformers raise many types (even bare Exception) on bad files
             message = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
             raise ArtifactError(f"the tokenizer in {folder} cannot be loaded: {message}") from err
+
+
+def _read_converted(handle: BinaryIO, offset: int, nbytes: int, stored: torch.dtype, shape: tuple[int, ...],
+                    dtype: torch.dtype, chunk_bytes: int, *, what: str) -> torch.Tensor:
+    """Read a tensor of ``stored`` dtype and ``shape`` (``nbytes`` little-endian bytes at file
+    ``offset``) into a fresh contiguous CPU tensor of ``dtype``, through one reused uint8 buffer of
+    at most ``chunk_bytes``: whole stored elements, at least one, and a multiple of 64 elements
+    when there is room for 64 but not for the whole tensor.
+
+    Values are those of ``Tensor.to(dtype)``.  PyTorch's scalar and vectorised conversions give
+    different NaN payloads (float16 -> float32); chunks of a multiple of 64 elements split the
+    tensor into vector and scalar parts as one single-threaded whole-tensor conversion does, so
+    the bytes of NaNs match too.  With smaller chunks only NaN payloads may differ.
+
+    Errors are those of :func:`~bitstack.artifact.safetensors_io.read_into` for the whole tensor:
+    ``"{what} cannot be read: ..."`` and ``"{what} is truncated: wanted {nbytes} bytes at offset
+    {offset}, got {got}"`` (``got`` counting every byte read for the tensor).
+    """
+    itemsize = torch.empty((), dtype=stored).element_size()
+    count = nbytes // itemsize
+    if count * itemsize != nbytes or count != math.prod(shape):
+        raise ArtifactError(f"{what}: a tensor of shape {list(shape)} and dtype {stored} cannot take {nbytes} bytes")
+    result = torch.empty(shape, dtype=dtype)
+    if not count:
+        return result
+    flat = result.view(-1)
+    per_chunk = min(count, max(1, chunk_bytes // itemsize))  # elements per read
+    if _CONVERT_ALIGN <= per_chunk < count:
+        per_chunk -= per_chunk % _CONVERT_ALIGN
+    buffer = torch.empty(per_chunk * itemsize, dtype=torch.uint8)
+    done = 0  # elements read and converted
+    try:
+        handle.seek(offset)
+        while done < count:
+            take = min(per_chunk, count - done)
+            view = memoryview(buffer.numpy())[: take * itemsize]
+            got = handle.readinto(view)  # a buffered file reads until the view is full or the file ends
+            if got != len(view):
+                raise ArtifactError(f"{what} is truncated: wanted {nbytes} bytes at offset {offset}, "
+                                    f"got {done * itemsize + got}")
+            flat[done : done + take].copy_(buffer[: take * itemsize].view(stored))
+            done += take
+    except OSError as err:
+        raise ArtifactError(f"{what} cannot be read: {err}") from err
+    return result
 
 
 def _check_digest(buffer: torch.Tensor, expected: str, what: str) -> None:

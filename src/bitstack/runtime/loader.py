@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from bitstack.artifact.reader import ArtifactReader
+from bitstack.artifact.reader import CONVERT_CHUNK_BYTES, ArtifactReader
 from bitstack.devices import resolve_device
 from bitstack.errors import ArtifactError, InputError
 from bitstack.memory import parse_memory
@@ -123,7 +123,13 @@ def load(path: str | Path, memory: str | int | None = None, *, device: torch.dev
                                     group_size=weight.group_size)
             setattr(parent, child, module)
             modules[weight.name] = module
-        for name, tensor in reader.read_base(dtype).items():
+        # Converting a base tensor to ``dtype`` holds one chunk of its stored bytes on top of the
+        # base read so far: a chunk no larger than the blocks still to be read (at least the
+        # floor's, one per weight) keeps the peak within the final resident bytes, so within the
+        # budget.  (Only an artifact without blocks would leave no room: one stored element.)
+        prefix = prefix_bytes_at(manifest, dtype)
+        chunk = max(1, min(CONVERT_CHUNK_BYTES, prefix[count] - prefix[0]))
+        for name, tensor in reader.read_base(dtype, chunk_bytes=chunk).items():
             _assign(model, name, tensor.to(device))
         for alias, target in manifest.base["aliases"].items():
             _share(model, alias, target)

@@ -89,28 +89,37 @@ def test_load_peak_is_the_final_resident_bytes(artifact, dtype):
 
 
 # ---- resize -------------------------------------------------------------------------------
+def _metered_resizes(model, budgets):
+    """Resize ``model`` to each of ``budgets`` in turn, each under a :class:`PeakMeter`.
+
+    Checks what every resize must (the meter starts at the resident bytes before, ends at those
+    after, which are the report's and at most the budget) and yields
+    ``(step, budget, before, report, meter)`` for the caller's own checks of the peak."""
+    for step, budget in enumerate(budgets):
+        before = bitstack.memory_bytes(model)
+        report, meter = metered_resize(model, budget)
+        after = bitstack.memory_bytes(model)
+        assert meter.start == before, f"step {step}"
+        assert meter.end == after == report.new_bytes <= budget, f"step {step}: {after} bytes after, budget {budget}"
+        yield step, budget, before, report, meter
+
+
 def test_random_grow_shrink_sequence_never_exceeds_the_budget(artifact):
     path = artifact
     m = _manifest(path)
     rng = random.Random(6)
-    previous = m.floor_bytes
-    model = bitstack.load(path, previous, device="cpu")
+    budgets = [m.prefix_bytes[rng.randint(m.floor_blocks, len(m.stack))] if step % 3 == 0  # met to the byte
+               else rng.randint(m.floor_bytes, m.full_bytes + 1000) for step in range(60)]
+    model = bitstack.load(path, m.floor_bytes, device="cpu")
     grows = shrinks = 0
-    for step in range(60):
-        if step % 3 == 0:  # exactly a prefix: the budget is met to the byte
-            budget = m.prefix_bytes[rng.randint(m.floor_blocks, len(m.stack))]
-        else:
-            budget = rng.randint(m.floor_bytes, m.full_bytes + 1000)
-        before = bitstack.memory_bytes(model)
-        report, meter = metered_resize(model, budget)
-        after = bitstack.memory_bytes(model)
-        assert meter.start == before and meter.end == after == report.new_bytes <= budget
+    for step, budget, before, report, meter in _metered_resizes(model, budgets):
+        previous = budgets[step - 1] if step else m.floor_bytes
+        after = report.new_bytes
         # growing: never above the new budget; shrinking: never above what was resident before
         assert meter.peak <= max(previous, budget), f"step {step}: peak {meter.peak} after {meter.peak_op}"
         assert meter.peak == max(before, after), f"step {step}: transient of {meter.peak - max(before, after)} bytes"
         grows += after > before
         shrinks += after < before
-        previous = budget
     assert grows >= 15 and shrinks >= 15
 
 
@@ -171,12 +180,9 @@ def test_kernel_mode_repack_transient_is_one_weight(tiny_avd_artifact):
     set_kernels(model, True)
     rng = random.Random(1)
     worst = 0
-    for step in range(16):
-        budget = prefix[rng.randint(m.floor_blocks, len(m.stack))]
-        old, before = model.bitstack.loaded, bitstack.memory_bytes(model)
-        report, meter = metered_resize(model, budget)
-        new = model.bitstack.loaded
-        assert meter.end == report.new_bytes == bitstack.memory_bytes(model) <= budget
+    budgets = [prefix[rng.randint(m.floor_blocks, len(m.stack))] for _ in range(16)]
+    for step, budget, before, report, meter in _metered_resizes(model, budgets):
+        old, new = report.old_blocks, report.new_blocks
         changed = {e.tensor for e in m.stack[min(old, new):max(old, new)]}
         packed = max((len(model.bitstack.modules[n].blocks) * block_bytes[n] for n in changed), default=0)
         scratch = max((weights[n].out_features * ((weights[n].in_features + 7) // 8) for n in changed), default=0)

@@ -33,13 +33,25 @@ Changing the blocks
 -------------------
 The loader and :class:`~bitstack.runtime.stack.LiveStack` append stored blocks to (or pop views
 from) ``self.blocks`` and then call :meth:`BitStackLinear.blocks_changed`, which repacks **this
-one weight** into fresh packed tensors: the views still valid are copied, the new blocks are
-converted to the bit-plane layout, and the old packed tensors are released.  Transient device
-memory of one repack: the old packed tensors plus the new ones of this weight (≤ 2 × its
-resident bytes), plus the conversion scratch of the sign bits (≤ 8 × ``_SIGN_CHUNK_BYTES`` bytes
-of uint8, rows converted in chunks).  Callers repack weight by weight, so the model-wide
-transient is that of the largest weight.  ``forward`` also repacks if it finds ``self.blocks``
-out of sync with the packed form (a safety net for code that edits the list directly).
+one weight** into fresh packed tensors, one part at a time: first the signs (the views still
+valid are copied, the new blocks' signs converted to the bit-plane layout), then u, then v.
+After each part, ``self.blocks`` is rebuilt as views that take that part from its new tensor,
+which releases the old tensor of that part (a stored block's buffer, whose signs, u and v are
+views of it, goes with its last part).
+
+Transient memory of one repack (measured with ``tests/peak_meter.py``): with J blocks after it,
+d = J - (blocks before) and s, u, v one block's bytes of each part, part t adds
+J × (its bytes) + d × (the bytes of the parts before it), the largest of
+J·s, J·u + d·s, J·v + d·(s + u); so at most J × max(s, u, v) + |d| × (s + u), where packing
+the three tensors at once held the whole new weight, J × (s + u + v).  A grow or a load (d > 0)
+also converts the new signs, adding uint8 scratch while the new signs tensor exists:
+``bitplane_from_standard`` holds about 16 bytes (SmolLM2's shapes) to 26 bytes (tiny ones) per
+byte of the sign rows converted at once (one block's, or ``_SIGN_CHUNK_BYTES`` of its rows if
+smaller).  Callers repack weight by weight, so the model-wide transient is that of the largest
+weight.  ``forward`` also repacks if it finds ``self.blocks`` out of sync with the packed form
+(a safety net for code that edits the list directly).  Should a repack fail between parts, the
+blocks are valid views (``packed`` None: the pure-PyTorch path) until the next
+``blocks_changed``.
 
 Transient memory that is not weight memory (not counted by ``memory_bytes``): the kernels'
 scratch buffers (split-K partial sums for decode; a ≤ 64 MiB rebuilt-row scratch per
@@ -173,8 +185,8 @@ class BitStackLinear(nn.Module):
     def blocks_changed(self) -> None:
         """Bring the storage in line with ``self.blocks`` after blocks were appended or popped.
 
-        Kernel mode: repack this weight (see the module docstring: the old and the new packed
-        tensors of this one weight coexist for the duration).  Pure-PyTorch mode: convert views
+        Kernel mode: repack this weight (see the module docstring: one part of the new packed
+        tensors at a time coexists with the old ones).  Pure-PyTorch mode: convert views
         back to the stored layout if the module left kernel mode (e.g. moved to the CPU).
         """
         want = self._wants_packed()
@@ -189,37 +201,29 @@ class BitStackLinear(nn.Module):
             self.packed, self._views, self.blocks = None, (), blocks
 
     def _repack(self) -> None:
-        from bitstack.kernels.layout import (DEFAULT_GROUP, PackedBitStack, bitplane_from_standard,
-                                             standard_from_bitplane)
+        """Pack ``self.blocks`` (stored blocks and/or views) into fresh packed tensors, one part at
+        a time: signs uint8 (J, N, ceil(K/8)) in the bit-plane layout, then u float16 (J, N, k),
+        then v float16 (J, k, K).
 
-        old = self.packed
-        group = old.group if old is not None else DEFAULT_GROUP
+        After each part, ``self.blocks`` becomes :class:`PackedBlockView` s that take that part
+        from its new tensor (and the others from where they were), which drops the last
+        reference to the old tensor of that part; a stored block's buffer goes with its last
+        part.  So only one new part is allocated on top of the old form, never the whole new
+        packed weight (module docstring).  The packed values are those of an all-at-once pack.
+        """
+        from bitstack.kernels.layout import DEFAULT_GROUP, PackedBitStack
+
         N, K, k = self.out_features, self.in_features, self.rank
-        nb = (K + 7) // 8
-        J = len(self.blocks)
-        device = self.blocks[0].signs.device
-        signs = torch.empty(J, N, nb, dtype=torch.uint8, device=device)
-        u = torch.empty(J, N, k, dtype=torch.float16, device=device)
-        v = torch.empty(J, k, K, dtype=torch.float16, device=device)
-        rows = max(1, _SIGN_CHUNK_BYTES // max(1, nb))
-        for i, block in enumerate(self.blocks):
-            if tuple(block.u.shape) != (N, k) or tuple(block.v.shape) != (k, K) or tuple(block.signs.shape) != (N, nb):
-                raise ValueError(f"block {i} has shapes {tuple(block.signs.shape)}, {tuple(block.u.shape)}, "
-                                 f"{tuple(block.v.shape)}; this layer is {N}x{K} of rank {k}")
-            if isinstance(block, PackedBlockView) and block.group == group:
-                signs[i].copy_(block.signs)
-            else:
-                stored = block.signs
-                if isinstance(block, PackedBlockView):
-                    stored = standard_from_bitplane(stored, K, block.group)
-                for r0 in range(0, N, rows):
-                    signs[i, r0:r0 + rows] = bitplane_from_standard(stored[r0:r0 + rows].to(device), K, group)
-            u[i].copy_(block.u)
-            v[i].copy_(block.v)
-        packed = PackedBitStack(signs, u, v, N, K, k, group)
-        views = tuple(PackedBlockView(signs[i], u[i], v[i], group) for i in range(J))
-        del old
-        self.packed, self._views, self.blocks = packed, views, list(views)
+        _check_shapes(self.blocks, N, K, k)  # a helper: a loop variable here would hold the last block
+        group = self.packed.group if self.packed is not None else DEFAULT_GROUP
+        signs = _bitplane_signs(self.blocks, group, N, K)
+        self.packed, self._views = None, ()  # the blocks alone hold the old parts now
+        self.blocks = [PackedBlockView(signs[i], b.u, b.v, group) for i, b in enumerate(self.blocks)]
+        u = _stacked([b.u for b in self.blocks])
+        self.blocks = [PackedBlockView(signs[i], u[i], b.v, group) for i, b in enumerate(self.blocks)]
+        v = _stacked([b.v for b in self.blocks])
+        views = tuple(PackedBlockView(signs[i], u[i], v[i], group) for i in range(len(v)))
+        self.packed, self._views, self.blocks = PackedBitStack(signs, u, v, N, K, k, group), views, list(views)
 
     # ---- compute ----------------------------------------------------------------------------
     def dense_weight(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
@@ -280,6 +284,46 @@ class BitStackLinear(nn.Module):
             self.blocks = [dataclasses.replace(b, signs=move(b.signs), u=move(b.u), v=move(b.v)) for b in self.blocks]
         self.blocks_changed()  # pack on CUDA, unpack elsewhere
         return self
+
+
+def _check_shapes(blocks, N: int, K: int, k: int) -> None:
+    """ValueError unless every block has signs (N, ceil(K/8)), u (N, k) and v (k, K)."""
+    for i, block in enumerate(blocks):
+        if tuple(block.u.shape) != (N, k) or tuple(block.v.shape) != (k, K) or tuple(block.signs.shape) != (N, (K + 7) // 8):
+            raise ValueError(f"block {i} has shapes {tuple(block.signs.shape)}, {tuple(block.u.shape)}, "
+                             f"{tuple(block.v.shape)}; this layer is {N}x{K} of rank {k}")
+
+
+def _bitplane_signs(blocks, group: int, N: int, K: int) -> torch.Tensor:
+    """The signs of ``blocks`` (stored blocks, uint8 (N, ceil(K/8)) in the stored layout, and/or
+    :class:`PackedBlockView` s) as one fresh uint8 tensor (J, N, ceil(K/8)) in the bit-plane
+    layout of ``group``, on the first block's device.  Views of that group are copied; other
+    signs are converted ``_SIGN_CHUNK_BYTES`` of rows at a time (scratch: module docstring)."""
+    from bitstack.kernels.layout import bitplane_from_standard, standard_from_bitplane
+
+    nb = (K + 7) // 8
+    device = blocks[0].signs.device
+    signs = torch.empty(len(blocks), N, nb, dtype=torch.uint8, device=device)
+    rows = max(1, _SIGN_CHUNK_BYTES // max(1, nb))
+    for i, block in enumerate(blocks):
+        if isinstance(block, PackedBlockView) and block.group == group:
+            signs[i].copy_(block.signs)
+            continue
+        stored = block.signs
+        if isinstance(block, PackedBlockView):
+            stored = standard_from_bitplane(stored, K, block.group)
+        for r0 in range(0, N, rows):
+            signs[i, r0:r0 + rows] = bitplane_from_standard(stored[r0:r0 + rows].to(device), K, group)
+    return signs
+
+
+def _stacked(parts: list[torch.Tensor]) -> torch.Tensor:
+    """``parts`` (J tensors of one shape) copied into one fresh float16 tensor (J, *shape) on the
+    first part's device, as the packed layout stores u and v."""
+    out = torch.empty(len(parts), *parts[0].shape, dtype=torch.float16, device=parts[0].device)
+    for i, part in enumerate(parts):
+        out[i].copy_(part)
+    return out
 
 
 def set_kernels(model: nn.Module, enabled: bool | None) -> int:

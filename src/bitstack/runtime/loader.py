@@ -138,6 +138,7 @@ def load(path: str | Path, memory: str | int | None = None, *, device: torch.dev
             raise ArtifactError(f"the artifact lacks tensors the model needs: {', '.join(missing[:5])}")
         for entry, block in reader.read_blocks(0, count, device):
             modules[entry.tensor].blocks.append(block)
+        entry = block = None  # the loop's last block must not outlive its repack below (kernel mode)
         for module in modules.values():
             module.blocks_changed()  # kernel mode (CUDA + Triton): repack weight by weight
         model.eval()

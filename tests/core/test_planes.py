@@ -103,6 +103,20 @@ def test_joint_signs_lower_the_output_error_of_every_weighted_prefix(shape):
         assert joint.residual_sq[level] == pytest.approx(float(((w - rebuilt) @ h * (w - rebuilt)).sum()), rel=1e-4)
 
 
+def test_blocks_after_the_joint_ones_round_the_original_weight():
+    """Past len(level_weights) blocks, each block is the nearest half-bin of W from the prefix (no
+    feedback state), so where the joint blocks left a weight in its own bin the stack converges to it."""
+    torch.manual_seed(7)
+    w = torch.randn(20, 48)
+    h = _correlated_hessian(48, 8)
+    d = plane_decompose(w, 7, 16, hessian=h, level_weights=(0.1, 1, 1))
+    current = planes_reconstruct(d.blocks[:3], d.offset, d.step, 16)
+    for level in range(3, 7):
+        assert torch.equal(unpack_signs(d.blocks[level].signs, 48), w >= current)
+        current = planes_reconstruct(d.blocks[:level + 1], d.offset, d.step, 16)
+    assert d.residual_sq[7] < d.residual_sq[3]
+
+
 def test_joint_signs_without_correlation_are_nearest_at_the_weighted_level():
     """A diagonal Hessian spreads no error, so weighting one prefix length alone picks that grid's
     nearest value: the same first blocks as round-to-nearest, bit for bit; the finer blocks, chosen
@@ -128,6 +142,8 @@ def test_bad_input():
     for weights in ((), (0.0, 0.0), (1.0, -1.0), (float("inf"),)):
         with pytest.raises(ValueError, match="level_weights"):
             plane_decompose(torch.randn(4, 4), 2, 2, hessian=torch.eye(4), level_weights=weights)
+    with pytest.raises(ValueError, match="no weight to the first 1 blocks"):
+        plane_decompose(torch.randn(4, 4), 1, 2, hessian=torch.eye(4), level_weights=(0.0, 1.0))
     with pytest.raises(ValueError, match="one of"):
         plane_decompose(torch.randn(4, 4), 2, 2, hessian=torch.eye(4), feedback=True, level_weights=(1.0,))
     with pytest.raises(ValueError, match="NaN"):

@@ -14,8 +14,9 @@ from bitstack.runtime.linear import BitStackLinear
 FAMILIES = ["llama", "mistral", "qwen2", "qwen3", "opt", "gpt_neox", "phi3"]
 
 
-# clip none: a clipped grid keeps its clipping error at every block, so only the full range converges to W
-CODECS = {"planes": {"codec": "planes", "niter": 24, "group_size": 16, "clip": "none"},
+# clip none: a clipped grid keeps its clipping error at every block, so only the full range converges to W;
+# signs nearest: joint signs converge to the error-compensated weight, not to W (tests/core/test_planes.py)
+CODECS = {"planes": {"codec": "planes", "niter": 24, "group_size": 16, "clip": "none", "signs": "nearest"},
           "avd": {"codec": "avd", "niter": 40, "rank": 8}}
 
 

@@ -30,7 +30,8 @@ first J = len(level_weights) signs of each weight are the code, out of 2^J, that
 Σ_j λ_j (w_j - Ŵ_j)², w_j the weight in state j and λ_j = level_weights[j] · 4^(j+1) (each level's
 error relative to its bin size).  Every state then spreads its own error over the columns not yet
 decided, so each prefix compensates its own rounding, as GPTQ does at one bit width, while all
-prefixes share their signs.  Blocks beyond J take the nearest sign of their own state.
+prefixes share their signs.  Blocks beyond J round to the nearest half of each bin of the original
+weight, so a long stack still converges to W wherever the first J blocks left it in reach.
 
 Shapes: weight (out, in) float32; G = ceil(in / group_size) groups, the last one possibly
 shorter.  Nothing here does I/O.
@@ -230,40 +231,32 @@ def _code_table(levels: int, device: torch.device) -> tuple[torch.Tensor, torch.
 
 
 def _joint_signs(target: torch.Tensor, centre: torch.Tensor, base_step: torch.Tensor, factor: torch.Tensor,
-                 niter: int, level_weights: tuple[float, ...], block_columns: int = 128) -> torch.Tensor:
-    """All blocks' signs with joint multi-level error feedback (module docstring, "Joint signs").
+                 level_weights: tuple[float, ...], block_columns: int = 128) -> torch.Tensor:
+    """The first J = len(level_weights) blocks' signs, chosen jointly with one GPTQ state per prefix
+    length (module docstring, "Joint signs").
 
     target, centre, base_step: float32 (out, in), columns in decision order; factor: U of
-    :func:`inverse_hessian_factor` in the same order.  Returns positive: bool (niter, out, in).
+    :func:`inverse_hessian_factor` in the same order.  Returns positive: bool (J, out, in).
     """
     out_features, columns = target.shape
-    joint = min(len(level_weights), niter)
+    joint = len(level_weights)
     positive_codes, coefficient = _code_table(joint, target.device)  # (2^J, J), (J, 2^J)
-    lam = torch.tensor([w * 4.0 ** (j + 1) for j, w in enumerate(level_weights[:joint])],
+    lam = torch.tensor([w * 4.0 ** (j + 1) for j, w in enumerate(level_weights)],
                        device=target.device)[:, None, None]  # (J, 1, 1)
-    work = target[None].repeat(niter, 1, 1)  # (niter, out, in): one GPTQ state per prefix length
-    positive = torch.empty(niter, out_features, columns, dtype=torch.bool, device=target.device)
-    chosen = torch.empty(niter, out_features, device=target.device)
+    work = target[None].repeat(joint, 1, 1)  # (J, out, in): one GPTQ state per prefix length
+    positive = torch.empty(joint, out_features, columns, dtype=torch.bool, device=target.device)
     for first in range(0, columns, block_columns):
         last = min(first + block_columns, columns)
-        w_block = work[:, :, first:last].clone()  # (niter, out, b)
+        w_block = work[:, :, first:last].clone()  # (J, out, b)
         errors = torch.empty_like(w_block)
         for i in range(last - first):
             column = first + i
-            w = w_block[:, :, i]  # (niter, out)
-            centre_c, step_c = centre[:, column], base_step[:, column]  # (out,)
-            values = centre_c[None, :, None] + step_c[None, :, None] * coefficient[:, None, :]  # (J, out, 2^J)
-            best = (lam * (w[:joint, :, None] - values).square()).sum(0).argmin(1)  # (out,)
-            positive[:joint, :, column] = positive_codes[best].T
-            chosen[:joint] = values.gather(2, best[None, :, None].expand(joint, out_features, 1)).squeeze(2)
-            previous = chosen[joint - 1]
-            for level in range(joint, niter):  # finer blocks: the nearest sign of their own state
-                up = w[level] >= previous
-                magnitude = step_c * (0.5 ** level)
-                previous = torch.where(up, previous + magnitude, previous - magnitude)
-                positive[level, :, column] = up
-                chosen[level] = previous
-            err = (w - chosen) / factor[column, column]  # (niter, out)
+            w = w_block[:, :, i]  # (J, out)
+            values = centre[None, :, column, None] + base_step[None, :, column, None] * coefficient[:, None, :]  # (J, out, 2^J)
+            best = (lam * (w[:, :, None] - values).square()).sum(0).argmin(1)  # (out,)
+            positive[:, :, column] = positive_codes[best].T
+            chosen = values.gather(2, best[None, :, None].expand(joint, out_features, 1)).squeeze(2)  # (J, out)
+            err = (w - chosen) / factor[column, column]
             w_block[:, :, i:] -= err[:, :, None] * factor[column, column:last][None, None, :]
             errors[:, :, i] = err
         work[:, :, last:] -= torch.einsum("lob,bn->lon", errors, factor[first:last, last:])
@@ -338,6 +331,8 @@ def plane_decompose(weight: torch.Tensor, niter: int, group_size: int, *, hessia
     if level_weights is not None and (not level_weights or any(not 0 <= w < float("inf") for w in level_weights)
                                       or not any(level_weights)):
         raise ValueError(f"level_weights must be finite numbers >= 0, not all 0, got {level_weights!r}")
+    if level_weights is not None and not any(level_weights[:niter]):
+        raise ValueError(f"level_weights {tuple(level_weights)!r} give no weight to the first {niter} blocks")
     order = inverse = None
     factor = None
     if feedback or level_weights is not None:
@@ -350,16 +345,17 @@ def plane_decompose(weight: torch.Tensor, niter: int, group_size: int, *, hessia
     joint = None
     if level_weights is not None:
         cols = order if order is not None else slice(None)
-        joint = _joint_signs(weight[:, cols], current[:, cols], base_step[:, cols], factor, niter, tuple(level_weights))
+        joint = _joint_signs(weight[:, cols], current[:, cols], base_step[:, cols], factor,
+                             tuple(level_weights)[:niter])
         if inverse is not None:
             joint = joint[:, :, inverse]
     blocks: list[ResidualBlock] = []
     for level in range(niter):
         magnitude = base_step * (0.5 ** level)
-        if joint is not None:
+        if joint is not None and level < joint.shape[0]:
             positive = joint[level]
             current = current + torch.where(positive, magnitude, -magnitude)
-        elif factor is None:
+        elif factor is None or joint is not None:  # nearest (also the blocks after the joint ones)
             positive = weight >= current
             current = current + torch.where(positive, magnitude, -magnitude)
         else:

@@ -97,7 +97,9 @@ class LiveStack:
                 if target > old:
                     for entry, block in staged:
                         self.modules[entry.tensor].blocks.append(block)
-                    staged = []  # the modules own the new blocks: a repack below frees them weight by weight
+                    # the modules own the new blocks (the loop variable must not keep the last one alive):
+                    # a repack below frees them weight by weight
+                    staged, entry, block = [], None, None
                 else:
                     for position in range(old - 1, target - 1, -1):
                         entry = self.manifest.stack[position]

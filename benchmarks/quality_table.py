@@ -8,9 +8,14 @@ Step 1 (one command per row): evaluate an artifact at a baseline's memory with t
 
 (``--print-commands`` prints them, with the memories taken from the baselines' JSONL).
 
-Step 2: ``python benchmarks/quality_table.py --baselines benchmarks/results/baselines_smollm2.jsonl
---evals OUT`` prints the markdown table (every row at the same WikiText-2 windows and zero-shot
-limit) and writes ``OUT/bitstack_rows.csv`` in ``bitstack curve``'s extra-series format.
+(or ``benchmarks/quality_eval.py``, which evaluates one artifact at several memories and writes
+the same files; ``benchmarks/issue7_rows.sh`` runs every row that way).
+
+Step 2: ``python benchmarks/quality_table.py --baselines B1.jsonl [B2.jsonl ...] --evals OUT
+[--plot curve.png]`` prints the markdown table (every row at the same WikiText-2 windows and
+zero-shot limit), writes ``OUT/bitstack_rows.csv`` in ``bitstack curve``'s extra-series format,
+and with ``--plot`` draws every method (each baseline method and group size, each BitStack label)
+as one line of memory against perplexity with ``bitstack curve``'s plotting.
 """
 
 from __future__ import annotations
@@ -29,7 +34,8 @@ def _baselines(path: Path) -> list[dict]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--baselines", required=True, help="the baselines' JSONL (benchmarks/baselines)")
+    parser.add_argument("--baselines", required=True, nargs="+", help="the baselines' JSONL files (benchmarks/baselines)")
+    parser.add_argument("--plot", default=None, help="PNG: all methods on one memory-perplexity plot")
     parser.add_argument("--evals", required=True, help="folder of `bitstack eval --json` outputs named LABEL@BITS.json")
     parser.add_argument("--print-commands", nargs="*", metavar="LABEL=ARTIFACT",
                         help="print the eval commands for these artifacts at each baseline memory instead")
@@ -37,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-windows", type=int, default=4)
     parser.add_argument("--limit", type=int, default=100)
     args = parser.parse_args(argv)
-    rows = _baselines(Path(args.baselines))
+    rows = [r for path in args.baselines for r in _baselines(Path(path))]
     memories = sorted({(r["method"], r["bits"], r["group"], r["memory_bytes"]) for r in rows if r["method"] != "float"},
                       key=lambda x: (x[1], x[2]))
     evals = Path(args.evals)
@@ -79,6 +85,21 @@ def main(argv: list[str] | None = None) -> int:
         print(f"| {r['method']} | {r['memory_bytes'] / 1e6:.2f} | {cell(r['bits_per_param'], '{:.2f}')} | "
               f"{cell(r['ppl'], '{:.2f}')} | {cell(r['windows'], '{}')} | "
               + " | ".join(cell(r["zs"][t]) for t in TASKS) + f" | {cell(r['zs_avg'])} |")
+    if args.plot:
+        from bitstack.evaluation.curve import CurvePoint, plot_curves
+
+        series: dict[str, list] = {}
+        for r in rows:
+            if r["method"] != "float":
+                name = f"{r['label'].split(' ')[0]} g{r['group']}"
+                series.setdefault(name, []).append(CurvePoint(name, r["memory_bytes"], r["ppl"]))
+        for r in table:
+            if "@" in r["method"]:
+                name = r["method"].split(" @ ")[0]
+                series.setdefault(name, []).append(CurvePoint(name, r["memory_bytes"], r["ppl"]))
+        floats = [r for r in rows if r["method"] == "float"]
+        plot_curves(series, args.plot, base_bytes=rows[-1].get("base_bytes"), params=rows[-1].get("quantized_params"),
+                    title="SmolLM2-135M, WikiText-2" + (f" (float: {floats[0]['ppl']:.2f})" if floats else ""))
     with (evals / "bitstack_rows.csv").open("w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["label", "memory_bytes", "ppl"])

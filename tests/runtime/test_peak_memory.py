@@ -192,9 +192,10 @@ def test_kernel_mode_repack_transient_is_one_weight_part(tiny_avd_artifact):
     """Kernel mode (CUDA; here the same code on the CPU) repacks each changed weight into fresh
     packed tensors, one part at a time (signs, u, v), with the new blocks' signs converted
     through uint8 scratch: the peak is max(before, after) plus the largest :func:`_repack_bound`
-    of the changed weights (measured to the byte at most steps), plus on a grow one stored block:
-    ``LiveStack.resize`` keeps the last block it attached referenced (its loop variable) until it
-    returns, so that block's buffer outlives its repack."""
+    of the changed weights, and nothing else (``LiveStack.resize`` drops its reference to the
+    last staged block before the repacks, so no stored block outlives its weight's repack).
+    The bound is met to the byte at 12 of these 16 steps (every grow; a shrink falls short when
+    the weights repacked before the largest one have already freed bytes)."""
     from bitstack.runtime.linear import set_kernels
 
     path, _, _ = tiny_avd_artifact
@@ -210,12 +211,10 @@ def test_kernel_mode_repack_transient_is_one_weight_part(tiny_avd_artifact):
     for step, budget, before, report, meter in _metered_resizes(model, budgets):
         old, new = _blocks_per_weight(m, report.old_blocks), _blocks_per_weight(m, report.new_blocks)
         bound = max((_repack_bound(weights[n], new[n], new[n] - old[n]) for n in new if new[n] != old[n]), default=0)
-        if report.grew:
-            bound += m.stack[report.new_blocks - 1].bytes
         over = meter.peak - max(before, report.new_bytes)
         assert 0 <= over <= bound, f"step {step}: {over} bytes over (bound {bound}) after {meter.peak_op}"
         exact += over == bound
-    assert exact >= 8  # the bound is what a resize measures, not a guess
+    assert exact >= 12  # measured: 12 of 16 (the bound is what a resize measures, not a guess)
 
 
 @pytest.mark.skipif(not _kernel_mode_available(), reason="kernel mode on the CPU needs Triton's interpreter")

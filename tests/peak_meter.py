@@ -233,7 +233,6 @@ def main() -> int:
     from bitstack.artifact.reader import ArtifactReader
     from bitstack.memory import parse_memory
     from bitstack.runtime.budget import prefix_bytes_at
-    from bitstack.runtime.linear import set_kernels
     from bitstack.runtime.loader import resolve_dtype
 
     torch.set_num_threads(args.threads)
@@ -252,22 +251,22 @@ def main() -> int:
         model, meter = metered_load(args.artifact, budget, dtype=dtype, device="cpu", kernels=args.kernels)
         if args.kernels:
             assert all(m.packed is not None for m in model.bitstack.modules.values() if m.blocks and not getattr(m, "group_size", 0))
-        out["loads"].append({"budget": budget, "peak": meter.peak, "final": bitstack.memory_bytes(model),
+        out["loads"].append({"budget": budget, "blocks": model.bitstack.loaded, "peak": meter.peak,
+                             "final": bitstack.memory_bytes(model),
                              "over_budget": meter.peak - budget, "peak_op": meter.peak_op,
                              "seconds": round(time.perf_counter() - started, 1)})
         print(json.dumps(out["loads"][-1]), flush=True)
         del model
     rng = random.Random(args.seed)
-    model = bitstack.load(args.artifact, floor, dtype=dtype, device="cpu")
-    if args.kernels:
-        set_kernels(model, True)
+    with kernels_on_load() if args.kernels else contextlib.nullcontext():  # the floor: no reserve to keep
+        model = bitstack.load(args.artifact, floor, dtype=dtype, device="cpu")
     previous = floor
     for _ in range(args.steps):
         budget = rng.choice([rng.randint(floor, full), prefix[rng.randint(manifest.floor_blocks, len(prefix) - 1)]])
         before = bitstack.memory_bytes(model)
         report, meter = metered_resize(model, budget)
         out["resizes"].append({"budget_before": previous, "budget": budget, "bytes_before": before,
-                               "bytes_after": report.new_bytes, "peak": meter.peak,
+                               "bytes_after": report.new_bytes, "blocks_after": report.new_blocks, "peak": meter.peak,
                                "over_max_budget": meter.peak - max(previous, budget), "peak_op": meter.peak_op})
         print(json.dumps(out["resizes"][-1]), flush=True)
         previous = budget

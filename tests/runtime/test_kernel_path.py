@@ -24,7 +24,7 @@ import bitstack  # noqa: E402
 from bitstack.artifact.reader import ArtifactReader  # noqa: E402
 from bitstack.core.avd import ResidualBlock  # noqa: E402
 from bitstack.kernels._checks import interpret_mode  # noqa: E402
-from bitstack.runtime.budget import prefix_bytes_at  # noqa: E402
+from bitstack.runtime.budget import prefix_bytes_at, repack_reserve  # noqa: E402
 from bitstack.runtime.linear import BitStackLinear, PackedBlockView, set_kernels  # noqa: E402
 
 if not interpret_mode():
@@ -129,8 +129,11 @@ def test_resize_rebuilds_the_packed_form(tiny_avd_artifact):
     ids = torch.tensor([[5, 9, 17]])
     grown_tensor = m.stack[m.floor_blocks + 2].tensor
     old_signs = weakref.ref(model.bitstack.modules[grown_tensor].packed.signs)
+    packed = dict.fromkeys(model.bitstack.modules, 32)  # every weight, default sign group
     for extra in (12, 1, 6):  # grow, shrink, grow
-        budget = prefix[m.floor_blocks + extra]
+        # kernel mode keeps room for its repacks: this budget holds exactly floor + extra blocks
+        blocks = m.floor_blocks + extra
+        budget = prefix[blocks] + repack_reserve(m, model.bitstack.loaded, blocks, packed)
         report = bitstack.resize(model, budget)
         assert report.new_blocks == m.floor_blocks + extra
         _check_packed(model)
@@ -142,7 +145,7 @@ def test_resize_rebuilds_the_packed_form(tiny_avd_artifact):
         elif extra == 1:
             gc.collect()
             assert old_signs() is None
-        reference = bitstack.load(path, budget, device="cpu", dtype=dtype)
+        reference = bitstack.load(path, prefix[blocks], device="cpu", dtype=dtype)  # the same blocks
         err = _rel_err(_logits(model, ids), _logits(reference, ids))
         assert err < REL_TOL[dtype], f"after resize to floor + {extra}: relative error {err:.2e}"
 

@@ -17,7 +17,7 @@ from peak_meter import metered_load, metered_resize
 import bitstack
 from bitstack.artifact.reader import ArtifactReader
 from bitstack.config import CompressConfig
-from bitstack.runtime.budget import prefix_bytes_at
+from bitstack.runtime.budget import blocks_for_budget, prefix_bytes_at, repack_reserve
 from bitstack.runtime.linear import BitStackLinear
 
 
@@ -194,8 +194,10 @@ def test_kernel_mode_repack_transient_is_one_weight_part(tiny_avd_artifact):
     through uint8 scratch: the peak is max(before, after) plus the largest :func:`_repack_bound`
     of the changed weights, and nothing else (``LiveStack.resize`` drops its reference to the
     last staged block before the repacks, so no stored block outlives its weight's repack).
-    The bound is met to the byte at 12 of these 16 steps (every grow; a shrink falls short when
-    the weights repacked before the largest one have already freed bytes)."""
+    The bound is met to the byte at every grow (8 here) and at 2 of the 6 shrinks (a shrink
+    falls short when the weights repacked before the largest one have already freed bytes);
+    2 of the 16 steps keep their blocks (the kernel-mode reserve makes some budgets choose the
+    blocks already loaded)."""
     from bitstack.runtime.linear import set_kernels
 
     path, _, _ = tiny_avd_artifact
@@ -206,15 +208,18 @@ def test_kernel_mode_repack_transient_is_one_weight_part(tiny_avd_artifact):
     model = bitstack.load(path, prefix[m.floor_blocks], device="cpu", dtype=dtype)
     set_kernels(model, True)
     rng = random.Random(1)
-    exact = 0
+    exact = grows = 0
     budgets = [prefix[rng.randint(m.floor_blocks, len(m.stack))] for _ in range(16)]
     for step, budget, before, report, meter in _metered_resizes(model, budgets):
         old, new = _blocks_per_weight(m, report.old_blocks), _blocks_per_weight(m, report.new_blocks)
         bound = max((_repack_bound(weights[n], new[n], new[n] - old[n]) for n in new if new[n] != old[n]), default=0)
         over = meter.peak - max(before, report.new_bytes)
         assert 0 <= over <= bound, f"step {step}: {over} bytes over (bound {bound}) after {meter.peak_op}"
-        exact += over == bound
-    assert exact >= 12  # measured: 12 of 16 (the bound is what a resize measures, not a guess)
+        if report.grew:
+            assert over == bound, f"step {step}: a grow measured {over} bytes over, the bound is {bound}"
+        grows += report.grew
+        exact += report.new_blocks != report.old_blocks and over == bound
+    assert grows >= 8 and exact >= 10  # measured: 10 of the 14 steps that change blocks (the bound is no guess)
 
 
 @pytest.mark.skipif(not _kernel_mode_available(), reason="kernel mode on the CPU needs Triton's interpreter")
@@ -227,16 +232,16 @@ def test_kernel_mode_load_transient_is_one_weight_part(tiny_avd_artifact):
     prefix = prefix_bytes_at(m, dtype)
     weights = {w.name: w for w in m.weights}
     exact = 0
-    for budget in (prefix[m.floor_blocks], prefix[m.floor_blocks + 30], prefix[-1]):
+    for budget in (prefix[m.floor_blocks], prefix[m.floor_blocks + 30], None):
         model, meter = metered_load(path, budget, device="cpu", dtype=dtype, kernels=True)
         modules = model.bitstack.modules
         assert all(module.packed is not None for module in modules.values())
-        assert meter.end == bitstack.memory_bytes(model) == budget
+        assert meter.end == bitstack.memory_bytes(model) == prefix[model.bitstack.loaded]
         bound = max(_repack_bound(weights[n], len(module.blocks), len(module.blocks)) for n, module in modules.items())
-        over = meter.peak - budget
+        over = meter.peak - meter.end
         assert 0 < over <= bound, f"budget {budget}: {over} bytes over (bound {bound}) after {meter.peak_op}"
         exact += over == bound
-    assert exact >= 2
+    assert exact == 3  # measured: every load
 
 
 @pytest.mark.skipif(not _kernel_mode_available(), reason="kernel mode on the CPU needs Triton's interpreter")
@@ -254,9 +259,59 @@ def test_repack_in_parts_equals_an_all_at_once_pack(tiny_avd_artifact):
     for extra in (40, 3, 70, 55):  # grow, shrink, grow, shrink
         budget = prefix[m.floor_blocks + extra]
         bitstack.resize(model, budget)
-        fresh = bitstack.load(path, budget, device="cpu", dtype=torch.float16)
+        fresh = bitstack.load(path, prefix[model.bitstack.loaded], device="cpu", dtype=torch.float16)  # the same blocks
         for name, module in model.bitstack.modules.items():
             expected = repack(fresh.bitstack.modules[name].blocks, group=module.packed.group)
             for part in ("signs", "u", "v"):
                 assert torch.equal(getattr(module.packed, part), getattr(expected, part)), f"{name} {part}"
             assert [b.signs.data_ptr() for b in module.blocks] == [module.packed.signs[i].data_ptr() for i in range(len(module.blocks))]
+
+
+@pytest.mark.skipif(not _kernel_mode_available(), reason="kernel mode on the CPU needs Triton's interpreter")
+def test_kernel_mode_peak_within_the_budget(tiny_avd_artifact):
+    """Kernel mode keeps room for its repacks (``budget.repack_reserve``): a load peaks within its
+    budget, a grow within the new budget and a shrink within the previous one (which kept room
+    for it), as on the pure-PyTorch path; the prefix is the longest whose bytes plus that room
+    fit.  The one exception: a budget below the floor plus the floor's room still loads the floor
+    (the floor stays the one error), over the budget by at most that room."""
+    path, _, _ = tiny_avd_artifact
+    m = _manifest(path)
+    dtype = torch.float16
+    prefix = prefix_bytes_at(m, dtype)
+    floor = m.floor_blocks
+    packed = dict.fromkeys((w.name for w in m.weights), 32)  # the default sign group
+    room = repack_reserve(m, 0, floor, packed)
+    assert room > 0
+
+    def check_choice(budget, loaded, blocks):
+        assert prefix[blocks] + repack_reserve(m, loaded, blocks, packed) <= budget
+        assert blocks == len(m.stack) or prefix[blocks + 1] + repack_reserve(m, loaded, blocks + 1, packed) > budget
+        assert blocks <= blocks_for_budget(m, budget, dtype)  # the pure-PyTorch choice: never fewer bytes
+
+    # the floor exception, measured
+    model, meter = metered_load(path, prefix[floor], device="cpu", dtype=dtype, kernels=True)
+    assert model.bitstack.loaded == floor and 0 < meter.peak - prefix[floor] <= room
+    # loads
+    rng = random.Random(2)
+    budgets = [prefix[floor] + room, prefix[floor + 20] + room - 1, prefix[-1]] + [
+        rng.randint(prefix[floor] + room, prefix[-1] + 1000) for _ in range(4)]
+    for previous in budgets:
+        model, meter = metered_load(path, previous, device="cpu", dtype=dtype, kernels=True)
+        budget = previous
+        assert all(module.packed is not None for module in model.bitstack.modules.values())
+        check_choice(budget, 0, model.bitstack.loaded)
+        assert meter.end == bitstack.memory_bytes(model) == prefix[model.bitstack.loaded]
+        assert meter.peak <= budget, f"load at {budget}: {meter.peak - budget} bytes over after {meter.peak_op}"
+    # resizes of the last one, in a random sequence (budgets from the floor up)
+    budgets = [prefix[rng.randint(floor, len(m.stack))] if step % 2 else rng.randint(prefix[floor], prefix[-1] + 1000)
+               for step in range(24)]
+    grows = shrinks = 0  # ``previous``: the last load's budget
+    for step, budget, before, report, meter in _metered_resizes(model, budgets):
+        check_choice(budget, report.old_blocks, report.new_blocks)
+        assert all(module.packed is not None for module in model.bitstack.modules.values())
+        limit = max(previous, budget)
+        assert meter.peak <= limit, f"step {step}: {meter.peak - limit} bytes over after {meter.peak_op}"
+        grows += report.new_blocks > report.old_blocks
+        shrinks += report.new_blocks < report.old_blocks
+        previous = budget
+    assert grows >= 6 and shrinks >= 6

@@ -3,11 +3,27 @@
 Resident weight bytes = the non-decomposed weights (embeddings, norms, LM head, biases, runtime
 input scales, buffers) at their loaded dtypes, each storage counted once (a tied LM head is
 free), plus the bytes of every loaded block (packed signs + float16 u, v).
+
+Kernel mode (weights stored packed, :mod:`bitstack.runtime.linear`) changes a weight's blocks by
+repacking it, which holds more than the final bytes for a moment.  The prefix chosen for a
+budget then leaves room for that: :func:`repack_reserve` (the pure-PyTorch path has no
+transient and no reserve: its choice is the plain longest prefix).  With it, a load's peak is
+within its budget, a grow's within the new budget and a shrink's within the budget of the call
+before it (measured by ``tests/runtime/test_peak_memory.py``), except:
+
+* a load whose budget is below the floor plus the floor's reserve loads the floor all the same,
+  over the budget by at most that reserve (the floor stays the one ``BudgetError``);
+* ``None`` (the whole stack) has no budget to keep: the peak is the full bytes plus the reserve;
+* a shrink of a model whose blocks were not chosen with the reserve (loaded at ``None`` or
+  below the floor plus its reserve, or switched to kernel mode by ``set_kernels`` after
+  loading) can exceed the earlier budget by its own repack transient;
+* ``set_kernels`` itself packs every weight without a reserve.
 """
 
 from __future__ import annotations
 
 import bisect
+from collections.abc import Mapping
 
 import torch
 from torch import nn
@@ -33,21 +49,85 @@ def prefix_bytes_at(manifest: Manifest, dtype: torch.dtype) -> list[int]:
     return [p + shift for p in manifest.prefix_bytes]
 
 
-def blocks_for_budget(manifest: Manifest, budget: int | None, dtype: torch.dtype) -> int:
+def _counts(manifest: Manifest, blocks: int) -> dict[str, int]:
+    """{weight name: its blocks among the first ``blocks`` of the stack} (every weight named)."""
+    counts = dict.fromkeys((w.name for w in manifest.weights), 0)
+    for entry in manifest.stack[:blocks]:
+        counts[entry.tensor] += 1
+    return counts
+
+
+def repack_reserve(manifest: Manifest, loaded: int, target: int, packed: Mapping[str, int]) -> int:
+    """Bytes above the resident ones that going from ``loaded`` to ``target`` blocks, and then a
+    later shrink from ``target``, can hold in kernel mode: the largest of
+
+    * the **arrival** (``target > loaded``: a load, ``loaded`` = 0, or a grow): every weight that
+      gets new blocks is repacked, one after the other, once all new blocks are read, so the
+      peak is ``prefix[target]`` + the largest
+      :func:`~bitstack.runtime.linear.repack_transient` of those weights (J = its blocks at
+      ``target``, d = its new ones; a shrink's own transient is the previous state's departure);
+    * the **departure** from ``target``: a later shrink repacks a weight of J blocks into J' < J
+      from the resident bytes before it, at most the repack transient of J - 1 blocks, d = -1,
+      for every weight that can lose a block (more blocks than at the floor).  Keeping it free
+      means that the shrink stays within the budget this call is given.
+
+    ``packed``: {name: sign group} of the weights stored packed (others contribute nothing: the
+    pure-PyTorch path has no transient).  Exact for the arrival (``tests/peak_meter.py`` measures
+    it to the byte), an upper bound for the departure (a shrink repacks weights in stack order,
+    and those repacked first have freed bytes by the time the others run)."""
+    from bitstack.runtime.linear import repack_transient
+
+    if not packed:
+        return 0
+    weights = {w.name: w for w in manifest.weights if w.name in packed}
+    before, after, floor = (_counts(manifest, n) for n in (loaded, target, manifest.floor_blocks))
+    reserve = 0
+    for name, w in weights.items():
+        shape = (w.out_features, w.in_features, w.rank)
+        J, group = after[name], packed[name]
+        if J > before[name]:
+            reserve = max(reserve, repack_transient(*shape, J, J - before[name], group))
+        if J > floor[name]:
+            reserve = max(reserve, repack_transient(*shape, J - 1, -1, group))
+    return reserve
+
+
+def blocks_for_budget(manifest: Manifest, budget: int | None, dtype: torch.dtype, *,
+                      loaded: int = 0, packed: Mapping[str, int] | None = None) -> int:
     """The longest prefix of the stack (≥ the floor) whose resident bytes are ≤ ``budget``.
 
     ``budget=None`` means the whole stack.  Raises :class:`BudgetError` below the floor.
+
+    ``packed`` ({name: sign group} of the weights that kernel mode stores packed; ``loaded``: the
+    blocks resident now, 0 for a load): the longest prefix whose resident bytes *plus*
+    :func:`repack_reserve` from ``loaded`` fit ``budget``, so that the repacks of this load or
+    resize, and of a later shrink, keep the peak within it.  Resident bytes + reserve grow with
+    the prefix, so a binary search finds it.  A resize can always reach the floor (no repack
+    grows there); a load below the floor + its reserve loads the floor all the same (the
+    budget is short by at most that reserve: the floor stays the one error).  Without packed
+    weights this is the plain longest prefix.
     """
     if budget is None:
         return len(manifest.stack)
     prefix = prefix_bytes_at(manifest, dtype)
-    floor = prefix[manifest.floor_blocks]
+    floor_blocks = manifest.floor_blocks
+    floor = prefix[floor_blocks]
     if budget < floor:
         raise BudgetError(
             f"memory budget {format_bytes(budget)} is below this artifact's floor of {format_bytes(floor)} "
             f"({floor} bytes); the full stack needs {format_bytes(prefix[-1])} ({prefix[-1]} bytes)"
         )
-    return bisect.bisect_right(prefix, budget) - 1
+    plain = bisect.bisect_right(prefix, budget) - 1
+    if not packed:
+        return plain
+    lo, hi = floor_blocks, plain  # the answer is in [lo, hi]; lo is the fallback
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if prefix[mid] + repack_reserve(manifest, loaded, mid, packed) <= budget:
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo
 
 
 def memory_bytes(model: nn.Module) -> int:

@@ -47,11 +47,15 @@ the three tensors at once held the whole new weight, J × (s + u + v).  A grow o
 also converts the new signs, adding uint8 scratch while the new signs tensor exists:
 ``bitplane_from_standard`` holds about 16 bytes (SmolLM2's shapes) to 26 bytes (tiny ones) per
 byte of the sign rows converted at once (one block's, or ``_SIGN_CHUNK_BYTES`` of its rows if
-smaller).  Callers repack weight by weight, so the model-wide transient is that of the largest
-weight.  ``forward`` also repacks if it finds ``self.blocks`` out of sync with the packed form
-(a safety net for code that edits the list directly).  Should a repack fail between parts, the
-blocks are valid views (``packed`` None: the pure-PyTorch path) until the next
-``blocks_changed``.
+smaller; :func:`sign_scratch_bytes` counts it).  Callers repack weight by weight, so the
+model-wide transient is that of the largest weight (:func:`repack_transient` computes it).  The
+loader and the live stack keep that much free: in kernel mode they choose the longest prefix
+whose bytes plus :func:`bitstack.runtime.budget.repack_reserve` fit the budget, so the peak of a
+load or resize stays within it (the exceptions are stated there).  ``forward`` also repacks if
+it finds ``self.blocks`` out of sync with the packed form (a safety net for code that edits the
+list directly; no reserve covers that, nor :func:`set_kernels`, which packs every block).
+Should a repack fail between parts, the blocks are valid views (``packed`` None: the
+pure-PyTorch path) until the next ``blocks_changed``.
 
 Transient memory that is not weight memory (not counted by ``memory_bytes``): the kernels'
 scratch buffers (split-K partial sums for decode; a ≤ 64 MiB rebuilt-row scratch per
@@ -163,9 +167,15 @@ class BitStackLinear(nn.Module):
     # ---- kernel mode ------------------------------------------------------------------------
     def _wants_packed(self) -> bool:
         """Whether the blocks should be stored packed (kernel mode) on their current device."""
-        if not self.blocks or self.group_size or self.kernels is False or (self.kernels is None and kernels_disabled_by_env()):
+        return bool(self.blocks) and self.packs_on(self.blocks[0].signs.device)
+
+    def packs_on(self, device: torch.device | str) -> bool:
+        """Whether blocks on ``device`` are stored packed (kernel mode), so that changing them
+        repacks this weight (the loader and the live stack keep room for that: see
+        :func:`repack_transient`)."""
+        if self.group_size or self.kernels is False or (self.kernels is None and kernels_disabled_by_env()):
             return False
-        device = self.blocks[0].signs.device
+        device = torch.device(device)
         if device.type != "cuda" and self.kernels is not True:
             return False
         from bitstack.kernels import triton_available
@@ -211,11 +221,11 @@ class BitStackLinear(nn.Module):
         part.  So only one new part is allocated on top of the old form, never the whole new
         packed weight (module docstring).  The packed values are those of an all-at-once pack.
         """
-        from bitstack.kernels.layout import DEFAULT_GROUP, PackedBitStack
+        from bitstack.kernels.layout import PackedBitStack
 
         N, K, k = self.out_features, self.in_features, self.rank
         _check_shapes(self.blocks, N, K, k)  # a helper: a loop variable here would hold the last block
-        group = self.packed.group if self.packed is not None else DEFAULT_GROUP
+        group = self.pack_group
         signs = _bitplane_signs(self.blocks, group, N, K)
         self.packed, self._views = None, ()  # the blocks alone hold the old parts now
         self.blocks = [PackedBlockView(signs[i], b.u, b.v, group) for i, b in enumerate(self.blocks)]
@@ -224,6 +234,15 @@ class BitStackLinear(nn.Module):
         v = _stacked([b.v for b in self.blocks])
         views = tuple(PackedBlockView(signs[i], u[i], v[i], group) for i in range(len(v)))
         self.packed, self._views, self.blocks = PackedBitStack(signs, u, v, N, K, k, group), views, list(views)
+
+    @property
+    def pack_group(self) -> int:
+        """The sign group of this weight's packed layout: the current one's, else the default."""
+        if self.packed is not None:
+            return self.packed.group
+        from bitstack.kernels.layout import DEFAULT_GROUP
+
+        return DEFAULT_GROUP
 
     # ---- compute ----------------------------------------------------------------------------
     def dense_weight(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
@@ -315,6 +334,46 @@ def _bitplane_signs(blocks, group: int, N: int, K: int) -> torch.Tensor:
         for r0 in range(0, N, rows):
             signs[i, r0:r0 + rows] = bitplane_from_standard(stored[r0:r0 + rows].to(device), K, group)
     return signs
+
+
+def part_bytes(out_features: int, in_features: int, rank: int) -> tuple[int, int, int]:
+    """Bytes of one block's signs, u and v (uint8 (N, ceil(K/8)), float16 (N, k), float16 (k, K))."""
+    return out_features * ((in_features + 7) // 8), out_features * rank * 2, rank * in_features * 2
+
+
+def sign_scratch_bytes(out_features: int, in_features: int, group: int) -> int:
+    """Peak bytes of the uint8 scratch that converting one block's signs to the bit-plane layout
+    of ``group`` holds (:func:`_bitplane_signs`: ``_SIGN_CHUNK_BYTES`` of rows at a time, through
+    ``bitstack.kernels.layout.bitplane_from_standard``), counted from that function's tensors.
+
+    With r rows converted at once, c = r × ceil(K/8) bytes of them and c_g = r × (the bytes of
+    the widest group): unpacking to bits holds a shift table (8 bytes) and two (r, ceil(K/8), 8)
+    tensors, 16c; then the bits (8c), the output (c) and, for one group, its zero-padded bits
+    (8c_g), their shifted copy (8c_g), its bytes (c_g) and a shift table (8).  So
+    max(16c, 9c + 17c_g) + 8: 26c + 8 at the tiny test shapes (one group), 16.6c + 8 at
+    SmolLM2's (K = 576: three groups of 32 bytes in 72)."""
+    nb = (in_features + 7) // 8
+    rows = min(out_features, max(1, _SIGN_CHUNK_BYTES // max(1, nb)))
+    c, c_g = rows * nb, rows * min(group, nb)
+    return max(16 * c, 9 * c + 17 * c_g) + 8
+
+
+def repack_transient(out_features: int, in_features: int, rank: int, blocks: int, delta: int, group: int) -> int:
+    """Bytes above the resident ones while :meth:`BitStackLinear._repack` packs one weight of
+    ``blocks`` blocks, ``delta`` of them new stored blocks (> 0: a load or a grow) or ``-delta``
+    fewer than before (< 0: a shrink), measured from the resident bytes when it starts.
+
+    The parts are packed in turn (signs, u, v; one block's bytes s, u, v: :func:`part_bytes`):
+    part t allocates its new tensor, ``blocks`` × its bytes, on top of ``delta`` × the bytes of
+    the parts before it (on a grow, the new stored blocks' copies of them, whose buffers go with
+    their last part; on a shrink, what the fewer blocks have already freed).  New signs are
+    converted through :func:`sign_scratch_bytes` while the new signs tensor exists.  This is the
+    module docstring's formula, and what ``tests/peak_meter.py`` measures to the byte."""
+    s, u, v = part_bytes(out_features, in_features, rank)
+    stages = [blocks * s, blocks * u + delta * s, blocks * v + delta * (s + u)]
+    if delta > 0:
+        stages[0] += sign_scratch_bytes(out_features, in_features, group)
+    return max(0, *stages)
 
 
 def _stacked(parts: list[torch.Tensor]) -> torch.Tensor:

@@ -92,6 +92,10 @@ def load(path: str | Path, memory: str | int | None = None, *, device: torch.dev
         path: artifact directory.
         memory: budget for resident weight bytes (``"120MB"``, ``"1.5GiB"``, an int); the model
             gets the longest prefix of the block stack that fits.  ``None`` loads the whole stack.
+            In kernel mode (codec avd on CUDA with Triton) the prefix also leaves room for
+            repacking the weights, now and at a later shrink
+            (:func:`~bitstack.runtime.budget.repack_reserve`), so that the peak stays within the
+            budget; a budget below the floor plus that room still loads the floor.
         device: where the weights live (default: CUDA if available, else CPU).
         dtype: dtype of the non-decomposed weights and of computation (default: the artifact's
             storage dtype).  Blocks always keep uint8 signs and float16 u, v.
@@ -123,6 +127,9 @@ def load(path: str | Path, memory: str | int | None = None, *, device: torch.dev
                                     group_size=weight.group_size)
             setattr(parent, child, module)
             modules[weight.name] = module
+        packed = {name: module.pack_group for name, module in modules.items() if module.packs_on(device)}
+        if packed:  # kernel mode: leave room for the repacks (budget.repack_reserve)
+            count = blocks_for_budget(manifest, budget, dtype, packed=packed)
         # Converting a base tensor to ``dtype`` holds one chunk of its stored bytes on top of the
         # base read so far: a chunk no larger than the blocks still to be read (at least the
         # floor's, one per weight) keeps the peak within the final resident bytes, so within the

@@ -86,12 +86,17 @@ class LiveStack:
         """Grow or shrink to the longest prefix that fits ``memory`` (``None``: the whole stack).
 
         Raises :class:`~bitstack.errors.BudgetError` below the floor (nothing changes then).
+
+        Kernel mode: the prefix leaves room for the repacks of this resize and of a later shrink
+        (:func:`~bitstack.runtime.budget.repack_reserve`), so that a grow peaks within
+        ``memory`` and a shrink within the budget of the load or resize before it.
         """
         started = time.perf_counter()
         budget = None if memory is None else parse_memory(memory)
-        target = blocks_for_budget(self.manifest, budget, self.dtype)
         with self._resize_lock:
             old = self.loaded
+            packed = {name: m.pack_group for name, m in self.modules.items() if m.packs_on(self.device)}
+            target = blocks_for_budget(self.manifest, budget, self.dtype, loaded=old, packed=packed)
             staged = self.reader.read_blocks(old, target, self.device) if target > old else []  # forwards go on
             with self.lock:  # between forward passes
                 if target > old:

@@ -305,6 +305,15 @@ class BitStackLinear(nn.Module):
         return self
 
 
+def append_blocks(modules: dict[str, "BitStackLinear"], staged) -> None:
+    """Append each ``(stack entry, block)`` of ``staged`` to ``modules[entry.tensor].blocks``.
+
+    A function of its own so that no caller's loop variable keeps the last block alive: the
+    modules then own every new block, and a kernel-mode repack frees each as it goes."""
+    for entry, block in staged:
+        modules[entry.tensor].blocks.append(block)
+
+
 def _check_shapes(blocks, N: int, K: int, k: int) -> None:
     """ValueError unless every block has signs (N, ceil(K/8)), u (N, k) and v (k, K)."""
     for i, block in enumerate(blocks):

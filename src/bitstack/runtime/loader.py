@@ -17,7 +17,7 @@ from bitstack.devices import resolve_device
 from bitstack.errors import ArtifactError, InputError
 from bitstack.memory import parse_memory
 from bitstack.runtime.budget import blocks_for_budget, memory_bytes, prefix_bytes_at
-from bitstack.runtime.linear import BitStackLinear
+from bitstack.runtime.linear import BitStackLinear, append_blocks
 from bitstack.runtime.stack import LiveStack
 
 _DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
@@ -110,7 +110,7 @@ def load(path: str | Path, memory: str | int | None = None, *, device: torch.dev
     try:
         manifest = reader.manifest
         dtype = resolve_dtype(dtype, manifest.compression.get("dtype", "bfloat16"))
-        count = blocks_for_budget(manifest, budget, dtype)
+        count = blocks_for_budget(manifest, budget, dtype)  # fails fast below the floor, before the model is built
         model = _build_skeleton(manifest)
         modules: dict[str, BitStackLinear] = {}
         for weight in manifest.weights:
@@ -143,9 +143,7 @@ def load(path: str | Path, memory: str | int | None = None, *, device: torch.dev
         missing = [n for n, t in list(model.named_parameters()) + list(model.named_buffers()) if t.device.type == "meta"]
         if missing:
             raise ArtifactError(f"the artifact lacks tensors the model needs: {', '.join(missing[:5])}")
-        for entry, block in reader.read_blocks(0, count, device):
-            modules[entry.tensor].blocks.append(block)
-        entry = block = None  # the loop's last block must not outlive its repack below (kernel mode)
+        append_blocks(modules, reader.read_blocks(0, count, device))
         for module in modules.values():
             module.blocks_changed()  # kernel mode (CUDA + Triton): repack weight by weight
         model.eval()

@@ -19,7 +19,7 @@ from torch import nn
 from bitstack.artifact.reader import ArtifactReader
 from bitstack.memory import parse_memory
 from bitstack.runtime.budget import blocks_for_budget
-from bitstack.runtime.linear import BitStackLinear
+from bitstack.runtime.linear import BitStackLinear, append_blocks
 
 
 @dataclass(frozen=True)
@@ -100,11 +100,8 @@ class LiveStack:
             staged = self.reader.read_blocks(old, target, self.device) if target > old else []  # forwards go on
             with self.lock:  # between forward passes
                 if target > old:
-                    for entry, block in staged:
-                        self.modules[entry.tensor].blocks.append(block)
-                    # the modules own the new blocks (the loop variable must not keep the last one alive):
-                    # a repack below frees them weight by weight
-                    staged, entry, block = [], None, None
+                    append_blocks(self.modules, staged)
+                    staged = []  # the modules own the new blocks: a repack below frees them weight by weight
                 else:
                     for position in range(old - 1, target - 1, -1):
                         entry = self.manifest.stack[position]

@@ -354,17 +354,15 @@ def plane_decompose(weight: torch.Tensor, niter: int, group_size: int, *, hessia
         magnitude = base_step * (0.5 ** level)
         if joint is not None and level < joint.shape[0]:
             positive = joint[level]
-            current = current + torch.where(positive, magnitude, -magnitude)
-        elif factor is None or joint is not None:  # nearest (also the blocks after the joint ones)
-            positive = weight >= current
-            current = current + torch.where(positive, magnitude, -magnitude)
-        else:
+        elif feedback:
             cols = order if order is not None else slice(None)
             positive, _ = _feedback_signs(weight[:, cols], current[:, cols], magnitude[:, cols], factor)
             if inverse is not None:
                 positive = positive[:, inverse]
-            # the same float32 ops as planes_reconstruct, so the energies are those of the stored model
-            current = current + torch.where(positive, magnitude, -magnitude)
+        else:  # nearest (also the blocks after the joint ones)
+            positive = weight >= current
+        # the same float32 ops as planes_reconstruct, so the energies are those of the stored model
+        current = current + torch.where(positive, magnitude, -magnitude)
         blocks.append(sign_only_block(positive))
         residual_sq.append(output_error(weight - current, energy_h))
     return PlaneDecomposition(offset=offset, step=step, blocks=blocks, residual_sq=residual_sq)

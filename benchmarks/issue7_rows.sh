@@ -8,7 +8,8 @@
 #   DEVICE=cuda DATA=../shared/data RESULTS=benchmarks/results/issue7 bash benchmarks/issue7_rows.sh [PART ...]
 # PART: baselines (three workers in parallel: RTN+HQQ, GPTQ, AWQ), joint (codec planes with joint
 # signs), nearest (planes with round-to-nearest signs: the ablation), paper (codec avd, 16 blocks
-# of rank 16, scale power 1, fisher order); default: all of them, in parallel. Every BitStack part
+# of rank 16, scale power 1, fisher order), joint-lw=WEIGHTS (joint signs with --level-weights
+# WEIGHTS); default: baselines, joint, nearest and paper, in parallel. Every BitStack part
 # names its options, so the rows do not depend on the defaults of the day.
 # Environment: PY, DEVICE, DATA (the data folder of ../shared/data's layout), RESULTS (output
 # folder), ZS (examples per zero-shot task, 0 = all), NSAMPLES (calibration sequences of 2048
@@ -65,9 +66,13 @@ run_part() {
       wait ;;
     joint) bitstack_row bitstack-joint --codec planes --signs joint --sort leveled > "$RESULTS/logs/joint.log" 2>&1 ;;
     nearest) bitstack_row bitstack-nearest --codec planes --signs nearest --sort leveled > "$RESULTS/logs/nearest.log" 2>&1 ;;
+    joint-lw=*)  # joint signs with other level weights, e.g. joint-lw=0.05,3,1,1,0.3,0.1
+      local weights=${1#joint-lw=}
+      bitstack_row "bitstack-joint-lw-${weights//,/_}" --codec planes --signs joint --level-weights "$weights" \
+        --sort leveled > "$RESULTS/logs/joint-lw-${weights//,/_}.log" 2>&1 ;;
     paper) bitstack_row bitstack-paper --codec avd --niter 16 --rank 16 --scale-power 1 --sort fisher \
              > "$RESULTS/logs/paper.log" 2>&1 ;;
-    *) echo "unknown part $1 (baselines, joint, nearest, paper)" >&2; return 2 ;;
+    *) echo "unknown part $1 (baselines, joint, joint-lw=WEIGHTS, nearest, paper)" >&2; return 2 ;;
   esac
 }
 

@@ -12,7 +12,7 @@
 # WEIGHTS); default: baselines, joint, nearest and paper, in parallel. Every BitStack part
 # names its options, so the rows do not depend on the defaults of the day.
 # Environment: PY, DEVICE, DATA (the data folder of ../shared/data's layout), RESULTS (output
-# folder), ZS (examples per zero-shot task, 0 = all), NSAMPLES (calibration sequences of 2048
+# folder), ZS (examples per zero-shot task, 0 = all, none = no zero-shot: BitStack rows only), NSAMPLES (calibration sequences of 2048
 # tokens for GPTQ, AWQ and BitStack: the same tokens for all), ARTIFACTS (where artifacts go).
 set -u
 PY=${PY:-python3}
@@ -51,9 +51,10 @@ bitstack_row() {  # LABEL COMPRESS-ARGS...: compress once, evaluate at every mem
       --nsamples "$NSAMPLES" --seqlen 2048 --device "$DEVICE" "$@" || return 1
   fi
   "$PY" -m bitstack.cli info "$art" > "$RESULTS/$label.info.txt"
-  local limit=(); [ "$ZS" != 0 ] && limit=(--limit "$ZS")
+  local zeroshot=(--zeroshot "$DATA/zeroshot"); [ "$ZS" != 0 ] && zeroshot+=(--limit "$ZS")
+  [ "$ZS" = none ] && zeroshot=()
   "$PY" benchmarks/quality_eval.py --artifact "$art" --label "$label" --memory "$MEMORY" \
-    --ppl "$DATA/wikitext2_test.txt" --zeroshot "$DATA/zeroshot" "${limit[@]}" --batch-size 32 \
+    --ppl "$DATA/wikitext2_test.txt" "${zeroshot[@]}" --batch-size 32 \
     --device "$DEVICE" --out "$RESULTS/evals"
 }
 

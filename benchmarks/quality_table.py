@@ -37,6 +37,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--baselines", required=True, nargs="+", help="the baselines' JSONL files (benchmarks/baselines)")
     parser.add_argument("--plot", default=None, help="PNG: all methods on one memory-perplexity plot")
     parser.add_argument("--evals", required=True, help="folder of `bitstack eval --json` outputs named LABEL@BITS.json")
+    parser.add_argument("--plot-labels", nargs="*", metavar="LABEL[=NAME]", default=None,
+                        help="BitStack labels to draw, optionally renamed (default: every label in --evals)")
     parser.add_argument("--print-commands", nargs="*", metavar="LABEL=ARTIFACT",
                         help="print the eval commands for these artifacts at each baseline memory instead")
     parser.add_argument("--data", default="../shared/data")
@@ -93,9 +95,14 @@ def main(argv: list[str] | None = None) -> int:
             if r["method"] != "float":
                 name = f"{r['label'].split(' ')[0]} g{r['group']}"
                 series.setdefault(name, []).append(CurvePoint(name, r["memory_bytes"], r["ppl"]))
+        chosen = None if args.plot_labels is None else dict(
+            (spec.partition("=")[0], spec.partition("=")[2] or spec.partition("=")[0]) for spec in args.plot_labels)
         for r in table:
             if "@" in r["method"]:
-                name = r["method"].split(" @ ")[0]
+                label = r["method"].split(" @ ")[0]
+                if chosen is not None and label not in chosen:
+                    continue
+                name = label if chosen is None else chosen[label]
                 series.setdefault(name, []).append(CurvePoint(name, r["memory_bytes"], r["ppl"]))
         floats = [r for r in rows if r["method"] == "float"]
         plot_curves(series, args.plot, base_bytes=rows[-1].get("base_bytes"), params=rows[-1].get("quantized_params"),

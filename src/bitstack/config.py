@@ -61,7 +61,7 @@ class CompressConfig:
         choices=SIGN_RULES,
     )
     level_weights: str = _opt(
-        "0.05,1,1,1,0.3,0.1",
+        "0.05,5,1,1,0.3,0.1",
         "signs 'joint': comma-separated weights of the output error after 1, 2, ... blocks in the joint "
         "sign choice (relative to each level's bin size); the first len(weights) signs are chosen jointly",
     )

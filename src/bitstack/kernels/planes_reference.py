@@ -1,0 +1,60 @@
+"""Pure-PyTorch references of the planes kernels, with the kernels' signature (any device).
+
+``planes_linear_reference(x, packed, bias=None)`` computes, in float32,
+
+    y = x · Ŵᵀ + bias,   Ŵ = C + Σ_{i<J} S_i ⊙ expand(step) · 2^-i
+
+from a :class:`~bitstack.kernels.planes_layout.PackedPlanes` (Ŵ rebuilt by
+:func:`bitstack.core.planes.planes_reconstruct`, the runtime's pure path) and returns it in
+``x.dtype``.  ``planes_linear_naive`` is the "reconstruct, then matmul" baseline of the benchmarks:
+Ŵ rebuilt densely in ``x.dtype``, then ``F.linear``.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from bitstack.core.avd import ResidualBlock
+from bitstack.core.planes import planes_reconstruct
+from bitstack.kernels._checks import check_planes_args
+from bitstack.kernels.planes_layout import PackedPlanes
+
+__all__ = ["planes_dense_weight", "planes_linear_reference", "planes_linear_naive"]
+
+
+def planes_dense_weight(packed: PackedPlanes, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Ŵ of the packed blocks, accumulated in float32, returned as ``dtype``, shape (N, K)."""
+    packed.validate()
+    N, K = packed.out_features, packed.in_features
+    u = torch.empty(N, 0, dtype=torch.float16, device=packed.device)  # sign-only blocks: rank 0
+    v = torch.empty(0, K, dtype=torch.float16, device=packed.device)
+    blocks = [ResidualBlock(packed.signs[i], u, v) for i in range(packed.num_blocks)]
+    return planes_reconstruct(blocks, packed.offset, packed.step, packed.group_size, dtype)
+
+
+def planes_linear_reference(x: torch.Tensor, packed: PackedPlanes,
+                            bias: torch.Tensor | None = None) -> torch.Tensor:
+    """Reference of :func:`bitstack.kernels.planes_linear` (float32 math).
+
+    Args:
+        x: float16 or bfloat16, shape (..., K), K = packed.in_features.
+        packed: the J loaded blocks of the weight (:class:`PackedPlanes`, same device as x).
+        bias: optional float tensor (N,), added in float32.
+    Returns:
+        shape (..., N), dtype of x.
+    """
+    check_planes_args(x, packed, bias, need_gpu=False)
+    w = planes_dense_weight(packed, torch.float32)
+    y = x.reshape(-1, packed.in_features).float() @ w.t()
+    if bias is not None:
+        y = y + bias.float()
+    return y.to(x.dtype).reshape(*x.shape[:-1], packed.out_features)
+
+
+def planes_linear_naive(x: torch.Tensor, packed: PackedPlanes,
+                        bias: torch.Tensor | None = None) -> torch.Tensor:
+    """Reconstruct-then-matmul baseline: Ŵ rebuilt densely (float32 sum, cast to x.dtype), then F.linear."""
+    check_planes_args(x, packed, bias, need_gpu=False)
+    w = planes_dense_weight(packed, x.dtype)
+    return F.linear(x, w, None if bias is None else bias.to(x.dtype))

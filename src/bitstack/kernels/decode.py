@@ -10,10 +10,9 @@ is the sign matrix, read once.  After its column range, the ``BN × k·M`` accum
 with ``u_i`` (``BN × k``) into the ``BN × M`` output tile.
 
 Split-K: programs that share a row tile add their fp32 partials into a workspace with atomics;
-the last one to finish (a per-tile counter) writes ``y`` (+ bias) in x's dtype and re-zeroes the
-workspace tile and the counter, so one launch does everything and the scratch stays zero between
-calls.  Workspace and counters are cached per (device, M, N, BN): ``4·M·N + 4·ceil(N/BN)`` bytes.
-Calls that share a workspace must be serialised (one stream), as usual for a layer's forward.
+the last one to finish writes ``y`` (+ bias) in x's dtype and re-zeroes the workspace
+(:mod:`bitstack.kernels._splitk`, shared with the planes decode kernel), so one launch does
+everything.
 """
 
 from __future__ import annotations
@@ -26,6 +25,7 @@ import triton.language as tl
 
 from bitstack.kernels._checks import check_linear_args, interpret_mode
 from bitstack.kernels._signs import sign_plane
+from bitstack.kernels._splitk import splitk_workspace, store_rows
 from bitstack.kernels.layout import PackedBitStack
 
 
@@ -140,24 +140,8 @@ def _decode_kernel(
         else:
             y_acc += tl.sum(tl.reshape(acc, [BN, KR, MP]) * ut[:, :, None], axis=1)
 
-    omask = nmask[:, None] & mmask[None, :]
-    if SPLIT:
-        ws_offs = offs_m[None, :] * N + offs_n[:, None]
-        tl.atomic_add(ws_ptr + ws_offs, y_acc, mask=omask, sem="relaxed")
-        tl.debug_barrier()
-        count = tl.atomic_add(cnt_ptr + pid_n, 1, sem="acq_rel")
-        if count == n_splits - 1:
-            zero = tl.zeros([BN, MP], dtype=tl.float32)
-            total = tl.atomic_add(ws_ptr + ws_offs, zero, mask=omask, sem="relaxed")  # coherent read (L2)
-            tl.store(ws_ptr + ws_offs, zero, mask=omask)
-            if HAS_BIAS:
-                total += tl.load(b_ptr + offs_n, mask=nmask, other=0.0).to(tl.float32)[:, None]
-            tl.store(y_ptr + offs_m[None, :] * stride_ym + offs_n[:, None], total.to(DT), mask=omask)
-            tl.atomic_xchg(cnt_ptr + pid_n, 0, sem="relaxed")
-    else:
-        if HAS_BIAS:
-            y_acc += tl.load(b_ptr + offs_n, mask=nmask, other=0.0).to(tl.float32)[:, None]
-        tl.store(y_ptr + offs_m[None, :] * stride_ym + offs_n[:, None], y_acc.to(DT), mask=omask)
+    store_rows(y_acc, offs_n, nmask, offs_m, mmask, N, b_ptr, y_ptr, ws_ptr, cnt_ptr, pid_n, n_splits, stride_ym,
+               SPLIT, HAS_BIAS)
 
 
 @triton.jit
@@ -209,18 +193,7 @@ class DecodeConfig:
     zprep_warps: int = 1
 
 
-_SCRATCH: dict = {}
 LAST_COMPILED: dict = {}  # last launched compiled kernel (benchmarks read its registers/IR)
-
-
-def _scratch(device: torch.device, M: int, N: int, BN: int):
-    key = (str(device), M, N, BN)
-    buf = _SCRATCH.get(key)
-    if buf is None:
-        buf = (torch.zeros(M * N, dtype=torch.float32, device=device),
-               torch.zeros(triton.cdiv(N, BN), dtype=torch.int32, device=device))
-        _SCRATCH[key] = buf
-    return buf
 
 
 def _sm_count(device: torch.device) -> int:
@@ -269,7 +242,7 @@ def decode_launch(x: torch.Tensor, packed: PackedBitStack, bias: torch.Tensor | 
     splits = triton.cdiv(n_groups, gps)
     y = torch.empty(M, N, dtype=x.dtype, device=x.device)
     if splits > 1:
-        ws, cnt = _scratch(x.device, M, N, BN)
+        ws, cnt = splitk_workspace(x.device, M, N, BN)
     else:
         ws, cnt = y, y  # unused
     NR = KR * MP

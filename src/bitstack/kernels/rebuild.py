@@ -193,17 +193,33 @@ def bitstack_linear_prefill_chunked(x: torch.Tensor, packed: PackedBitStack, bia
         (..., N) in x's dtype.
     """
     check_linear_args(x, packed, bias, need_gpu=True)
-    N, K = packed.out_features, packed.in_features
+    rb = dict(rebuild or {})
+
+    def rows_into(n0: int, nr: int, scratch: torch.Tensor) -> None:
+        rebuild_rows(packed, n0, nr, scratch, **rb)
+
+    return chunked_linear(x, packed.out_features, bias, rows_into, chunk_bytes, rb.get("block_n", 64))
+
+
+def chunked_linear(x: torch.Tensor, N: int, bias: torch.Tensor | None, rebuild, chunk_bytes: int,
+                   block_n: int) -> torch.Tensor:
+    """y = x · Ŵᵀ (+ bias) with the rows of Ŵ rebuilt a chunk at a time into a cached scratch.
+
+    ``rebuild(n0, nr, scratch)`` writes rows ``[n0, n0 + nr)`` of Ŵ (N, K) into ``scratch[:nr]``
+    (x's dtype, (rows, K), rows = :func:`chunk_rows`); each chunk is multiplied by cuBLAS
+    (``torch.mm``/``addmm`` into the matching columns of y).  x: (..., K), already checked.
+    Returns (..., N) in x's dtype.
+    """
+    K = x.shape[-1]
     x2 = x.reshape(-1, K)
     M = x2.shape[0]
-    rb = dict(rebuild or {})
-    rows = chunk_rows(N, K, chunk_bytes, rb.get("block_n", 64))
+    rows = chunk_rows(N, K, chunk_bytes, block_n)
     scratch = _scratch(x.device, x.dtype, rows, K)
     y = torch.empty(M, N, dtype=x.dtype, device=x.device)
     b = bias.to(x.dtype) if bias is not None else None
     for n0 in range(0, N, rows):
         nr = min(rows, N - n0)
-        rebuild_rows(packed, n0, nr, scratch, **rb)
+        rebuild(n0, nr, scratch)
         w = scratch[:nr]
         if b is None:
             torch.mm(x2, w.t(), out=y[:, n0:n0 + nr])

@@ -1,7 +1,7 @@
 """Fused GPU kernels for BitStack linears (Triton), their PyTorch references, and the layout.
 
 Importing this package never imports Triton nor initialises CUDA: the Triton modules
-(``decode``, ``prefill``, ``_signs``) are imported inside the functions that launch them.
+(``decode``, ``prefill``, ``rebuild``, ``planes``, ``_signs``, ``_splitk``) are imported inside the functions that launch them.
 
 API (all ``y = x · Ŵᵀ (+ bias)`` with Ŵ = Σ_{i<J} S_i ⊙ (u_i v_i); same signature everywhere):
 
@@ -17,6 +17,19 @@ API (all ``y = x · Ŵᵀ (+ bias)`` with Ŵ = Σ_{i<J} S_i ⊙ (u_i v_i); same 
 * ``reference.bitstack_linear_reference(x, packed, bias=None)`` (and ``..._decode_reference``,
   ``..._prefill_reference``, the same function) — float32 PyTorch, any device.
 
+Codec ``planes`` (Ŵ = C + Σ_{i<J} S_i ⊙ expand(step)·2^-i, see :mod:`bitstack.kernels.planes`):
+
+* ``pack_planes(sign_tensors, offset, step, group_size) -> PackedPlanes`` — pure function, stacks
+  the J blocks' signs (stored layout, unchanged) and references the grids
+  (:mod:`bitstack.kernels.planes_layout`); byte size ``planes_nbytes(N, K, J)`` (signs only).
+* ``planes_linear(x, packed, bias=None)`` — the decode kernel for
+  ``tokens ≤ PLANES_DECODE_MAX_TOKENS``, the chunked prefill otherwise.
+* ``planes_linear_decode`` (Ŵ never formed), ``planes_linear_prefill`` (rows of Ŵ rebuilt into a
+  ≤ 64 MiB scratch, then cuBLAS), ``planes_rebuild_weight(packed, dtype)`` (dense Ŵ on the GPU).
+* ``planes_reference.planes_linear_reference(x, packed, bias=None)`` (and ``planes_linear_naive``)
+  — float32 PyTorch, any device.
+  The kernels need a power-of-two group size ≥ 8 (``planes_group_supported``).
+
 x: float16 or bfloat16, shape (..., K); bias: optional float (N,); result (..., N) in x's dtype.
 ``input_scale`` (the layer's x multiplier) is folded into v by ``repack``; bias is an argument.
 Bad dtypes, shapes or devices raise ValueError.
@@ -29,6 +42,8 @@ import importlib.util
 import torch
 
 from bitstack.kernels.layout import DEFAULT_GROUP, PackedBitStack, packed_nbytes, repack
+from bitstack.kernels.planes_layout import PackedPlanes, pack_planes, planes_group_supported, planes_nbytes
+from bitstack.kernels.planes_reference import planes_linear_naive, planes_linear_reference
 from bitstack.kernels.reference import (
     bitstack_linear_decode_reference,
     bitstack_linear_naive,
@@ -52,6 +67,17 @@ __all__ = [
     "bitstack_linear_decode_reference",
     "bitstack_linear_prefill_reference",
     "bitstack_linear_naive",
+    "PackedPlanes",
+    "pack_planes",
+    "planes_nbytes",
+    "planes_group_supported",
+    "PLANES_DECODE_MAX_TOKENS",
+    "planes_linear",
+    "planes_linear_decode",
+    "planes_linear_prefill",
+    "planes_rebuild_weight",
+    "planes_linear_reference",
+    "planes_linear_naive",
 ]
 
 # Largest (padded rank) × (padded tokens) sent to the decode kernel by ``bitstack_linear`` (k = 16:
@@ -126,3 +152,56 @@ def bitstack_linear(x: torch.Tensor, packed: PackedBitStack,
     if tokens <= decode_max_tokens(packed.rank):
         return bitstack_linear_decode(x, packed, bias)
     return bitstack_linear_prefill_chunked(x, packed, bias)
+
+
+# Token counts up to this use the planes decode kernel in ``planes_linear`` (the chunked prefill
+# above it).  Measured on an H100 (benchmarks/kernels/bench_planes.py): see NOTES.md.
+PLANES_DECODE_MAX_TOKENS = 8
+
+
+def planes_linear_decode(x: torch.Tensor, packed: PackedPlanes, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """Planes decode kernel (few tokens), see :func:`bitstack.kernels.planes.planes_linear_decode`."""
+    from bitstack.kernels.planes import planes_linear_decode as run
+
+    return run(x, packed, bias)
+
+
+def planes_linear_prefill(x: torch.Tensor, packed: PackedPlanes, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """Planes chunked prefill, see :func:`bitstack.kernels.planes.planes_linear_prefill`."""
+    from bitstack.kernels.planes import planes_linear_prefill as run
+
+    return run(x, packed, bias)
+
+
+def planes_rebuild_weight(packed: PackedPlanes, dtype: torch.dtype = torch.float16) -> torch.Tensor:
+    """Dense Ŵ (N, K) in ``dtype`` (float16/bfloat16/float32) rebuilt by the GPU kernel (one launch)."""
+    from bitstack.kernels.planes import rebuild_planes_rows
+
+    out = torch.empty(packed.out_features, packed.in_features, dtype=dtype, device=packed.device)
+    return rebuild_planes_rows(packed, 0, packed.out_features, out)
+
+
+def planes_linear(x: torch.Tensor, packed: PackedPlanes, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """y = x · Ŵᵀ (+ bias) for a codec-``planes`` weight, with the kernel that suits the token count.
+
+    Args:
+        x: float16 or bfloat16, shape (..., K), CUDA (or CPU under TRITON_INTERPRET=1).
+        packed: :class:`PackedPlanes` (from :func:`pack_planes`) on x's device; its group size a
+            power of two >= 8.
+        bias: optional float tensor (N,).
+    Returns:
+        (..., N) in x's dtype (empty if x holds no token).
+    Raises:
+        ValueError on bad dtypes, shapes, devices or group sizes.
+    """
+    from bitstack.kernels._checks import check_planes_args
+
+    check_planes_args(x, packed, bias, need_gpu=True)
+    if not planes_group_supported(packed.group_size):
+        raise ValueError(f"the planes kernels need a power-of-two group_size >= 8, got {packed.group_size}")
+    tokens = x.numel() // x.shape[-1]
+    if tokens == 0:
+        return x.new_empty(*x.shape[:-1], packed.out_features)
+    if tokens <= PLANES_DECODE_MAX_TOKENS:
+        return planes_linear_decode(x, packed, bias)
+    return planes_linear_prefill(x, packed, bias)

@@ -58,8 +58,8 @@ def _module_tensors(module) -> list[torch.Tensor]:
     if isinstance(module, BitStackLinear):
         for block in module.blocks:
             tensors += [block.signs, block.u, block.v]
-        if module.packed is not None:
-            tensors += [module.packed.signs, module.packed.u, module.packed.v]
+        if module.packed is not None:  # PackedBitStack (signs, u, v) or PackedPlanes (signs; grids are buffers)
+            tensors += [getattr(module.packed, part) for part in ("signs", "u", "v") if hasattr(module.packed, part)]
     return tensors
 
 
@@ -250,7 +250,7 @@ def main() -> int:
         started = time.perf_counter()
         model, meter = metered_load(args.artifact, budget, dtype=dtype, device="cpu", kernels=args.kernels)
         if args.kernels:
-            assert all(m.packed is not None for m in model.bitstack.modules.values() if m.blocks and not getattr(m, "group_size", 0))
+            assert all(m.packed is not None for m in model.bitstack.modules.values() if m.blocks)
         out["loads"].append({"budget": budget, "blocks": model.bitstack.loaded, "peak": meter.peak,
                              "final": bitstack.memory_bytes(model),
                              "over_budget": meter.peak - budget, "peak_op": meter.peak_op,

@@ -2,7 +2,8 @@
 
 Resident weight bytes = the non-decomposed weights (embeddings, norms, LM head, biases, runtime
 input scales, buffers) at their loaded dtypes, each storage counted once (a tied LM head is
-free), plus the bytes of every loaded block (packed signs + float16 u, v).
+free), plus the bytes of every loaded block (packed signs + float16 u, v; codec planes: the
+signs alone, its grids being base buffers).
 
 Kernel mode (weights stored packed, :mod:`bitstack.runtime.linear`) changes a weight's blocks by
 repacking it, which holds more than the final bytes for a moment.  The prefix chosen for a
@@ -71,8 +72,9 @@ def repack_reserve(manifest: Manifest, loaded: int, target: int, packed: Mapping
       for every weight that can lose a block (more blocks than at the floor).  Keeping it free
       means that the shrink stays within the budget this call is given.
 
-    ``packed``: {name: sign group} of the weights stored packed (others contribute nothing: the
-    pure-PyTorch path has no transient).  Exact for the arrival (``tests/peak_meter.py`` measures
+    ``packed``: {name: sign group} of the weights stored packed (``BitStackLinear.pack_group``:
+    0 for codec planes, whose repack converts nothing and holds the new signs alone; others
+    contribute nothing: the pure-PyTorch path has no transient).  Exact for the arrival (``tests/peak_meter.py`` measures
     it to the byte), an upper bound for the departure (a shrink repacks weights in stack order,
     and those repacked first have freed bytes by the time the others run)."""
     from bitstack.runtime.linear import repack_transient

@@ -7,15 +7,19 @@ With blocks B_0 … B_{j-1} loaded, the layer computes
 
 (``input_scale`` = 1/s when the activation scale could not be folded into a previous op; C and
 step are the float16 group grids of :mod:`bitstack.core.planes`, buffers ``plane_offset`` and
-``plane_step``).  No dense weight is kept.  Two ways to compute it (planes weights always take
-the first; the Triton kernels implement the rank-k magnitudes of codec avd):
+``plane_step``).  No dense weight is kept.  Two ways to compute it:
 
 * **Pure PyTorch** (CPU, no Triton, float32 compute, or ``BITSTACK_KERNELS=0``): each call
   rebuilds Ŵ transiently from the blocks.  This is the reference semantics.
-* **Triton kernels** (CUDA with Triton installed): the blocks of the module are stored as one
-  :class:`~bitstack.kernels.PackedBitStack` (the kernels' bit-plane layout, see
-  :mod:`bitstack.kernels.layout`) and ``bitstack.kernels.bitstack_linear`` computes the product
-  without a dense Ŵ (decode kernel for ≤ 4 tokens at rank 16, chunked prefill otherwise).
+* **Triton kernels** (CUDA with Triton installed; the same rules for both codecs): codec avd
+  stores the blocks of the module as one :class:`~bitstack.kernels.PackedBitStack` (the kernels'
+  bit-plane layout, see :mod:`bitstack.kernels.layout`) and ``bitstack.kernels.bitstack_linear``
+  computes the product without a dense Ŵ (decode kernel for ≤ 4 tokens at rank 16, chunked
+  prefill otherwise); codec planes stores them as one :class:`~bitstack.kernels.PackedPlanes`
+  (the signs stacked, stored layout unchanged, and the grid buffers) and
+  ``bitstack.kernels.planes_linear`` computes it (decode kernel for ≤
+  ``PLANES_DECODE_MAX_TOKENS`` tokens, Ŵ never formed; chunked prefill otherwise).  Planes
+  weights whose group size is not a power of two ≥ 8 stay on the pure path.
 
 Storage in kernel mode ("packed")
 ---------------------------------
@@ -25,9 +29,12 @@ whose ``signs``/``u``/``v`` are the views ``packed.signs[i]``/``packed.u[i]``/``
 The signs of a view are in the bit-plane layout, not the stored one (``view.stored()`` converts;
 ``view.dense()`` is correct either way).  ``u`` and ``v`` are the stored factors unchanged:
 ``input_scale`` is *not* folded into ``v``; the module multiplies x by it (one elementwise op),
-so the blocks stay exactly the artifact's values.  The packed layout has exactly the stored
-blocks' byte size, and :func:`bitstack.memory_bytes` counts each packed storage once, so the
-resident bytes still equal the manifest's prefix bytes exactly.
+so the blocks stay exactly the artifact's values.  Codec planes: ``self.packed`` holds signs
+uint8 (J, N, ceil(K/8)) in the stored layout and refers to the module's ``plane_offset`` and
+``plane_step`` (not copied); ``self.blocks[i]`` is a :class:`~bitstack.core.avd.ResidualBlock`
+whose signs are the view ``packed.signs[i]`` and whose u, v are empty (no storage).  The packed
+layouts have exactly the stored blocks' byte size, and :func:`bitstack.memory_bytes` counts each
+packed storage once, so the resident bytes still equal the manifest's prefix bytes exactly.
 
 Changing the blocks
 -------------------
@@ -37,7 +44,8 @@ one weight** into fresh packed tensors, one part at a time: first the signs (the
 valid are copied, the new blocks' signs converted to the bit-plane layout), then u, then v.
 After each part, ``self.blocks`` is rebuilt as views that take that part from its new tensor,
 which releases the old tensor of that part (a stored block's buffer, whose signs, u and v are
-views of it, goes with its last part).
+views of it, goes with its last part).  Codec planes has one part: the signs are copied as they
+are into a fresh (J, N, ceil(K/8)) tensor, and the views then replace the old blocks.
 
 Transient memory of one repack (measured with ``tests/peak_meter.py``): with J blocks after it,
 d = J - (blocks before) and s, u, v one block's bytes of each part, part t adds
@@ -47,7 +55,8 @@ the three tensors at once held the whole new weight, J × (s + u + v).  A grow o
 also converts the new signs, adding uint8 scratch while the new signs tensor exists:
 ``bitplane_from_standard`` holds about 16 bytes (SmolLM2's shapes) to 26 bytes (tiny ones) per
 byte of the sign rows converted at once (one block's, or ``_SIGN_CHUNK_BYTES`` of its rows if
-smaller; :func:`sign_scratch_bytes` counts it).  Callers repack weight by weight, so the
+smaller; :func:`sign_scratch_bytes` counts it).  Codec planes (u = v = 0, no conversion) holds
+J·s, whatever d.  Callers repack weight by weight, so the
 model-wide transient is that of the largest weight (:func:`repack_transient` computes it).  The
 loader and the live stack keep that much free: in kernel mode they choose the longest prefix
 whose bytes plus :func:`bitstack.runtime.budget.repack_reserve` fit the budget, so the peak of a
@@ -58,8 +67,9 @@ Should a repack fail between parts, the blocks are valid views (``packed`` None:
 pure-PyTorch path) until the next ``blocks_changed``.
 
 Transient memory that is not weight memory (not counted by ``memory_bytes``): the kernels'
-scratch buffers (split-K partial sums for decode; a ≤ 64 MiB rebuilt-row scratch per
-(dtype, K) for the chunked prefill, cached by :mod:`bitstack.kernels.rebuild`).
+scratch buffers (split-K partial sums for decode, :mod:`bitstack.kernels._splitk`; a ≤ 64 MiB
+rebuilt-row scratch per (dtype, K) for the chunked prefills, cached by
+:mod:`bitstack.kernels.rebuild`).
 """
 
 from __future__ import annotations
@@ -116,10 +126,12 @@ class BitStackLinear(nn.Module):
     Attributes:
         blocks: loaded residual blocks, in load order.  Stored layout (uint8 signs, float16 u/v;
             see :class:`~bitstack.core.avd.ResidualBlock`) in the pure-PyTorch mode; views into
-            ``packed`` (:class:`PackedBlockView`) in kernel mode.  Managed by the loader and the
-            live stack, which call :meth:`blocks_changed` after editing it.
-        packed: the :class:`~bitstack.kernels.PackedBitStack` that stores the blocks in kernel
-            mode, else None.
+            ``packed`` in kernel mode (:class:`PackedBlockView`; codec planes: ResidualBlocks
+            whose signs are views of the packed signs).  Managed by the loader and the live
+            stack, which call :meth:`blocks_changed` after editing it.
+        packed: the :class:`~bitstack.kernels.PackedBitStack` (codec avd) or
+            :class:`~bitstack.kernels.PackedPlanes` (codec planes) that stores the blocks in
+            kernel mode, else None.
         kernels: None (auto: kernel mode on CUDA when Triton is importable and ``BITSTACK_KERNELS``
             does not disable it), True (also on CPU under ``TRITON_INTERPRET=1``, for tests) or
             False (never).  Set it with :func:`set_kernels`.
@@ -173,8 +185,13 @@ class BitStackLinear(nn.Module):
         """Whether blocks on ``device`` are stored packed (kernel mode), so that changing them
         repacks this weight (the loader and the live stack keep room for that: see
         :func:`repack_transient`)."""
-        if self.group_size or self.kernels is False or (self.kernels is None and kernels_disabled_by_env()):
+        if self.kernels is False or (self.kernels is None and kernels_disabled_by_env()):
             return False
+        if self.group_size:
+            from bitstack.kernels.planes_layout import planes_group_supported
+
+            if not planes_group_supported(self.group_size):
+                return False
         device = torch.device(device)
         if device.type != "cuda" and self.kernels is not True:
             return False
@@ -206,8 +223,11 @@ class BitStackLinear(nn.Module):
             self._repack()
         elif self.packed is not None or any(isinstance(b, PackedBlockView) for b in self.blocks):
             # fresh tensors for every view, so that no view keeps the old packed storage alive
-            blocks = [ResidualBlock(b.stored().signs, b.u.clone(), b.v.clone()) if isinstance(b, PackedBlockView) else b
-                      for b in self.blocks]
+            if self.group_size:  # planes views: stored-layout signs of the packed tensor
+                blocks = [ResidualBlock(b.signs.clone(), b.u.clone(), b.v.clone()) for b in self.blocks]
+            else:
+                blocks = [ResidualBlock(b.stored().signs, b.u.clone(), b.v.clone()) if isinstance(b, PackedBlockView)
+                          else b for b in self.blocks]
             self.packed, self._views, self.blocks = None, (), blocks
 
     def _repack(self) -> None:
@@ -225,6 +245,9 @@ class BitStackLinear(nn.Module):
 
         N, K, k = self.out_features, self.in_features, self.rank
         _check_shapes(self.blocks, N, K, k)  # a helper: a loop variable here would hold the last block
+        if self.group_size:
+            self._repack_planes()
+            return
         group = self.pack_group
         signs = _bitplane_signs(self.blocks, group, N, K)
         self.packed, self._views = None, ()  # the blocks alone hold the old parts now
@@ -235,9 +258,26 @@ class BitStackLinear(nn.Module):
         views = tuple(PackedBlockView(signs[i], u[i], v[i], group) for i in range(len(v)))
         self.packed, self._views, self.blocks = PackedBitStack(signs, u, v, N, K, k, group), views, list(views)
 
+    def _repack_planes(self) -> None:
+        """Codec planes: stack the blocks' signs (stored blocks and/or views, stored layout either
+        way) into one fresh uint8 (J, N, ceil(K/8)) tensor, make ``self.blocks`` its views (u, v:
+        shared empty float16 (N, 0) and (0, K)) and ``self.packed`` a
+        :class:`~bitstack.kernels.PackedPlanes` of it and the grid buffers.  One part: the new
+        signs (J × one block's) coexist with the old blocks until the views replace them."""
+        from bitstack.kernels.planes_layout import PackedPlanes
+
+        signs = _stacked([b.signs for b in self.blocks])
+        packed = PackedPlanes(signs, self.plane_offset, self.plane_step, self.out_features, self.in_features,
+                              self.group_size)
+        views = _planes_views(packed)
+        self.packed, self._views, self.blocks = packed, views, list(views)
+
     @property
     def pack_group(self) -> int:
-        """The sign group of this weight's packed layout: the current one's, else the default."""
+        """The sign group of this weight's packed layout: the current one's, else the default;
+        0 for codec planes, whose packed signs keep the stored layout (no conversion)."""
+        if self.group_size:
+            return 0
         if self.packed is not None:
             return self.packed.group
         from bitstack.kernels.layout import DEFAULT_GROUP
@@ -271,6 +311,13 @@ class BitStackLinear(nn.Module):
         packed = self.packed
         if (packed is not None and x.dtype in _KERNEL_DTYPES and x.device == packed.device
                 and not (x.requires_grad and torch.is_grad_enabled())):
+            if self.group_size:
+                from bitstack.kernels import planes_linear
+
+                if packed.offset is not self.plane_offset or packed.step is not self.plane_step:
+                    # the grid buffers were replaced (e.g. assigned anew): refer to the current ones
+                    packed = self.packed = dataclasses.replace(packed, offset=self.plane_offset, step=self.plane_step)
+                return planes_linear(x, packed, self.bias)
             from bitstack.kernels import bitstack_linear
 
             return bitstack_linear(x, packed, self.bias)
@@ -295,9 +342,13 @@ class BitStackLinear(nn.Module):
 
         if self.packed is not None and self._in_sync():
             p = self.packed
-            moved = dataclasses.replace(p, signs=move(p.signs), u=move(p.u), v=move(p.v))
-            self._views = tuple(PackedBlockView(moved.signs[i], moved.u[i], moved.v[i], moved.group)
-                                for i in range(moved.num_blocks))
+            if self.group_size:
+                moved = dataclasses.replace(p, signs=move(p.signs), offset=self.plane_offset, step=self.plane_step)
+                self._views = _planes_views(moved)
+            else:
+                moved = dataclasses.replace(p, signs=move(p.signs), u=move(p.u), v=move(p.v))
+                self._views = tuple(PackedBlockView(moved.signs[i], moved.u[i], moved.v[i], moved.group)
+                                    for i in range(moved.num_blocks))
             self.packed, self.blocks = moved, list(self._views)
         else:
             self.blocks = [dataclasses.replace(b, signs=move(b.signs), u=move(b.u), v=move(b.v)) for b in self.blocks]
@@ -345,6 +396,16 @@ def _bitplane_signs(blocks, group: int, N: int, K: int) -> torch.Tensor:
     return signs
 
 
+def _planes_views(packed) -> tuple[ResidualBlock, ...]:
+    """The blocks of a :class:`~bitstack.kernels.PackedPlanes` as stored blocks whose signs are the
+    views ``packed.signs[i]`` (stored layout) and whose u, v are shared empty float16 (N, 0) and
+    (0, K) tensors (no storage: a planes block is its signs)."""
+    empty = {"dtype": torch.float16, "device": packed.device}
+    u = torch.empty(packed.out_features, 0, **empty)
+    v = torch.empty(0, packed.in_features, **empty)
+    return tuple(ResidualBlock(packed.signs[i], u, v) for i in range(packed.num_blocks))
+
+
 def part_bytes(out_features: int, in_features: int, rank: int) -> tuple[int, int, int]:
     """Bytes of one block's signs, u and v (uint8 (N, ceil(K/8)), float16 (N, k), float16 (k, K))."""
     return out_features * ((in_features + 7) // 8), out_features * rank * 2, rank * in_features * 2
@@ -376,19 +437,21 @@ def repack_transient(out_features: int, in_features: int, rank: int, blocks: int
     part t allocates its new tensor, ``blocks`` × its bytes, on top of ``delta`` × the bytes of
     the parts before it (on a grow, the new stored blocks' copies of them, whose buffers go with
     their last part; on a shrink, what the fewer blocks have already freed).  New signs are
-    converted through :func:`sign_scratch_bytes` while the new signs tensor exists.  This is the
+    converted through :func:`sign_scratch_bytes` while the new signs tensor exists.  ``group`` 0
+    (codec planes: rank 0, the signs keep the stored layout) has no conversion and no u, v, so
+    the transient is the new signs tensor alone, ``blocks`` × s, whatever ``delta``.  This is the
     module docstring's formula, and what ``tests/peak_meter.py`` measures to the byte."""
     s, u, v = part_bytes(out_features, in_features, rank)
     stages = [blocks * s, blocks * u + delta * s, blocks * v + delta * (s + u)]
-    if delta > 0:
+    if delta > 0 and group:
         stages[0] += sign_scratch_bytes(out_features, in_features, group)
     return max(0, *stages)
 
 
 def _stacked(parts: list[torch.Tensor]) -> torch.Tensor:
-    """``parts`` (J tensors of one shape) copied into one fresh float16 tensor (J, *shape) on the
-    first part's device, as the packed layout stores u and v."""
-    out = torch.empty(len(parts), *parts[0].shape, dtype=torch.float16, device=parts[0].device)
+    """``parts`` (J tensors of one shape and dtype) copied into one fresh tensor (J, *shape) on the
+    first part's device, as the packed layouts store u and v (float16) and the planes signs (uint8)."""
+    out = torch.empty(len(parts), *parts[0].shape, dtype=parts[0].dtype, device=parts[0].device)
     for i, part in enumerate(parts):
         out[i].copy_(part)
     return out

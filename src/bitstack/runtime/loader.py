@@ -92,7 +92,7 @@ def load(path: str | Path, memory: str | int | None = None, *, device: torch.dev
         path: artifact directory.
         memory: budget for resident weight bytes (``"120MB"``, ``"1.5GiB"``, an int); the model
             gets the longest prefix of the block stack that fits.  ``None`` loads the whole stack.
-            In kernel mode (codec avd on CUDA with Triton) the prefix also leaves room for
+            In kernel mode (CUDA with Triton, both codecs) the prefix also leaves room for
             repacking the weights, now and at a later shrink
             (:func:`~bitstack.runtime.budget.repack_reserve`), so that the peak stays within the
             budget; a budget below the floor plus that room still loads the floor.

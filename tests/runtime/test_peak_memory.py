@@ -170,14 +170,20 @@ def _repack_bound(weight, blocks: int, delta: int) -> int:
     new tensor, ``blocks`` x p_t, to ``delta`` x the parts before it: on a grow, the new stored
     blocks' copies of them (a stored block's buffer is released with its last part); on a
     shrink (``delta`` < 0), what replacing them with fewer blocks has freed.  While new signs are
-    converted to the bit-plane layout, ``bitplane_from_standard`` adds 25 bytes of scratch per
-    byte of one block's signs at these shapes, its output (1x) and its 8-byte shift table."""
+    converted to the bit-plane layout (codec avd), ``bitplane_from_standard`` adds 25 bytes of
+    scratch per byte of one block's signs at these shapes, its output (1x) and its 8-byte shift
+    table.  Codec planes (rank 0) packs its signs as they are: the new signs tensor alone."""
     parts = [weight.out_features * ((weight.in_features + 7) // 8), weight.out_features * weight.rank * 2,
              weight.rank * weight.in_features * 2]
     stages = [blocks * part + delta * sum(parts[:t]) for t, part in enumerate(parts)]
-    if delta > 0:
+    if delta > 0 and not weight.group_size:
         stages[0] += 26 * parts[0] + 8
     return max(stages)
+
+
+def _pack_groups(m) -> dict[str, int]:
+    """{weight: its sign group in kernel mode}: the default bit-plane group (avd), 0 (planes)."""
+    return {w.name: 0 if w.group_size else 32 for w in m.weights}
 
 
 def _blocks_per_weight(m, loaded: int) -> dict[str, int]:
@@ -188,7 +194,7 @@ def _blocks_per_weight(m, loaded: int) -> dict[str, int]:
 
 
 @pytest.mark.skipif(not _kernel_mode_available(), reason="kernel mode on the CPU needs Triton's interpreter")
-def test_kernel_mode_repack_transient_is_one_weight_part(tiny_avd_artifact):
+def test_kernel_mode_repack_transient_is_one_weight_part(artifact):
     """Kernel mode (CUDA; here the same code on the CPU) repacks each changed weight into fresh
     packed tensors, one part at a time (signs, u, v), with the new blocks' signs converted
     through uint8 scratch: the peak is max(before, after) plus the largest :func:`_repack_bound`
@@ -197,10 +203,11 @@ def test_kernel_mode_repack_transient_is_one_weight_part(tiny_avd_artifact):
     The bound is met to the byte at every grow (8 here) and at 2 of the 6 shrinks (a shrink
     falls short when the weights repacked before the largest one have already freed bytes);
     2 of the 16 steps keep their blocks (the kernel-mode reserve makes some budgets choose the
-    blocks already loaded)."""
+    blocks already loaded).  The same holds for codec planes, whose repack holds the new signs
+    tensor alone."""
     from bitstack.runtime.linear import set_kernels
 
-    path, _, _ = tiny_avd_artifact
+    path = artifact
     m = _manifest(path)
     dtype = torch.float16
     prefix = prefix_bytes_at(m, dtype)
@@ -219,14 +226,14 @@ def test_kernel_mode_repack_transient_is_one_weight_part(tiny_avd_artifact):
             assert over == bound, f"step {step}: a grow measured {over} bytes over, the bound is {bound}"
         grows += report.grew
         exact += report.new_blocks != report.old_blocks and over == bound
-    assert grows >= 8 and exact >= 10  # measured: 10 of the 14 steps that change blocks (the bound is no guess)
+    assert grows >= 8 and exact >= 10  # measured, both codecs: 10 of the 14 steps that change blocks (the bound is no guess)
 
 
 @pytest.mark.skipif(not _kernel_mode_available(), reason="kernel mode on the CPU needs Triton's interpreter")
-def test_kernel_mode_load_transient_is_one_weight_part(tiny_avd_artifact):
+def test_kernel_mode_load_transient_is_one_weight_part(artifact):
     """A load in kernel mode (as on CUDA) attaches the stored blocks, then packs weight by weight,
     each in parts (:func:`_repack_bound`, every block new): measured to the byte here."""
-    path, _, _ = tiny_avd_artifact
+    path = artifact
     m = _manifest(path)
     dtype = torch.float16
     prefix = prefix_bytes_at(m, dtype)
@@ -245,13 +252,15 @@ def test_kernel_mode_load_transient_is_one_weight_part(tiny_avd_artifact):
 
 
 @pytest.mark.skipif(not _kernel_mode_available(), reason="kernel mode on the CPU needs Triton's interpreter")
-def test_repack_in_parts_equals_an_all_at_once_pack(tiny_avd_artifact):
+def test_repack_in_parts_equals_an_all_at_once_pack(artifact):
     """After grows and shrinks in kernel mode, every weight's packed tensors are exactly those that
-    ``bitstack.kernels.layout.repack`` builds at once from freshly loaded stored blocks."""
+    ``bitstack.kernels.layout.repack`` (codec avd) or ``pack_planes`` (codec planes) builds at once
+    from freshly loaded stored blocks."""
+    from bitstack.kernels import pack_planes
     from bitstack.kernels.layout import repack
     from bitstack.runtime.linear import set_kernels
 
-    path, _, _ = tiny_avd_artifact
+    path = artifact
     m = _manifest(path)
     prefix = prefix_bytes_at(m, torch.float16)
     model = bitstack.load(path, prefix[m.floor_blocks], device="cpu", dtype=torch.float16)
@@ -261,25 +270,33 @@ def test_repack_in_parts_equals_an_all_at_once_pack(tiny_avd_artifact):
         bitstack.resize(model, budget)
         fresh = bitstack.load(path, prefix[model.bitstack.loaded], device="cpu", dtype=torch.float16)  # the same blocks
         for name, module in model.bitstack.modules.items():
-            expected = repack(fresh.bitstack.modules[name].blocks, group=module.packed.group)
-            for part in ("signs", "u", "v"):
+            stored = fresh.bitstack.modules[name].blocks
+            if module.group_size:
+                expected = pack_planes([b.signs for b in stored], module.plane_offset, module.plane_step,
+                                       module.group_size, in_features=module.in_features)
+                parts = ("signs",)
+                assert torch.equal(module.plane_offset, fresh.bitstack.modules[name].plane_offset)
+            else:
+                expected = repack(stored, group=module.packed.group)
+                parts = ("signs", "u", "v")
+            for part in parts:
                 assert torch.equal(getattr(module.packed, part), getattr(expected, part)), f"{name} {part}"
             assert [b.signs.data_ptr() for b in module.blocks] == [module.packed.signs[i].data_ptr() for i in range(len(module.blocks))]
 
 
 @pytest.mark.skipif(not _kernel_mode_available(), reason="kernel mode on the CPU needs Triton's interpreter")
-def test_kernel_mode_peak_within_the_budget(tiny_avd_artifact):
+def test_kernel_mode_peak_within_the_budget(artifact):
     """Kernel mode keeps room for its repacks (``budget.repack_reserve``): a load peaks within its
     budget, a grow within the new budget and a shrink within the previous one (which kept room
     for it), as on the pure-PyTorch path; the prefix is the longest whose bytes plus that room
     fit.  The one exception: a budget below the floor plus the floor's room still loads the floor
     (the floor stays the one error), over the budget by at most that room."""
-    path, _, _ = tiny_avd_artifact
+    path = artifact
     m = _manifest(path)
     dtype = torch.float16
     prefix = prefix_bytes_at(m, dtype)
     floor = m.floor_blocks
-    packed = dict.fromkeys((w.name for w in m.weights), 32)  # the default sign group
+    packed = _pack_groups(m)
     room = repack_reserve(m, 0, floor, packed)
     assert room > 0
 

@@ -134,7 +134,7 @@ def test_resize_from_another_thread_never_lands_inside_a_forward(tiny_artifact):
     ids = torch.randint(4, 64, (1, 8))
     try:
         for _ in range(4):
-            model.generate(ids, max_new_tokens=8, do_sample=False, pad_token_id=3)
+            model.generate(ids, max_new_tokens=8, min_new_tokens=8, do_sample=False, pad_token_id=3)
     finally:
         stop.set()
         thread.join()

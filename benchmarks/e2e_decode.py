@@ -2,9 +2,10 @@
 
     PYTHONPATH=src python benchmarks/e2e_decode.py --build /tmp/e2e.bstk --layers 8 --bits 3,4
 
-Builds (``--build``, with ``benchmarks/synthetic_artifact.py``) or reuses (``--artifact``) an
-artifact of a random Llama with Llama-3-8B widths (4096 hidden, 14336 MLP, GQA 32/8, vocabulary
-128256), then, batch 1, greedy, float16 compute:
+Builds (``--build``, with ``benchmarks/synthetic_artifact.py``, ``--codec planes`` (the default,
+nearest signs) or ``avd``) or reuses (``--artifact``) an artifact of a random Llama with
+Llama-3-8B widths (4096 hidden, 14336 MLP, GQA 32/8, vocabulary 128256), then, batch 1, greedy,
+float16 compute:
 
 * **fp16**: ``LlamaForCausalLM`` with the same config and random fp16 weights on the GPU;
 * **kernels**: ``bitstack.load`` at ~``bits`` bits per decomposed parameter (CUDA: every
@@ -256,6 +257,7 @@ def main() -> None:
     parser.add_argument("--kv-heads", type=int, default=8)
     parser.add_argument("--vocab", type=int, default=128256)
     parser.add_argument("--niter", type=int, default=8, help="blocks per weight in the built artifact")
+    parser.add_argument("--codec", choices=("planes", "avd"), default="planes", help="codec of the built artifact")
     parser.add_argument("--bits", default="3,4", help="budgets, bits per decomposed parameter (first two: grow test)")
     parser.add_argument("--tokens", type=int, default=64, help="new tokens timed (kernels, fp16)")
     parser.add_argument("--pure-tokens", type=int, default=8, help="new tokens timed on the pure-PyTorch path")
@@ -295,7 +297,7 @@ def main() -> None:
         cmd = [sys.executable, str(HERE / "synthetic_artifact.py"), "-o", path, "--layers", str(args.layers),
                "--hidden", str(args.hidden), "--intermediate", str(args.intermediate), "--heads", str(args.heads),
                "--kv-heads", str(args.kv_heads), "--vocab", str(args.vocab), "--niter", str(args.niter),
-               "--device", args.device]
+               "--codec", args.codec, "--device", args.device]
         log("build:", " ".join(cmd))
         subprocess.run(cmd, check=True)
         results["build_s"] = time.perf_counter() - began

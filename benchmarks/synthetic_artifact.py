@@ -3,7 +3,9 @@
     python benchmarks/synthetic_artifact.py -o runs/wide.bstk --hidden 4096 --intermediate 14336 --layers 2
 
 The weights are random (quality is meaningless); block sizes are those of the chosen widths, e.g.
-Llama-3-8B's 4096/14336 — which is what resize and kernel timings depend on.
+Llama-3-8B's 4096/14336 — which is what resize and kernel timings depend on.  ``--codec planes``
+(the default) rounds to nearest over each group's full range with no activation scale, so no
+calibration statistic matters; ``--codec avd`` is the paper's rank-``--rank`` decomposition.
 """
 
 from __future__ import annotations
@@ -31,6 +33,9 @@ def main() -> None:
     parser.add_argument("--kv-heads", type=int, default=8)
     parser.add_argument("--vocab", type=int, default=32000)
     parser.add_argument("--niter", type=int, default=16)
+    parser.add_argument("--codec", choices=("planes", "avd"), default="planes")
+    parser.add_argument("--group-size", type=int, default=128, help="codec planes")
+    parser.add_argument("--rank", type=int, default=16, help="codec avd")
     parser.add_argument("--device", default=None)
     args = parser.parse_args()
     from tiny_models import tiny_tokenizer
@@ -42,7 +47,9 @@ def main() -> None:
     torch.manual_seed(0)
     model = LlamaForCausalLM(config).eval()
     started = time.time()
-    cfg = CompressConfig(calib="self", nsamples=2, seqlen=32, niter=args.niter, batch_size=2)
+    codec = (dict(codec="planes", group_size=args.group_size, signs="nearest", clip="none", scale_power="0")
+             if args.codec == "planes" else dict(codec="avd", rank=args.rank))
+    cfg = CompressConfig(calib="self", nsamples=2, seqlen=32, niter=args.niter, batch_size=2, **codec)
     bitstack.compress(model, args.output, cfg, tokenizer=tiny_tokenizer(), device=args.device, overwrite=True, progress=False)
     print(f"wrote {args.output} in {time.time() - started:.1f} s")
 

@@ -227,15 +227,19 @@ def phase_table(device, results, args, bw: float, dec_kw: dict) -> list[dict]:
                         raise SystemExit("kernel result does not match the reference: aborting the timings")
                     rows.append(row)
                     continue
-                t = row["kernel_us"]
-                row.update(ratio_vs_fp16=t / t_lin, speedup_vs_fp16=t_lin / t, kernel_GBs=moved / t / 1e3,
-                           pct_of_copy=100 * moved / t / 1e3 / bw)
-                if "naive_us" in row:
-                    row["speedup_vs_naive"] = row["naive_us"] / t
-                rows.append(row)
-                log("  table", {k: (round(v, 3) if isinstance(v, float) else v) for k, v in row.items()})
+                rows.append(with_ratios(row, bw))
     results["table"] = rows
     return rows
+
+
+def with_ratios(row: dict, bw: float) -> dict:
+    """``row`` with the kernel's time ratios to fp16 (and naive) and its GB/s (and % of ``bw``), logged."""
+    t, moved = row["kernel_us"], row["bytes"]
+    gbs = moved / t / 1e3
+    row.update(ratio_vs_fp16=t / row["lin_us"], speedup_vs_fp16=row["lin_us"] / t, kernel_GBs=gbs,
+               pct_of_copy=100 * gbs / bw, speedup_vs_naive=row["naive_us"] / t if "naive_us" in row else None)
+    log("  table", {key: round(val, 3) if isinstance(val, float) else val for key, val in row.items()})
+    return row
 
 
 def markdown_table(rows, bw) -> str:

@@ -108,21 +108,31 @@ class PackedBitStack:
             "u": (self.u, torch.float16, (J, N, k)),
             "v": (self.v, torch.float16, (J, k, K)),
         }
-        for name, (t, dtype, shape) in expect.items():
-            if t.dtype != dtype:
-                raise ValueError(f"PackedBitStack.{name} must be {dtype}, got {t.dtype}")
-            if tuple(t.shape) != shape:
-                raise ValueError(f"PackedBitStack.{name} must have shape {shape}, got {tuple(t.shape)}")
-            if not t.is_contiguous():
-                raise ValueError(f"PackedBitStack.{name} must be contiguous")
-            if t.device != self.signs.device:
-                raise ValueError(f"PackedBitStack.{name} is on {t.device}, signs on {self.signs.device}")
-        if J < 1:
-            raise ValueError("PackedBitStack holds no block")
+        check_parts("PackedBitStack", expect, J)
 
     def to(self, device: torch.device | str) -> "PackedBitStack":
         return PackedBitStack(self.signs.to(device), self.u.to(device), self.v.to(device),
                               self.out_features, self.in_features, self.rank, self.group)
+
+
+def check_parts(owner: str, expect: dict, blocks: int) -> None:
+    """ValueError unless every ``name: (tensor, dtype, shape)`` of ``expect`` is a contiguous tensor
+    of that dtype and shape on the first one's device, and ``blocks`` >= 1 (``owner`` names the
+    packed class in the messages)."""
+    device = next(iter(expect.values()))[0].device
+    for name, (t, dtype, shape) in expect.items():
+        if not isinstance(t, torch.Tensor):
+            raise ValueError(f"{owner}.{name} must be a torch.Tensor, got {type(t).__name__}")
+        if t.dtype != dtype:
+            raise ValueError(f"{owner}.{name} must be {dtype}, got {t.dtype}")
+        if tuple(t.shape) != shape:
+            raise ValueError(f"{owner}.{name} must have shape {shape}, got {tuple(t.shape)}")
+        if not t.is_contiguous():
+            raise ValueError(f"{owner}.{name} must be contiguous")
+        if t.device != device:
+            raise ValueError(f"{owner}.{name} is on {t.device}, signs on {device}")
+    if blocks < 1:
+        raise ValueError(f"{owner} holds no block")
 
 
 def _group_bounds(K: int, group: int):

@@ -34,6 +34,8 @@ from typing import Sequence
 
 import torch
 
+from bitstack.kernels.layout import check_parts
+
 __all__ = ["PackedPlanes", "pack_planes", "planes_nbytes", "planes_group_supported", "KERNEL_MAX_BLOCKS"]
 
 KERNEL_MAX_BLOCKS = 16  # the planes kernels put block i's sign in mantissa bit 22 - i of a float32 code
@@ -103,19 +105,7 @@ class PackedPlanes:
             "offset": (self.offset, torch.float16, (N, G)),
             "step": (self.step, torch.float16, (N, G)),
         }
-        for name, (t, dtype, shape) in expect.items():
-            if not isinstance(t, torch.Tensor):
-                raise ValueError(f"PackedPlanes.{name} must be a torch.Tensor, got {type(t).__name__}")
-            if t.dtype != dtype:
-                raise ValueError(f"PackedPlanes.{name} must be {dtype}, got {t.dtype}")
-            if tuple(t.shape) != shape:
-                raise ValueError(f"PackedPlanes.{name} must have shape {shape}, got {tuple(t.shape)}")
-            if not t.is_contiguous():
-                raise ValueError(f"PackedPlanes.{name} must be contiguous")
-            if t.device != self.signs.device:
-                raise ValueError(f"PackedPlanes.{name} is on {t.device}, signs on {self.signs.device}")
-        if J < 1:
-            raise ValueError("PackedPlanes holds no block")
+        check_parts("PackedPlanes", expect, J)
 
     def to(self, device: torch.device | str) -> "PackedPlanes":
         return PackedPlanes(self.signs.to(device), self.offset.to(device), self.step.to(device),

@@ -19,6 +19,7 @@ from bitstack.core.avd import ResidualBlock
 from bitstack.core.planes import planes_reconstruct
 from bitstack.kernels._checks import check_planes_args
 from bitstack.kernels.planes_layout import PackedPlanes
+from bitstack.kernels.reference import linear_float32
 
 __all__ = ["planes_dense_weight", "planes_linear_reference", "planes_linear_naive"]
 
@@ -45,11 +46,7 @@ def planes_linear_reference(x: torch.Tensor, packed: PackedPlanes,
         shape (..., N), dtype of x.
     """
     check_planes_args(x, packed, bias, need_gpu=False)
-    w = planes_dense_weight(packed, torch.float32)
-    y = x.reshape(-1, packed.in_features).float() @ w.t()
-    if bias is not None:
-        y = y + bias.float()
-    return y.to(x.dtype).reshape(*x.shape[:-1], packed.out_features)
+    return linear_float32(x, planes_dense_weight(packed, torch.float32), bias)
 
 
 def planes_linear_naive(x: torch.Tensor, packed: PackedPlanes,

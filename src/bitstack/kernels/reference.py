@@ -21,6 +21,7 @@ from bitstack.kernels.layout import PackedBitStack, unpack_bitplane
 
 __all__ = [
     "dense_weight",
+    "linear_float32",
     "bitstack_linear_reference",
     "bitstack_linear_decode_reference",
     "bitstack_linear_prefill_reference",
@@ -51,11 +52,15 @@ def bitstack_linear_reference(x: torch.Tensor, packed: PackedBitStack,
         shape (..., N), dtype of x.
     """
     check_linear_args(x, packed, bias, need_gpu=False)
-    w = dense_weight(packed, torch.float32)
-    y = x.reshape(-1, packed.in_features).float() @ w.t()
+    return linear_float32(x, dense_weight(packed, torch.float32), bias)
+
+
+def linear_float32(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """x · wᵀ (+ bias) in float32, returned in x's dtype: x (..., K), w float32 (N, K), bias (N,)."""
+    y = x.reshape(-1, w.shape[1]).float() @ w.t()
     if bias is not None:
         y = y + bias.float()
-    return y.to(x.dtype).reshape(*x.shape[:-1], packed.out_features)
+    return y.to(x.dtype).reshape(*x.shape[:-1], w.shape[0])
 
 
 bitstack_linear_decode_reference = bitstack_linear_reference

@@ -374,13 +374,18 @@ def phase_table(device, results, args, bw, group, dec_kw, chunk_kw):
     return rows
 
 
+def cell(row: dict, key: str, fmt: str = "{:.1f}") -> str:
+    """``row[key]`` formatted for a markdown table, "–" when absent."""
+    return fmt.format(row[key]) if row.get(key) is not None else "–"
+
+
 def markdown_table(rows, bw):
     lines = ["| out×in | tokens | J | fp16 F.linear µs | naive µs | decode µs | decode (alt) µs | prefill (fused) µs | "
              "prefill (chunked) µs | best vs fp16 | best vs naive | best GB/s (% of copy) |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         def f(key, fmt="{:.1f}"):
-            return fmt.format(r[key]) if key in r else "–"
+            return cell(r, key, fmt)
         gbs = r["bytes"] / r["best_us"] / 1e3
         lines.append(f"| {r['N']}×{r['K']} | {r['M']} | {r['J']} | {r['lin_us']:.1f} | {f('naive_us')} | "
                      f"{f('decode_us')} | {f('decode_alt_us')} | {f('prefill_us')} | {f('chunked_us')} | "

@@ -26,6 +26,7 @@ benchmarks/kernels/bench_planes.py --smoke``.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import sys
@@ -247,8 +248,7 @@ def markdown_table(rows, bw) -> str:
              "GB/s (% of copy) | decode µs | prefill µs | decode, tuned µs |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        def f(key, fmt="{:.1f}"):
-            return fmt.format(r[key]) if key in r else "–"
+        f = functools.partial(bk.cell, r)
         if "kernel_us" not in r:
             lines.append(f"| {r['N']}×{r['K']} | {r['M']} | {r['J']} | {r['lin_us']:.1f} | error: {r.get('error')} |")
             continue

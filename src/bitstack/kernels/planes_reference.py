@@ -36,15 +36,9 @@ def planes_dense_weight(packed: PackedPlanes, dtype: torch.dtype = torch.float32
 
 def planes_linear_reference(x: torch.Tensor, packed: PackedPlanes,
                             bias: torch.Tensor | None = None) -> torch.Tensor:
-    """Reference of :func:`bitstack.kernels.planes_linear` (float32 math).
-
-    Args:
-        x: float16 or bfloat16, shape (..., K), K = packed.in_features.
-        packed: the J loaded blocks of the weight (:class:`PackedPlanes`, same device as x).
-        bias: optional float tensor (N,), added in float32.
-    Returns:
-        shape (..., N), dtype of x.
-    """
+    """Reference of :func:`bitstack.kernels.planes_linear`: x (float16/bfloat16, (..., K)) times
+    Ŵᵀ of ``packed`` (same device), plus ``bias`` (float (N,), optional), all in float32;
+    returns (..., N) in x's dtype."""
     check_planes_args(x, packed, bias, need_gpu=False)
     return linear_float32(x, planes_dense_weight(packed, torch.float32), bias)
 

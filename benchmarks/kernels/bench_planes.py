@@ -182,7 +182,7 @@ def phase_probe(device, results, args) -> dict:
 
 
 # ---------------------------------------------------------------------------------------------
-def phase_table(device, results, args, bw: float, dec_kw: dict) -> list[dict]:
+def phase_table(device, results, args, bw: float, dec_kw: dict, save=lambda: None) -> list[dict]:
     """``kernel_us``: ``planes_linear`` (its dispatch and default launch parameters, as the runtime
     runs it); ``decode_us``/``prefill_us``: both paths at 2..16 tokens; ``decode_tuned_us``: the
     decode kernel with ``dec_kw`` (the probe's choice or --decode-config), when given."""
@@ -229,6 +229,8 @@ def phase_table(device, results, args, bw: float, dec_kw: dict) -> list[dict]:
                     rows.append(row)
                     continue
                 rows.append(with_ratios(row, bw))
+            results["table"] = rows
+            save()  # after each (shape, tokens): a run stopped by a time limit keeps its rows
     results["table"] = rows
     return rows
 
@@ -310,7 +312,7 @@ def main() -> None:
         log(f"[{time.time() - t0:.0f}s] probe done")
     if "table" in phases:
         try:
-            rows = phase_table(device, results, args, bw, dec_kw)
+            rows = phase_table(device, results, args, bw, dec_kw, save)
         finally:
             save()
         log(f"[{time.time() - t0:.0f}s] table done")

@@ -11,9 +11,11 @@ Phases (``--phases``, default ``validate,probe,table``):
 * ``probe``: decode launch parameters on 14336x4096 and 4096x14336 at J = 4, 1 token; the
   fastest (summed time ratio vs fp16) is used by the table unless ``--decode-config`` is given.
 * ``table``: per shape (out x in), tokens and J: fp16 ``F.linear`` on a dense weight, the naive
-  path (``planes_reconstruct`` then ``F.linear``), the kernel (``planes_linear``'s choice; at
-  tokens <= 16 also the decode kernel and the chunked prefill separately), ratio vs fp16 and the
-  kernel's achieved GB/s, counting sign bytes + grid bytes (offset, step) + x + y once.  All
+  path (``planes_reconstruct`` then ``F.linear``; ``--naive-blocks`` limits it to some J), the
+  kernel (``planes_linear`` as the runtime calls it; at 2..16 tokens also the decode kernel and
+  the chunked prefill separately; with a probe or ``--decode-config`` also the tuned decode), ratio
+  vs fp16 and the kernel's achieved GB/s, counting sign bytes + grid bytes (offset, step) + x + y
+  once.  All
   times are CUDA-graph replays with the L2 flushed before each (``triton.testing.do_bench``,
   median), as in ``bench_kernels.py``, whose timing helpers this script uses; the device copy
   bandwidth is measured in the same run.

@@ -155,7 +155,8 @@ def bitstack_linear(x: torch.Tensor, packed: PackedBitStack,
 
 
 # Token counts up to this use the planes decode kernel in ``planes_linear`` (the chunked prefill
-# above it).  Measured on an H100 (benchmarks/kernels/bench_planes.py): see NOTES.md.
+# above it; the decode kernel takes at most 8).  On an H100 the decode kernel beats the prefill
+# at 1 token and the prefill wins at 16; 2 to 15 tokens were not timed (benchmarks/kernels/NOTES.md).
 PLANES_DECODE_MAX_TOKENS = 8
 
 

@@ -210,3 +210,22 @@ def test_planes_kernel_mode_survives_a_device_round_trip_and_new_grids(tiny_arti
     storages = {b.signs.untyped_storage().data_ptr() for b in module.blocks}
     assert module.packed is None and len(storages) == len(module.blocks)
     assert all(b.signs.untyped_storage().nbytes() == b.signs.numel() for b in module.blocks)
+
+
+def test_planes_more_blocks_than_the_kernels_take_use_the_pure_path(tiny_artifact):
+    """A planes weight with more than 16 blocks (the kernels' limit) stays packed and computes on
+    the pure path, with the same result."""
+    from bitstack.kernels.planes_layout import KERNEL_MAX_BLOCKS
+
+    path, _, _ = tiny_artifact
+    model = bitstack.load(path, device="cpu", dtype="float16")
+    set_kernels(model, True)
+    module = _layers(model)[0]
+    while len(module.blocks) <= KERNEL_MAX_BLOCKS:  # copies of its blocks: still a valid planes stack
+        module.blocks.append(ResidualBlock(module.blocks[0].signs.clone(), module.blocks[0].u, module.blocks[0].v))
+    module.blocks_changed()
+    assert module.packed is not None and module.packed.num_blocks == KERNEL_MAX_BLOCKS + 1
+    x = torch.randn(2, module.in_features).half()
+    scaled = x.float() * (module.input_scale.float() if module.input_scale is not None else 1)
+    expected = torch.nn.functional.linear(scaled, module.dense_weight(), None if module.bias is None else module.bias.float())
+    assert _rel_err(module(x), expected) < REL_TOL[torch.float16]

@@ -19,7 +19,8 @@ step are the float16 group grids of :mod:`bitstack.core.planes`, buffers ``plane
   (the signs stacked, stored layout unchanged, and the grid buffers) and
   ``bitstack.kernels.planes_linear`` computes it (decode kernel for ≤
   ``PLANES_DECODE_MAX_TOKENS`` tokens, Ŵ never formed; chunked prefill otherwise).  Planes
-  weights whose group size is not a power of two ≥ 8 stay on the pure path.
+  weights whose group size is not a power of two ≥ 8 stay on the pure path, and so does a
+  forward with more than 16 blocks loaded (``KERNEL_MAX_BLOCKS``; they stay packed).
 
 Storage in kernel mode ("packed")
 ---------------------------------
@@ -311,16 +312,18 @@ class BitStackLinear(nn.Module):
         packed = self.packed
         if (packed is not None and x.dtype in _KERNEL_DTYPES and x.device == packed.device
                 and not (x.requires_grad and torch.is_grad_enabled())):
-            if self.group_size:
-                from bitstack.kernels import planes_linear
+            if not self.group_size:
+                from bitstack.kernels import bitstack_linear
 
+                return bitstack_linear(x, packed, self.bias)
+            from bitstack.kernels import planes_linear
+            from bitstack.kernels.planes_layout import KERNEL_MAX_BLOCKS
+
+            if packed.num_blocks <= KERNEL_MAX_BLOCKS:  # (more blocks: the pure path below)
                 if packed.offset is not self.plane_offset or packed.step is not self.plane_step:
                     # the grid buffers were replaced (e.g. assigned anew): refer to the current ones
                     packed = self.packed = dataclasses.replace(packed, offset=self.plane_offset, step=self.plane_step)
                 return planes_linear(x, packed, self.bias)
-            from bitstack.kernels import bitstack_linear
-
-            return bitstack_linear(x, packed, self.bias)
         weight = self.dense_weight(x.dtype).to(x.device)
         return F.linear(x, weight, self.bias)
 

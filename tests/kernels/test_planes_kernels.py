@@ -176,6 +176,9 @@ def test_bad_arguments_raise(kernel):
     odd_group = PackedPlanes(packed.signs, packed.offset[:, :1].contiguous(), packed.step[:, :1].contiguous(), 8, 20, 24)
     with pytest.raises(ValueError, match="power-of-two group_size"):
         kernel(x, odd_group)
+    many = PackedPlanes(packed.signs[:1].expand(17, -1, -1).contiguous(), packed.offset, packed.step, 8, 20, 16)
+    with pytest.raises(ValueError, match="at most 16 blocks"):
+        kernel(x, many)
 
 
 @needs_kernels

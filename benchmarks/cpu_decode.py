@@ -3,8 +3,12 @@
     python benchmarks/cpu_decode.py ARTIFACT [--threads 2] [--tokens 32]
 
 Greedy generation, batch 1, bf16 compute, the same prompt for every setting; tokens/s is measured
-over ``--tokens`` new tokens after one warm-up generation.  The pure-PyTorch path rebuilds each
-weight from its loaded blocks in every forward pass (sign lookup table + batched matmuls).
+over ``--tokens`` new tokens after one warm-up generation.  Two ways to compute a layer, both
+measured on the same loaded model (``--paths``):
+
+* ``rebuild``: each forward rebuilds every weight from its loaded blocks, then ``F.linear``;
+* ``lut`` (codec planes; the CPU default for up to ``LUT_MAX_TOKENS`` tokens): byte lookup tables,
+  no weight rebuilt (:mod:`bitstack.core.planes_lut`).
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import torch
 
 import bitstack
 from bitstack.models.source import load_float_model
+from bitstack.runtime.linear import LUT_MAX_TOKENS, BitStackLinear
 from bitstack.runtime.report import memory_report
 
 
@@ -34,6 +39,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--tokens", type=int, default=32)
     parser.add_argument("--bits", default="3,4,8", help="budgets in bits per decomposed parameter")
+    parser.add_argument("--paths", default="lut,rebuild", help="lut and/or rebuild (module docstring)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     tokenizer = bitstack.load_tokenizer(args.artifact)
@@ -44,9 +50,10 @@ def main() -> None:
     del dense
     print(f"CPU {platform.processor() or platform.machine()}, {args.threads} threads, torch {torch.__version__}, "
           f"{args.tokens} new tokens, batch 1")
-    print("| setting | memory (MB) | bits/param | tokens/s | vs float |")
-    print("|---|---|---|---|---|")
-    print(f"| float (bf16) | {dense_bytes / 1e6:.1f} | 16 | {base:.2f} | 1.00× |")
+    paths = [p for p in args.paths.split(",") if p]
+    print("| setting | memory (MB) | bits/param | " + " | ".join(f"{p} tokens/s | {p} vs float" for p in paths) + " |")
+    print("|---|---|---|" + "---|---|" * len(paths))
+    print(f"| float (bf16) | {dense_bytes / 1e6:.1f} | 16 | " + " | ".join(f"{base:.2f} | 1.00×" for _ in paths) + " |")
     full = bitstack.load(args.artifact, device="cpu")
     manifest, params = full.bitstack.manifest, full.bitstack.manifest.decomposed_params()
     del full
@@ -54,9 +61,16 @@ def main() -> None:
         budget = None if bits is None else manifest.base_bytes + int(bits * params / 8)
         model = bitstack.load(args.artifact, budget, device="cpu")
         report = memory_report(model)
-        tps = tokens_per_second(model, ids, args.tokens)
+        cells = []
+        for path in paths:
+            for module in model.modules():
+                if isinstance(module, BitStackLinear):
+                    module.lut_max_tokens = LUT_MAX_TOKENS if path == "lut" else 0
+            tps = tokens_per_second(model, ids, args.tokens)
+            cells.append(f"{tps:.2f} | {tps / base:.2f}×")
         label = "full stack" if bits is None else f"{bits:g} bits"
-        print(f"| {label} | {report['memory_bytes'] / 1e6:.1f} | {report['bits_per_param']:.2f} | {tps:.2f} | {tps / base:.2f}× |")
+        print(f"| {label} | {report['memory_bytes'] / 1e6:.1f} | {report['bits_per_param']:.2f} | " + " | ".join(cells) + " |",
+              flush=True)
         del model
 
 

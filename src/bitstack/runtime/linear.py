@@ -10,7 +10,9 @@ step are the float16 group grids of :mod:`bitstack.core.planes`, buffers ``plane
 ``plane_step``).  No dense weight is kept.  Two ways to compute it:
 
 * **Pure PyTorch** (CPU, no Triton, float32 compute, or ``BITSTACK_KERNELS=0``): each call
-  rebuilds Ŵ transiently from the blocks.  This is the reference semantics.
+  rebuilds Ŵ transiently from the blocks.  This is the reference semantics.  Exception: a planes
+  weight on the CPU with at most ``LUT_MAX_TOKENS`` tokens (decode) computes with byte lookup
+  tables instead (:mod:`bitstack.core.planes_lut`; the same product, no Ŵ formed).
 * **Triton kernels** (CUDA with Triton installed; the same rules for both codecs): codec avd
   stores the blocks of the module as one :class:`~bitstack.kernels.PackedBitStack` (the kernels'
   bit-plane layout, see :mod:`bitstack.kernels.layout`) and ``bitstack.kernels.bitstack_linear``
@@ -85,9 +87,11 @@ from torch import nn
 
 from bitstack.core.avd import ResidualBlock, reconstruct
 from bitstack.core.planes import num_groups, planes_reconstruct
+from bitstack.core.planes_lut import planes_linear_lut, supports_lut
 
 KERNELS_ENV = "BITSTACK_KERNELS"  # "0", "off", "false" or "no": never use the Triton kernels
 _KERNEL_DTYPES = (torch.float16, torch.bfloat16)
+LUT_MAX_TOKENS = 16  # codec planes on the CPU: up to this many tokens, the lookup-table product (no Ŵ rebuilt)
 _SIGN_CHUNK_BYTES = 8 << 20  # rows of stored signs converted to the bit-plane layout at a time
 
 
@@ -160,6 +164,7 @@ class BitStackLinear(nn.Module):
         self.packed = None  # PackedBitStack in kernel mode
         self._views: tuple[PackedBlockView, ...] = ()  # the views of ``packed`` (identity checks)
         self.kernels: bool | None = None
+        self.lut_max_tokens = LUT_MAX_TOKENS  # pure path, codec planes on the CPU: see _lut_applies
         factory = {"device": device, "dtype": dtype}
         self.bias = nn.Parameter(torch.empty(out_features, **factory), requires_grad=False) if bias else None
         if input_scale:
@@ -324,8 +329,20 @@ class BitStackLinear(nn.Module):
                     # the grid buffers were replaced (e.g. assigned anew): refer to the current ones
                     packed = self.packed = dataclasses.replace(packed, offset=self.plane_offset, step=self.plane_step)
                 return planes_linear(x, packed, self.bias)
+        if self._lut_applies(x):
+            return planes_linear_lut(x, [b.signs for b in self.blocks], self.plane_offset, self.plane_step,
+                                     self.group_size, self.bias)
         weight = self.dense_weight(x.dtype).to(x.device)
         return F.linear(x, weight, self.bias)
+
+    def _lut_applies(self, x: torch.Tensor) -> bool:
+        """Whether the pure path computes with :func:`~bitstack.core.planes_lut.planes_linear_lut`
+        (codec planes on the CPU, at most ``self.lut_max_tokens`` tokens, default ``LUT_MAX_TOKENS``, no
+        gradient wanted) instead of
+        rebuilding Ŵ: measured faster there (benchmarks/RESULTS.md, "CPU decode")."""
+        return (bool(self.group_size) and bool(self.blocks) and x.device.type == "cpu"
+                and x.numel() <= self.lut_max_tokens * x.shape[-1] and supports_lut(self.in_features, self.group_size)
+                and not (x.requires_grad and torch.is_grad_enabled()))
 
     def _apply(self, fn, recurse: bool = True):
         # Blocks and plane grids move with the module but keep their storage dtypes (uint8 signs,

@@ -156,10 +156,16 @@ def planes_reconstruct(blocks: list[ResidualBlock], offset: torch.Tensor, step: 
 
 def sign_only_block(positive: torch.Tensor) -> ResidualBlock:
     """A block that is packed signs only: u float16 (out, 0), v float16 (0, in) are empty."""
-    out_features, in_features = positive.shape
-    empty = {"dtype": torch.float16, "device": positive.device}
-    return ResidualBlock(signs=pack_signs(positive), u=torch.zeros(out_features, 0, **empty),
-                         v=torch.zeros(0, in_features, **empty))
+    return sign_only_blocks([pack_signs(positive)], positive.shape[1])[0]
+
+
+def sign_only_blocks(signs, in_features: int) -> tuple[ResidualBlock, ...]:
+    """Sign-only blocks over the given packed signs (each uint8 (out, ceil(in/8)), used as they are,
+    e.g. views of a stacked tensor), sharing one empty float16 u (out, 0) and v (0, in)."""
+    first = signs[0]
+    empty = {"dtype": torch.float16, "device": first.device}
+    u, v = torch.zeros(first.shape[0], 0, **empty), torch.zeros(0, in_features, **empty)
+    return tuple(ResidualBlock(signs=s, u=u, v=v) for s in signs)
 
 
 def inverse_hessian_factor(hessian: torch.Tensor, damp: float) -> torch.Tensor:

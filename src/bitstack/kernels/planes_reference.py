@@ -15,8 +15,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from bitstack.core.avd import ResidualBlock
-from bitstack.core.planes import planes_reconstruct
+from bitstack.core.planes import planes_reconstruct, sign_only_blocks
 from bitstack.kernels._checks import check_planes_args
 from bitstack.kernels.planes_layout import PackedPlanes
 from bitstack.kernels.reference import linear_float32
@@ -27,10 +26,7 @@ __all__ = ["planes_dense_weight", "planes_linear_reference", "planes_linear_naiv
 def planes_dense_weight(packed: PackedPlanes, dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """Ŵ of the packed blocks, accumulated in float32, returned as ``dtype``, shape (N, K)."""
     packed.validate()
-    N, K = packed.out_features, packed.in_features
-    u = torch.empty(N, 0, dtype=torch.float16, device=packed.device)  # sign-only blocks: rank 0
-    v = torch.empty(0, K, dtype=torch.float16, device=packed.device)
-    blocks = [ResidualBlock(packed.signs[i], u, v) for i in range(packed.num_blocks)]
+    blocks = list(sign_only_blocks(packed.signs.unbind(0), packed.in_features))
     return planes_reconstruct(blocks, packed.offset, packed.step, packed.group_size, dtype)
 
 

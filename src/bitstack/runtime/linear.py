@@ -86,7 +86,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from bitstack.core.avd import ResidualBlock, reconstruct
-from bitstack.core.planes import num_groups, planes_reconstruct
+from bitstack.core.planes import num_groups, planes_reconstruct, sign_only_blocks
 from bitstack.core.planes_lut import planes_linear_lut, supports_lut
 
 KERNELS_ENV = "BITSTACK_KERNELS"  # "0", "off", "false" or "no": never use the Triton kernels
@@ -275,7 +275,7 @@ class BitStackLinear(nn.Module):
         signs = _stacked([b.signs for b in self.blocks])
         packed = PackedPlanes(signs, self.plane_offset, self.plane_step, self.out_features, self.in_features,
                               self.group_size)
-        views = _planes_views(packed)
+        views = sign_only_blocks(packed.signs.unbind(0), packed.in_features)
         self.packed, self._views, self.blocks = packed, views, list(views)
 
     @property
@@ -364,7 +364,7 @@ class BitStackLinear(nn.Module):
             p = self.packed
             if self.group_size:
                 moved = dataclasses.replace(p, signs=move(p.signs), offset=self.plane_offset, step=self.plane_step)
-                self._views = _planes_views(moved)
+                self._views = sign_only_blocks(moved.signs.unbind(0), moved.in_features)
             else:
                 moved = dataclasses.replace(p, signs=move(p.signs), u=move(p.u), v=move(p.v))
                 self._views = tuple(PackedBlockView(moved.signs[i], moved.u[i], moved.v[i], moved.group)
@@ -374,6 +374,13 @@ class BitStackLinear(nn.Module):
             self.blocks = [dataclasses.replace(b, signs=move(b.signs), u=move(b.u), v=move(b.v)) for b in self.blocks]
         self.blocks_changed()  # pack on CUDA, unpack elsewhere
         return self
+
+
+def packed_groups(modules: dict[str, "BitStackLinear"], device: torch.device | str) -> dict[str, int]:
+    """{name: sign group} of the modules whose blocks on ``device`` are stored packed (kernel
+    mode; :attr:`BitStackLinear.pack_group`), the ``packed`` argument of
+    :func:`bitstack.runtime.budget.blocks_for_budget`; empty on the pure-PyTorch path."""
+    return {name: module.pack_group for name, module in modules.items() if module.packs_on(device)}
 
 
 def append_blocks(modules: dict[str, "BitStackLinear"], staged) -> None:
@@ -414,16 +421,6 @@ def _bitplane_signs(blocks, group: int, N: int, K: int) -> torch.Tensor:
         for r0 in range(0, N, rows):
             signs[i, r0:r0 + rows] = bitplane_from_standard(stored[r0:r0 + rows].to(device), K, group)
     return signs
-
-
-def _planes_views(packed) -> tuple[ResidualBlock, ...]:
-    """The blocks of a :class:`~bitstack.kernels.PackedPlanes` as stored blocks whose signs are the
-    views ``packed.signs[i]`` (stored layout) and whose u, v are shared empty float16 (N, 0) and
-    (0, K) tensors (no storage: a planes block is its signs)."""
-    empty = {"dtype": torch.float16, "device": packed.device}
-    u = torch.empty(packed.out_features, 0, **empty)
-    v = torch.empty(0, packed.in_features, **empty)
-    return tuple(ResidualBlock(packed.signs[i], u, v) for i in range(packed.num_blocks))
 
 
 def part_bytes(out_features: int, in_features: int, rank: int) -> tuple[int, int, int]:

@@ -17,7 +17,7 @@ from bitstack.devices import resolve_device
 from bitstack.errors import ArtifactError, InputError
 from bitstack.memory import parse_memory
 from bitstack.runtime.budget import blocks_for_budget, memory_bytes, prefix_bytes_at
-from bitstack.runtime.linear import BitStackLinear, append_blocks
+from bitstack.runtime.linear import BitStackLinear, append_blocks, packed_groups
 from bitstack.runtime.stack import LiveStack
 
 _DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
@@ -127,7 +127,7 @@ def load(path: str | Path, memory: str | int | None = None, *, device: torch.dev
                                     group_size=weight.group_size)
             setattr(parent, child, module)
             modules[weight.name] = module
-        packed = {name: module.pack_group for name, module in modules.items() if module.packs_on(device)}
+        packed = packed_groups(modules, device)
         if packed:  # kernel mode: leave room for the repacks (budget.repack_reserve)
             count = blocks_for_budget(manifest, budget, dtype, packed=packed)
         # Converting a base tensor to ``dtype`` holds one chunk of its stored bytes on top of the

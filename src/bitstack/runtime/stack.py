@@ -19,7 +19,7 @@ from torch import nn
 from bitstack.artifact.reader import ArtifactReader
 from bitstack.memory import parse_memory
 from bitstack.runtime.budget import blocks_for_budget
-from bitstack.runtime.linear import BitStackLinear, append_blocks
+from bitstack.runtime.linear import BitStackLinear, append_blocks, packed_groups
 
 
 @dataclass(frozen=True)
@@ -95,8 +95,8 @@ class LiveStack:
         budget = None if memory is None else parse_memory(memory)
         with self._resize_lock:
             old = self.loaded
-            packed = {name: m.pack_group for name, m in self.modules.items() if m.packs_on(self.device)}
-            target = blocks_for_budget(self.manifest, budget, self.dtype, loaded=old, packed=packed)
+            target = blocks_for_budget(self.manifest, budget, self.dtype, loaded=old,
+                                       packed=packed_groups(self.modules, self.device))
             staged = self.reader.read_blocks(old, target, self.device) if target > old else []  # forwards go on
             with self.lock:  # between forward passes
                 if target > old:

@@ -154,10 +154,11 @@ def bitstack_linear(x: torch.Tensor, packed: PackedBitStack,
     return bitstack_linear_prefill_chunked(x, packed, bias)
 
 
-# Token counts up to this use the planes decode kernel in ``planes_linear`` (the chunked prefill
-# above it; the decode kernel takes at most 8).  On an H100 the decode kernel beats the prefill
-# at 1 token and the prefill wins at 16; 2 to 15 tokens were not timed (benchmarks/kernels/NOTES.md).
-PLANES_DECODE_MAX_TOKENS = 8
+# Token counts up to this use ``planes_linear_decode`` in ``planes_linear`` (the one-token kernel
+# once per token), the chunked prefill above.  On an H100 (benchmarks/kernels/NOTES.md) one token
+# costs the one-token kernel ~31-37 µs at 3-4 blocks on Llama-3-8B shapes, the chunked prefill
+# ~110-140 µs from 1 to 16 tokens and the many-token decode kernel 120-260 µs from 4 to 8 tokens.
+PLANES_DECODE_MAX_TOKENS = 3
 
 
 def planes_linear_decode(x: torch.Tensor, packed: PackedPlanes, bias: torch.Tensor | None = None) -> torch.Tensor:

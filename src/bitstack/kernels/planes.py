@@ -449,8 +449,16 @@ def default_decode_config(M: int, N: int, K: int, J: int) -> PlanesDecodeConfig:
     return PlanesDecodeConfig(block_n=32, block_k=256)
 
 
+GEMV_LOOP_MAX_TOKENS = 3  # up to this many tokens, one planes_gemv launch per token (measured, NOTES.md)
+
+
 def planes_linear_decode(x: torch.Tensor, packed: PackedPlanes, bias: torch.Tensor | None = None) -> torch.Tensor:
     """y = x · Ŵᵀ (+ bias) for few tokens (1 to ``DECODE_MAX_M``), Ŵ never formed.
+
+    Up to ``GEMV_LOOP_MAX_TOKENS`` tokens and where :func:`~bitstack.kernels.planes_gemv.planes_gemv_supported`
+    (J ≤ 8, group_size ≥ 32) the one-token kernel :func:`~bitstack.kernels.planes_gemv.planes_gemv`
+    runs once per token (the fastest measured on an H100); otherwise the many-token decode kernel
+    (:func:`planes_decode_launch`).
 
     Args:
         x: float16 or bfloat16, shape (..., K), CUDA (or CPU under TRITON_INTERPRET=1).
@@ -462,8 +470,17 @@ def planes_linear_decode(x: torch.Tensor, packed: PackedPlanes, bias: torch.Tens
     Raises:
         ValueError on bad dtypes, shapes, devices, group sizes or token counts.
     """
+    from bitstack.kernels.planes_gemv import planes_gemv, planes_gemv_supported
+
     check_planes_args(x, packed, bias, need_gpu=True)
-    M = x.numel() // x.shape[-1]
+    K = x.shape[-1]
+    M = x.numel() // K
+    if 1 <= M <= GEMV_LOOP_MAX_TOKENS and planes_gemv_supported(1, packed):
+        x2 = x.reshape(M, K)
+        y = torch.empty(M, packed.out_features, dtype=x.dtype, device=x.device)
+        for m in range(M):
+            planes_gemv(x2[m], packed, bias, out=y[m])
+        return y.reshape(*x.shape[:-1], packed.out_features)
     cfg = default_decode_config(M, packed.out_features, packed.in_features, packed.num_blocks)
     return planes_decode_launch(x, packed, bias, cfg)
 

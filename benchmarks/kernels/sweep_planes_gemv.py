@@ -32,10 +32,11 @@ from bitstack.kernels.planes import default_decode_config, planes_decode_launch 
 from bitstack.kernels.planes_gemv import LAST_COMPILED, PlanesGemvConfig, planes_gemv  # noqa: E402
 from bitstack.kernels.planes_reference import planes_linear_reference  # noqa: E402
 
-DEFAULT_CONFIGS = [dict(num_warps=w, rows=r, programs_per_sm=p, prefetch=f)
-                   for w, r, p, f in [(4, 4, 4, True), (4, 4, 4, False), (4, 2, 4, True), (4, 8, 4, True),
-                                      (2, 4, 4, True), (2, 8, 8, True), (1, 4, 8, True), (1, 8, 16, True),
-                                      (8, 4, 2, True), (4, 4, 8, True), (4, 4, 2, True), (2, 4, 16, True)]]
+# the sweep of run 3 (benchmarks/kernels/NOTES.md), and {} = gemv_config's choice for the shape
+DEFAULT_CONFIGS = [{}] + [dict(num_warps=w, rows=r, programs_per_sm=p, prefetch=f)
+                          for w, r, p, f in [(4, 2, 4, True), (4, 2, 4, False), (4, 1, 4, True), (4, 4, 4, True),
+                                             (4, 2, 8, True), (2, 2, 8, True), (2, 4, 8, True), (1, 2, 16, True),
+                                             (1, 4, 16, True), (8, 2, 2, True)]]
 
 
 def main() -> None:
@@ -68,7 +69,7 @@ def main() -> None:
         w = torch.randn(N, K, device=device).to(dtype)
         x = torch.randn(1, K, device=device).to(dtype)
         t_lin = None if args.ncu else bk.bench_graph(lambda: F.linear(x, w))
-        print(f"{N}x{K}: fp16 F.linear {t_lin} us", flush=True)
+        print(f"{N}x{K}: {args.dtype} F.linear {t_lin} us", flush=True)
         for J in (int(j) for j in args.blocks.split(",")):
             packed = random_planes(N, K, J, args.group, device, seed=J)
             ref = planes_linear_reference(x, packed)
@@ -98,8 +99,8 @@ def main() -> None:
                 print(f"  J={J} {name} {c}: {t} us {speed} err {err:.1e}{'' if ok else '  WRONG'} regs {regs}",
                       flush=True)
     if args.json:
-        Path(args.json).write_text(json.dumps(dict(command=" ".join(sys.argv), bandwidth_GBs=bw,
-                                                   device=torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
+        name = torch.cuda.get_device_name() if device.type == "cuda" else "cpu"
+        Path(args.json).write_text(json.dumps(dict(command=" ".join(sys.argv), bandwidth_GBs=bw, device=name,
                                                    torch=torch.__version__, rows=rows), indent=1))
     if any(r.get("error") or (r.get("err") is not None and not r["err"] < TOL[dtype]) for r in rows):
         sys.exit(1)

@@ -87,6 +87,38 @@ def _load_words(s_ptr, i: tl.constexpr, rows, wmask, word, N, KB, WORDS: tl.cons
 
 
 @triton.jit
+def _block_words(s_ptr, first: tl.constexpr, rows, wmask, word, N, KB, J: tl.constexpr, WORDS: tl.constexpr,
+                 EVEN: tl.constexpr):
+    """The sign words (:func:`_load_words`) of blocks first .. first + 7, zero for blocks >= J."""
+    zero = tl.zeros_like(rows + word)
+    w0 = zero
+    w1 = zero
+    w2 = zero
+    w3 = zero
+    w4 = zero
+    w5 = zero
+    w6 = zero
+    w7 = zero
+    if J > first:
+        w0 = _load_words(s_ptr, first, rows, wmask, word, N, KB, WORDS, EVEN)
+    if J > first + 1:
+        w1 = _load_words(s_ptr, first + 1, rows, wmask, word, N, KB, WORDS, EVEN)
+    if J > first + 2:
+        w2 = _load_words(s_ptr, first + 2, rows, wmask, word, N, KB, WORDS, EVEN)
+    if J > first + 3:
+        w3 = _load_words(s_ptr, first + 3, rows, wmask, word, N, KB, WORDS, EVEN)
+    if J > first + 4:
+        w4 = _load_words(s_ptr, first + 4, rows, wmask, word, N, KB, WORDS, EVEN)
+    if J > first + 5:
+        w5 = _load_words(s_ptr, first + 5, rows, wmask, word, N, KB, WORDS, EVEN)
+    if J > first + 6:
+        w6 = _load_words(s_ptr, first + 6, rows, wmask, word, N, KB, WORDS, EVEN)
+    if J > first + 7:
+        w7 = _load_words(s_ptr, first + 7, rows, wmask, word, N, KB, WORDS, EVEN)
+    return w0, w1, w2, w3, w4, w5, w6, w7
+
+
+@triton.jit
 def _place(w, s: tl.constexpr, bit: tl.constexpr):
     """(w shifted left by s, right by -s if s < 0) & bit: one word bit moved to the code bit ``bit``."""
     if s >= 0:
@@ -229,53 +261,8 @@ def _planes_decode_kernel(
     for t in range(t0, t1):
         word = t * NS + slot
         wmask = rmask & (word * 32 < K)
-        w0 = _load_words(s_ptr, 0, rows, wmask, word, N, KB, WORDS, EVEN)
-        zero = tl.zeros_like(w0)  # the words of blocks >= J
-        w1 = zero
-        w2 = zero
-        w3 = zero
-        w4 = zero
-        w5 = zero
-        w6 = zero
-        w7 = zero
-        w8 = zero
-        w9 = zero
-        w10 = zero
-        w11 = zero
-        w12 = zero
-        w13 = zero
-        w14 = zero
-        w15 = zero
-        if J > 1:
-            w1 = _load_words(s_ptr, 1, rows, wmask, word, N, KB, WORDS, EVEN)
-        if J > 2:
-            w2 = _load_words(s_ptr, 2, rows, wmask, word, N, KB, WORDS, EVEN)
-        if J > 3:
-            w3 = _load_words(s_ptr, 3, rows, wmask, word, N, KB, WORDS, EVEN)
-        if J > 4:
-            w4 = _load_words(s_ptr, 4, rows, wmask, word, N, KB, WORDS, EVEN)
-        if J > 5:
-            w5 = _load_words(s_ptr, 5, rows, wmask, word, N, KB, WORDS, EVEN)
-        if J > 6:
-            w6 = _load_words(s_ptr, 6, rows, wmask, word, N, KB, WORDS, EVEN)
-        if J > 7:
-            w7 = _load_words(s_ptr, 7, rows, wmask, word, N, KB, WORDS, EVEN)
-        if J > 8:
-            w8 = _load_words(s_ptr, 8, rows, wmask, word, N, KB, WORDS, EVEN)
-        if J > 9:
-            w9 = _load_words(s_ptr, 9, rows, wmask, word, N, KB, WORDS, EVEN)
-        if J > 10:
-            w10 = _load_words(s_ptr, 10, rows, wmask, word, N, KB, WORDS, EVEN)
-        if J > 11:
-            w11 = _load_words(s_ptr, 11, rows, wmask, word, N, KB, WORDS, EVEN)
-        if J > 12:
-            w12 = _load_words(s_ptr, 12, rows, wmask, word, N, KB, WORDS, EVEN)
-        if J > 13:
-            w13 = _load_words(s_ptr, 13, rows, wmask, word, N, KB, WORDS, EVEN)
-        if J > 14:
-            w14 = _load_words(s_ptr, 14, rows, wmask, word, N, KB, WORDS, EVEN)
-        if J > 15:
-            w15 = _load_words(s_ptr, 15, rows, wmask, word, N, KB, WORDS, EVEN)
+        w0, w1, w2, w3, w4, w5, w6, w7 = _block_words(s_ptr, 0, rows, wmask, word, N, KB, J, WORDS, EVEN)
+        w8, w9, w10, w11, w12, w13, w14, w15 = _block_words(s_ptr, 8, rows, wmask, word, N, KB, J, WORDS, EVEN)
         if CODE == 1:  # one code bit at a time (few blocks, or groups narrower than a word)
             for sub in tl.static_range(SUB):
                 col0 = word * 32 + sub * PPS  # first column of this piece of each word

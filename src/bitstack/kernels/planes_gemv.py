@@ -39,7 +39,7 @@ import triton.language as tl
 
 from bitstack.kernels._checks import check_planes_args
 from bitstack.kernels._splitk import splitk_workspace
-from bitstack.kernels.planes import _grid_coeffs, _load_words, _place, _transpose4, _transpose8
+from bitstack.kernels.planes import _block_words, _grid_coeffs, _place, _transpose4, _transpose8
 from bitstack.kernels.planes_layout import PackedPlanes
 
 GEMV_MAX_BLOCKS = 8  # codes of up to 8 bits: one or two 4-bit/8-bit transposes
@@ -108,35 +108,6 @@ def _xsum(xs, CODE: tl.constexpr):
 
 
 @triton.jit
-def _row_words(s_ptr, rows, wmask, word, N, KB, J: tl.constexpr, WORDS: tl.constexpr, EVEN: tl.constexpr):
-    """The sign words of blocks 0..7 (int32 [R, NW]; zero for blocks ≥ J)."""
-    w0 = _load_words(s_ptr, 0, rows, wmask, word, N, KB, WORDS, EVEN)
-    zero = tl.zeros_like(w0)
-    w1 = zero
-    w2 = zero
-    w3 = zero
-    w4 = zero
-    w5 = zero
-    w6 = zero
-    w7 = zero
-    if J > 1:
-        w1 = _load_words(s_ptr, 1, rows, wmask, word, N, KB, WORDS, EVEN)
-    if J > 2:
-        w2 = _load_words(s_ptr, 2, rows, wmask, word, N, KB, WORDS, EVEN)
-    if J > 3:
-        w3 = _load_words(s_ptr, 3, rows, wmask, word, N, KB, WORDS, EVEN)
-    if J > 4:
-        w4 = _load_words(s_ptr, 4, rows, wmask, word, N, KB, WORDS, EVEN)
-    if J > 5:
-        w5 = _load_words(s_ptr, 5, rows, wmask, word, N, KB, WORDS, EVEN)
-    if J > 6:
-        w6 = _load_words(s_ptr, 6, rows, wmask, word, N, KB, WORDS, EVEN)
-    if J > 7:
-        w7 = _load_words(s_ptr, 7, rows, wmask, word, N, KB, WORDS, EVEN)
-    return w0, w1, w2, w3, w4, w5, w6, w7
-
-
-@triton.jit
 def _row_partials(w0, w1, w2, w3, w4, w5, w6, w7, x0, x1, x2, x3, x4, x5, x6, x7, X, A, B,
                   CODE: tl.constexpr):
     """Σ over the program's words of A·X + B·(F - X) per row, float32 [R] (x0..x7: the tuples of
@@ -189,17 +160,18 @@ def _planes_gemv_kernel(
     offs_r = tl.arange(0, R)
     if PREFETCH:
         rows = row0 + offs_r[:, None]
-        n0, n1, n2, n3, n4, n5, n6, n7 = _row_words(s_ptr, rows, (rows < row_end) & wvalid, word, N, KB, J, WORDS, EVEN)
+        n0, n1, n2, n3, n4, n5, n6, n7 = _block_words(s_ptr, 0, rows, (rows < row_end) & wvalid, word, N, KB, J,
+                                                      WORDS, EVEN)
     for r0 in range(row0, row_end, R):
         rows = r0 + offs_r[:, None]  # [R, 1]
         rmask = rows < N
         if PREFETCH:
             w0, w1, w2, w3, w4, w5, w6, w7 = n0, n1, n2, n3, n4, n5, n6, n7
             nrows = rows + R
-            n0, n1, n2, n3, n4, n5, n6, n7 = _row_words(s_ptr, nrows, (nrows < row_end) & wvalid, word, N, KB, J,
-                                                        WORDS, False)
+            n0, n1, n2, n3, n4, n5, n6, n7 = _block_words(s_ptr, 0, nrows, (nrows < row_end) & wvalid, word, N, KB,
+                                                          J, WORDS, False)
         else:
-            w0, w1, w2, w3, w4, w5, w6, w7 = _row_words(s_ptr, rows, rmask & wvalid, word, N, KB, J, WORDS, EVEN)
+            w0, w1, w2, w3, w4, w5, w6, w7 = _block_words(s_ptr, 0, rows, rmask & wvalid, word, N, KB, J, WORDS, EVEN)
         A, B = _grid_coeffs(off_ptr, step_ptr, rows, rmask & wvalid, g, NG, coef)  # [R, NW]
         part = _row_partials(w0, w1, w2, w3, w4, w5, w6, w7, x0, x1, x2, x3, x4, x5, x6, x7, X, A, B, CODE)  # [R]
         orows = r0 + offs_r

@@ -183,11 +183,14 @@ def test_bad_arguments_raise(kernel):
 
 @needs_kernels
 def test_decode_rejects_too_many_tokens():
-    from bitstack.kernels.planes import DECODE_MAX_M
+    from bitstack.kernels.planes import DECODE_MAX_M, PlanesDecodeConfig, planes_decode_launch
+    from bitstack.kernels.planes_batch import BATCH_MAX_TOKENS
 
     packed = _packed(8, 20, 1, 16, device=DEVICE)
     with pytest.raises(ValueError, match="prefill"):
-        planes_linear_decode(torch.randn(DECODE_MAX_M + 1, 20).half().to(DEVICE), packed)
+        planes_linear_decode(torch.randn(BATCH_MAX_TOKENS + 1, 20).half().to(DEVICE), packed)
+    with pytest.raises(ValueError, match="prefill"):
+        planes_decode_launch(torch.randn(DECODE_MAX_M + 1, 20).half().to(DEVICE), packed, None, PlanesDecodeConfig())
 
 
 # ---- layout and reference (pure PyTorch) -------------------------------------------------------

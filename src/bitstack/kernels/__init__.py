@@ -1,8 +1,8 @@
 """Fused GPU kernels for BitStack linears (Triton), their PyTorch references, and the layout.
 
 Importing this package never imports Triton nor initialises CUDA: the Triton modules
-(``decode``, ``prefill``, ``rebuild``, ``planes``, ``planes_gemv``, ``_signs``, ``_splitk``) are imported
-inside the functions that launch them.
+(``decode``, ``prefill``, ``rebuild``, ``planes``, ``planes_gemv``, ``planes_batch``, ``_signs``,
+``_splitk``) are imported inside the functions that launch them.
 
 API (all ``y = x · Ŵᵀ (+ bias)`` with Ŵ = Σ_{i<J} S_i ⊙ (u_i v_i); same signature everywhere):
 
@@ -26,8 +26,10 @@ Codec ``planes`` (Ŵ = C + Σ_{i<J} S_i ⊙ expand(step)·2^-i, see :mod:`bitsta
 * ``planes_linear(x, packed, bias=None)`` — ``planes_linear_decode`` for
   ``tokens ≤ PLANES_DECODE_MAX_TOKENS``, the chunked prefill otherwise.
 * ``planes_linear_decode`` runs the one-token kernel (:mod:`bitstack.kernels.planes_gemv`: x in
-  registers, rows streamed) once per token up to 3 tokens when J ≤ 8 and group_size ≥ 32, else
-  the many-token decode kernel of :mod:`bitstack.kernels.planes`.
+  registers, rows streamed) once per token up to 2 tokens when J ≤ 8 and group_size ≥ 32, the
+  few-token kernel (:mod:`bitstack.kernels.planes_batch`: Ŵ tiles rebuilt on chip, tensor cores)
+  for 2 to 16 tokens, and the decode kernel of :mod:`bitstack.kernels.planes` for other single
+  tokens.
 * ``planes_linear_decode`` (Ŵ never formed), ``planes_linear_prefill`` (rows of Ŵ rebuilt into a
   ≤ 64 MiB scratch, then cuBLAS), ``planes_rebuild_weight(packed, dtype)`` (dense Ŵ on the GPU).
 * ``planes_reference.planes_linear_reference(x, packed, bias=None)`` (and ``planes_linear_naive``)
@@ -159,11 +161,11 @@ def bitstack_linear(x: torch.Tensor, packed: PackedBitStack,
 
 
 # Token counts up to this use ``planes_linear_decode`` in ``planes_linear`` (the one-token kernel
-# once per token), the chunked prefill above.  On an H100 at 3-4 blocks on 14336x4096 and
-# 4096x14336 (benchmarks/RESULTS.md): the one-token kernel 31-37 µs per token (2 tokens 55-68 µs,
-# 3 tokens 80-100 µs); the chunked prefill 121-139 µs at 2 to 16 tokens; the many-token decode
-# kernel 115-134 µs at 4 tokens and 236-273 µs at 8 (fp16 F.linear: 55-57 µs).
-PLANES_DECODE_MAX_TOKENS = 3
+# once per token up to 2 tokens, the few-token kernel from 2 to 16), the chunked prefill above.
+# On an H100 at 3-4 blocks on 14336x4096 and 4096x14336 (benchmarks/RESULTS.md): one token
+# 31-37 µs, two 55-68 µs (per-token kernel), 3 to 16 tokens 70-90 µs (few-token kernel), against
+# 121-139 µs for the chunked prefill at 2 to 16 tokens (fp16 F.linear: 55-57 µs).
+PLANES_DECODE_MAX_TOKENS = 16
 
 
 def planes_linear_decode(x: torch.Tensor, packed: PackedPlanes, bias: torch.Tensor | None = None) -> torch.Tensor:

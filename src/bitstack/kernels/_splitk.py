@@ -44,6 +44,7 @@ def store_rows(acc, offs_n, nmask, offs_m, mmask, N, b_ptr, y_ptr, ws_ptr, cnt_p
         if count == n_splits - 1:
             zero = tl.zeros(acc.shape, dtype=tl.float32)
             total = tl.atomic_add(ws_ptr + ws_offs, zero, mask=omask, sem="relaxed")  # coherent read (L2)
+            total = tl.where(omask, total, 0.0)  # masked lanes hold no value (the interpreter: garbage)
             tl.store(ws_ptr + ws_offs, zero, mask=omask)
             if HAS_BIAS:
                 total += tl.load(b_ptr + offs_n, mask=nmask, other=0.0).to(tl.float32)[:, None]

@@ -436,16 +436,17 @@ def default_decode_config(M: int, N: int, K: int, J: int) -> PlanesDecodeConfig:
     return PlanesDecodeConfig(block_n=32, block_k=256)
 
 
-GEMV_LOOP_MAX_TOKENS = 3  # up to this many tokens, one planes_gemv launch per token (measured, NOTES.md)
+GEMV_LOOP_MAX_TOKENS = 2  # up to this many tokens, one planes_gemv launch per token (measured, NOTES.md)
 
 
 def planes_linear_decode(x: torch.Tensor, packed: PackedPlanes, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """y = x · Ŵᵀ (+ bias) for few tokens (1 to ``DECODE_MAX_M``), Ŵ never formed.
+    """y = x · Ŵᵀ (+ bias) for few tokens (1 to ``BATCH_MAX_TOKENS`` = 16), Ŵ never written to memory.
 
-    Up to ``GEMV_LOOP_MAX_TOKENS`` tokens and where :func:`~bitstack.kernels.planes_gemv.planes_gemv_supported`
-    (J ≤ 8, group_size ≥ 32) the one-token kernel :func:`~bitstack.kernels.planes_gemv.planes_gemv`
-    runs once per token (the fastest measured on an H100); otherwise the many-token decode kernel
-    (:func:`planes_decode_launch`).
+    The fastest measured on an H100 (benchmarks/kernels/NOTES.md): up to ``GEMV_LOOP_MAX_TOKENS``
+    tokens, where :func:`~bitstack.kernels.planes_gemv.planes_gemv_supported` (J ≤ 8, group_size
+    ≥ 32), the one-token kernel once per token; other single tokens, the decode kernel
+    (:func:`planes_decode_launch`); 2 to 16 tokens otherwise, the few-token kernel
+    (:func:`~bitstack.kernels.planes_batch.planes_batch`: Ŵ tiles rebuilt on chip, tensor cores).
 
     Args:
         x: float16 or bfloat16, shape (..., K), CUDA (or CPU under TRITON_INTERPRET=1).
@@ -453,10 +454,12 @@ def planes_linear_decode(x: torch.Tensor, packed: PackedPlanes, bias: torch.Tens
             two >= 8.
         bias: optional float tensor (N,), added in float32 before the final rounding.
     Returns:
-        shape (..., N), x's dtype.  Math: float32 throughout (x upcast), one rounding at the end.
+        shape (..., N), x's dtype.  Math: float32 throughout (x upcast), one rounding at the end
+        (the few-token kernel rounds Ŵ's tiles to x's dtype first, as the prefill does).
     Raises:
         ValueError on bad dtypes, shapes, devices, group sizes or token counts.
     """
+    from bitstack.kernels.planes_batch import BATCH_MAX_TOKENS, planes_batch
     from bitstack.kernels.planes_gemv import planes_gemv, planes_gemv_supported
 
     check_planes_args(x, packed, bias, need_gpu=True)
@@ -468,8 +471,14 @@ def planes_linear_decode(x: torch.Tensor, packed: PackedPlanes, bias: torch.Tens
         for m in range(M):
             planes_gemv(x2[m], packed, bias, out=y[m])
         return y.reshape(*x.shape[:-1], packed.out_features)
-    cfg = default_decode_config(M, packed.out_features, packed.in_features, packed.num_blocks)
-    return planes_decode_launch(x, packed, bias, cfg)
+    if M == 1:
+        cfg = default_decode_config(M, packed.out_features, packed.in_features, packed.num_blocks)
+        return planes_decode_launch(x, packed, bias, cfg)
+    if M > BATCH_MAX_TOKENS:
+        raise ValueError(f"planes_linear_decode takes 1 to {BATCH_MAX_TOKENS} tokens, got {M}: "
+                         "use planes_linear_prefill for more")
+    _check_group(packed)
+    return planes_batch(x, packed, bias)
 
 
 def rebuild_planes_rows(packed: PackedPlanes, row0: int, rows: int, out: torch.Tensor, *,

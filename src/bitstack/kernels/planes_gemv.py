@@ -22,7 +22,7 @@ that share rows but own different words (split-K) add their float32 partials wit
 workspace; the last of them (a counter per row program) writes y
 (:func:`bitstack.kernels._splitk.splitk_workspace` provides both buffers).
 
-Measured on an H100 (benchmarks/kernels/NOTES.md, ``sweep_planes_gemv.py``): 14336x4096 at J = 3
+Measured on an H100 (benchmarks/kernels/NOTES.md, ``sweep_planes_decode.py``): 14336x4096 at J = 3
 / 4 blocks 31 / 33 µs against fp16 ``F.linear``'s 55 µs, CUDA-graph replay.
 
 Limits: 1 token, J ≤ 8 blocks, group_size a power of two ≥ 32; :func:`planes_gemv_supported`

@@ -19,8 +19,8 @@ step are the float16 group grids of :mod:`bitstack.core.planes`, buffers ``plane
   computes the product without a dense Ŵ (decode kernel for ≤ 4 tokens at rank 16, chunked
   prefill otherwise); codec planes stores them as one :class:`~bitstack.kernels.PackedPlanes`
   (the signs stacked, stored layout unchanged, and the grid buffers) and
-  ``bitstack.kernels.planes_linear`` computes it (≤ ``PLANES_DECODE_MAX_TOKENS`` tokens: the
-  one-token kernel once per token, Ŵ never formed; chunked prefill otherwise).  Planes
+  ``bitstack.kernels.planes_linear`` computes it (≤ ``PLANES_DECODE_MAX_TOKENS`` = 16 tokens:
+  the one- and few-token kernels, Ŵ never written to memory; chunked prefill otherwise).  Planes
   weights whose group size is not a power of two ≥ 8 stay on the pure path, and so does a
   forward with more than 16 blocks loaded (``KERNEL_MAX_BLOCKS``; they stay packed).
 

@@ -18,6 +18,25 @@ import triton.language as tl
 _WORKSPACES: dict = {}
 
 
+def sm_count(device: torch.device) -> int:
+    """Multiprocessors of a CUDA device; 4 elsewhere (the Triton interpreter on the CPU)."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).multi_processor_count
+    return 4
+
+
+def split_k(n_tiles: int, n_ktiles: int, splits: int | None, programs_per_sm: int,
+            device: torch.device) -> tuple[int, int]:
+    """(splits, K tiles per split) for ``n_tiles`` row tiles of ``n_ktiles`` K tiles each:
+    ``splits`` if given, else enough for ``programs_per_sm`` programs per SM; at least 1, at most
+    one split per K tile, and no split left empty."""
+    if splits is None:
+        splits = triton.cdiv(programs_per_sm * sm_count(device), n_tiles)
+    splits = max(1, min(splits, n_ktiles))
+    per_split = triton.cdiv(n_ktiles, splits)
+    return triton.cdiv(n_ktiles, per_split), per_split
+
+
 def splitk_workspace(device: torch.device, M: int, N: int, BN: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(float32 (M·N,) zeros, int32 (ceil(N/BN),) zeros), cached per (device, M, N, BN)."""
     key = (str(device), M, N, BN)

@@ -25,7 +25,7 @@ import triton.language as tl
 
 from bitstack.kernels._checks import check_linear_args, interpret_mode
 from bitstack.kernels._signs import sign_plane
-from bitstack.kernels._splitk import splitk_workspace, store_rows
+from bitstack.kernels._splitk import split_k, splitk_workspace, store_rows
 from bitstack.kernels.layout import PackedBitStack
 
 
@@ -196,12 +196,6 @@ class DecodeConfig:
 LAST_COMPILED: dict = {}  # last launched compiled kernel (benchmarks read its registers/IR)
 
 
-def _sm_count(device: torch.device) -> int:
-    if device.type == "cuda":
-        return torch.cuda.get_device_properties(device).multi_processor_count
-    return 4
-
-
 def _next_pow2(n: int) -> int:
     return 1 << max(0, (n - 1).bit_length())
 
@@ -234,12 +228,7 @@ def decode_launch(x: torch.Tensor, packed: PackedBitStack, bias: torch.Tensor | 
     BN = cfg.block_n
     n_tiles = triton.cdiv(N, BN)
     n_groups = triton.cdiv(K, 8 * G)
-    if cfg.splits is None:
-        splits = max(1, min(n_groups, triton.cdiv(2 * _sm_count(x.device), n_tiles)))
-    else:
-        splits = max(1, min(cfg.splits, n_groups))
-    gps = triton.cdiv(n_groups, splits)
-    splits = triton.cdiv(n_groups, gps)
+    splits, gps = split_k(n_tiles, n_groups, cfg.splits, 2, x.device)
     y = torch.empty(M, N, dtype=x.dtype, device=x.device)
     if splits > 1:
         ws, cnt = splitk_workspace(x.device, M, N, BN)

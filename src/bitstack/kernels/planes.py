@@ -46,7 +46,7 @@ import triton
 import triton.language as tl
 
 from bitstack.kernels._checks import check_planes_args
-from bitstack.kernels._splitk import splitk_workspace, store_rows
+from bitstack.kernels._splitk import split_k, splitk_workspace, store_rows
 from bitstack.kernels.planes_layout import KERNEL_MAX_BLOCKS, PackedPlanes, planes_group_supported
 from bitstack.kernels.rebuild import DEFAULT_CHUNK_BYTES, chunked_linear
 
@@ -348,12 +348,6 @@ def _check_group(packed: PackedPlanes) -> None:
                          "use bitstack.kernels.planes_reference")
 
 
-def _sm_count(device: torch.device) -> int:
-    if device.type == "cuda":
-        return torch.cuda.get_device_properties(device).multi_processor_count
-    return 4
-
-
 def x_by_word_bit(x2: torch.Tensor, MP: int, words: int) -> torch.Tensor:
     """The decode kernel's copy of x: float32 (MP, 32, words), ``xt[m, j, w] = x[m, 32·w + j]``,
     zero past x's tokens and columns, so that the programs reading bit j of consecutive sign words
@@ -405,12 +399,7 @@ def planes_decode_launch(x: torch.Tensor, packed: PackedPlanes, bias: torch.Tens
     KB = (K + 7) // 8
     n_tiles = triton.cdiv(N, BN)
     n_ktiles = triton.cdiv(K, cfg.block_k)
-    if cfg.splits is None:
-        splits = max(1, min(n_ktiles, triton.cdiv(cfg.programs_per_sm * _sm_count(x.device), n_tiles)))
-    else:
-        splits = max(1, min(cfg.splits, n_ktiles))
-    tps = triton.cdiv(n_ktiles, splits)
-    splits = triton.cdiv(n_ktiles, tps)
+    splits, tps = split_k(n_tiles, n_ktiles, cfg.splits, cfg.programs_per_sm, x.device)
     MP = _next_pow2(M)
     words = KB % 4 == 0 and packed.signs.data_ptr() % 4 == 0
     signs = packed.signs.view(torch.int32) if words else packed.signs

@@ -23,8 +23,8 @@ import triton
 import triton.language as tl
 
 from bitstack.kernels._checks import check_planes_args, interpret_mode
-from bitstack.kernels._splitk import splitk_workspace, store_rows
-from bitstack.kernels.planes import _grid_coeffs, _sm_count
+from bitstack.kernels._splitk import split_k, splitk_workspace, store_rows
+from bitstack.kernels.planes import _grid_coeffs
 from bitstack.kernels.planes_layout import KERNEL_MAX_BLOCKS, PackedPlanes, planes_group_supported
 
 BATCH_MAX_TOKENS = 16  # the tokens of a call fit one 16-wide tensor-core operand
@@ -124,12 +124,7 @@ def planes_batch(x: torch.Tensor, packed: PackedPlanes, bias: torch.Tensor | Non
     KB = (K + 7) // 8
     n_tiles = triton.cdiv(N, cfg.block_n)
     n_ktiles = triton.cdiv(K, cfg.block_k)
-    if cfg.splits is None:
-        splits = max(1, min(n_ktiles, triton.cdiv(cfg.programs_per_sm * _sm_count(x.device), n_tiles)))
-    else:
-        splits = max(1, min(cfg.splits, n_ktiles))
-    tps = triton.cdiv(n_ktiles, splits)
-    splits = triton.cdiv(n_ktiles, tps)
+    splits, tps = split_k(n_tiles, n_ktiles, cfg.splits, cfg.programs_per_sm, x.device)
     MP = 16
     y = torch.empty(M, N, dtype=x.dtype, device=x.device)
     ws, cnt = splitk_workspace(x.device, M, N, cfg.block_n) if splits > 1 else (y, y)

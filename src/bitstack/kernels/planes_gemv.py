@@ -38,7 +38,7 @@ import triton
 import triton.language as tl
 
 from bitstack.kernels._checks import check_planes_args
-from bitstack.kernels._splitk import splitk_workspace
+from bitstack.kernels._splitk import sm_count, splitk_workspace
 from bitstack.kernels.planes import _block_words, _grid_coeffs, _place, _transpose4, _transpose8
 from bitstack.kernels.planes_layout import PackedPlanes
 
@@ -230,12 +230,6 @@ def gemv_config(in_features: int, config: PlanesGemvConfig | None = None) -> Pla
     return PlanesGemvConfig(num_warps=warps, rows=cfg.rows, programs_per_sm=pps, prefetch=cfg.prefetch)
 
 
-def _sm_count(device: torch.device) -> int:
-    if device.type == "cuda":
-        return torch.cuda.get_device_properties(device).multi_processor_count
-    return 4
-
-
 LAST_COMPILED: dict = {}  # last launched compiled kernel (benchmarks read its registers)
 
 
@@ -275,7 +269,7 @@ def planes_gemv(x: torch.Tensor, packed: PackedPlanes, bias: torch.Tensor | None
     KB = (K + 7) // 8
     KW = (K + 31) // 32
     splits = triton.cdiv(KW, NW)
-    row_progs = max(1, min(triton.cdiv(N, R), triton.cdiv(cfg.programs_per_sm * _sm_count(x.device), splits)))
+    row_progs = max(1, min(triton.cdiv(N, R), triton.cdiv(cfg.programs_per_sm * sm_count(x.device), splits)))
     rows_per_prog = triton.cdiv(triton.cdiv(N, row_progs), R) * R
     row_progs = triton.cdiv(N, rows_per_prog)
     words = KB % 4 == 0 and packed.signs.data_ptr() % 4 == 0

@@ -8,9 +8,10 @@ signs alone, its grids being base buffers).
 Kernel mode (weights stored packed, :mod:`bitstack.runtime.linear`) changes a weight's blocks by
 repacking it, which holds more than the final bytes for a moment.  The prefix chosen for a
 budget then leaves room for that: :func:`repack_reserve` (the pure-PyTorch path has no
-transient and no reserve: its choice is the plain longest prefix).  With it, a load's peak is
-within its budget, a grow's within the new budget and a shrink's within the budget of the call
-before it (measured by ``tests/runtime/test_peak_memory.py``), except:
+transient and no reserve: its choice is the plain longest prefix), the same room for a load and
+a resize, so that a budget always means the same prefix.  With it, a load's peak is within its
+budget, a grow's within the new budget and a shrink's within the budget of the call before it
+(measured by ``tests/runtime/test_peak_memory.py``), except:
 
 * a load whose budget is below the floor plus the floor's reserve loads the floor all the same,
   over the budget by at most that reserve (the floor stays the one ``BudgetError``);
@@ -95,19 +96,21 @@ def repack_reserve(manifest: Manifest, loaded: int, target: int, packed: Mapping
 
 
 def blocks_for_budget(manifest: Manifest, budget: int | None, dtype: torch.dtype, *,
-                      loaded: int = 0, packed: Mapping[str, int] | None = None) -> int:
+                      packed: Mapping[str, int] | None = None) -> int:
     """The longest prefix of the stack (≥ the floor) whose resident bytes are ≤ ``budget``.
 
     ``budget=None`` means the whole stack.  Raises :class:`BudgetError` below the floor.
 
-    ``packed`` ({name: sign group} of the weights that kernel mode stores packed; ``loaded``: the
-    blocks resident now, 0 for a load): the longest prefix whose resident bytes *plus*
-    :func:`repack_reserve` from ``loaded`` fit ``budget``, so that the repacks of this load or
-    resize, and of a later shrink, keep the peak within it.  Resident bytes + reserve grow with
-    the prefix, so a binary search finds it.  A resize can always reach the floor (no repack
-    grows there); a load below the floor + its reserve loads the floor all the same (the
-    budget is short by at most that reserve: the floor stays the one error).  Without packed
-    weights this is the plain longest prefix.
+    ``packed`` ({name: sign group} of the weights that kernel mode stores packed): the longest
+    prefix whose resident bytes *plus* :func:`repack_reserve` of arriving at it from no blocks
+    fit ``budget``.  That room covers the repacks of a load and of a later shrink, and those of
+    any resize to this prefix too (a resize changes fewer weights, by fewer blocks, and a repack's
+    transient grows with both), so loads and resizes use this one rule: a budget gives the same
+    prefix whether it is loaded or resized to, whatever came before.  Resident bytes + reserve
+    grow with the prefix, so a binary search finds it.  Below the floor + its reserve the answer
+    is the floor all the same (a load is then short by at most that reserve; a resize to the
+    floor only shrinks, which needs no room there): the floor stays the one error.  Without
+    packed weights this is the plain longest prefix.
     """
     if budget is None:
         return len(manifest.stack)
@@ -125,7 +128,7 @@ def blocks_for_budget(manifest: Manifest, budget: int | None, dtype: torch.dtype
     lo, hi = floor_blocks, plain  # the answer is in [lo, hi]; lo is the fallback
     while lo < hi:
         mid = (lo + hi + 1) // 2
-        if prefix[mid] + repack_reserve(manifest, loaded, mid, packed) <= budget:
+        if prefix[mid] + repack_reserve(manifest, 0, mid, packed) <= budget:
             lo = mid
         else:
             hi = mid - 1

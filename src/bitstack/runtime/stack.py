@@ -89,14 +89,15 @@ class LiveStack:
 
         Kernel mode: the prefix leaves room for the repacks of this resize and of a later shrink
         (:func:`~bitstack.runtime.budget.repack_reserve`), so that a grow peaks within
-        ``memory`` and a shrink within the budget of the load or resize before it.
+        ``memory`` and a shrink within the budget of the load or resize before it; the room is a
+        load's, so the prefix is the one a fresh load at ``memory`` would hold
+        (:func:`~bitstack.runtime.budget.blocks_for_budget`).
         """
         started = time.perf_counter()
         budget = None if memory is None else parse_memory(memory)
         with self._resize_lock:
             old = self.loaded
-            target = blocks_for_budget(self.manifest, budget, self.dtype, loaded=old,
-                                       packed=packed_groups(self.modules, self.device))
+            target = blocks_for_budget(self.manifest, budget, self.dtype, packed=packed_groups(self.modules, self.device))
             staged = self.reader.read_blocks(old, target, self.device) if target > old else []  # forwards go on
             with self.lock:  # between forward passes
                 if target > old:

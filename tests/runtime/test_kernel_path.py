@@ -154,7 +154,7 @@ def test_resize_rebuilds_the_packed_form(artifact):
     for extra in (12, 1, 6):  # grow, shrink, grow
         # kernel mode keeps a load's room for its repacks: this budget holds exactly floor + extra blocks
         blocks = m.floor_blocks + extra
-        budget = prefix[blocks] + repack_reserve(m, 0, blocks, packed)
+        budget = prefix[blocks] + repack_reserve(m, blocks, packed)
         report = bitstack.resize(model, budget)
         assert report.new_blocks == m.floor_blocks + extra
         _check_packed(model)

@@ -297,14 +297,14 @@ def test_kernel_mode_peak_within_the_budget(artifact):
     prefix = prefix_bytes_at(m, dtype)
     floor = m.floor_blocks
     packed = _pack_groups(m)
-    room = repack_reserve(m, 0, floor, packed)
+    room = repack_reserve(m, floor, packed)
     assert room > 0
 
     def check_choice(budget, blocks):
         """The longest prefix whose bytes plus a load's room fit (the floor below that)."""
-        fits = prefix[blocks] + repack_reserve(m, 0, blocks, packed) <= budget
+        fits = prefix[blocks] + repack_reserve(m, blocks, packed) <= budget
         assert fits or blocks == floor
-        assert blocks == len(m.stack) or prefix[blocks + 1] + repack_reserve(m, 0, blocks + 1, packed) > budget
+        assert blocks == len(m.stack) or prefix[blocks + 1] + repack_reserve(m, blocks + 1, packed) > budget
         assert blocks <= blocks_for_budget(m, budget, dtype)  # the pure-PyTorch choice: never fewer bytes
         assert blocks == blocks_for_budget(m, budget, dtype, packed=packed)  # a fresh load's choice
 
@@ -320,7 +320,7 @@ def test_kernel_mode_peak_within_the_budget(artifact):
         budget = previous
         assert all(module.packed is not None for module in model.bitstack.modules.values())
         check_choice(budget, model.bitstack.loaded)
-        assert prefix[model.bitstack.loaded] + repack_reserve(m, 0, model.bitstack.loaded, packed) <= budget
+        assert prefix[model.bitstack.loaded] + repack_reserve(m, model.bitstack.loaded, packed) <= budget
         assert meter.end == bitstack.memory_bytes(model) == prefix[model.bitstack.loaded]
         assert meter.peak <= budget, f"load at {budget}: {meter.peak - budget} bytes over after {meter.peak_op}"
     # resizes of the last one, in a random sequence (budgets from the floor up)

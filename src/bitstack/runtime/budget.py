@@ -59,37 +59,38 @@ def _counts(manifest: Manifest, blocks: int) -> dict[str, int]:
     return counts
 
 
-def repack_reserve(manifest: Manifest, loaded: int, target: int, packed: Mapping[str, int]) -> int:
-    """Bytes above the resident ones that going from ``loaded`` to ``target`` blocks, and then a
-    later shrink from ``target``, can hold in kernel mode: the largest of
+def repack_reserve(manifest: Manifest, target: int, packed: Mapping[str, int]) -> int:
+    """Bytes above the resident ones that loading ``target`` blocks, and then a later shrink from
+    them, can hold in kernel mode: the largest of
 
-    * the **arrival** (``target > loaded``: a load, ``loaded`` = 0, or a grow): every weight that
-      gets new blocks is repacked, one after the other, once all new blocks are read, so the
-      peak is ``prefix[target]`` + the largest
-      :func:`~bitstack.runtime.linear.repack_transient` of those weights (J = its blocks at
-      ``target``, d = its new ones; a shrink's own transient is the previous state's departure);
+    * the **arrival**: every weight is repacked, one after the other, once all its blocks are
+      read, so the peak is ``prefix[target]`` + the largest
+      :func:`~bitstack.runtime.linear.repack_transient` of the weights (J = its blocks at
+      ``target``, all of them new).  A resize to ``target`` repacks fewer weights, each with
+      fewer new blocks, and a repack's transient grows with both, so this room covers it too;
     * the **departure** from ``target``: a later shrink repacks a weight of J blocks into J' < J
       from the resident bytes before it, at most the repack transient of J - 1 blocks, d = -1,
       for every weight that can lose a block (more blocks than at the floor).  Keeping it free
-      means that the shrink stays within the budget this call is given.
+      means that the shrink stays within the budget this prefix was chosen for.
 
     ``packed``: {name: sign group} of the weights stored packed (``BitStackLinear.pack_group``:
     0 for codec planes, whose repack converts nothing and holds the new signs alone; others
-    contribute nothing: the pure-PyTorch path has no transient).  Exact for the arrival (``tests/peak_meter.py`` measures
-    it to the byte), an upper bound for the departure (a shrink repacks weights in stack order,
-    and those repacked first have freed bytes by the time the others run)."""
+    contribute nothing: the pure-PyTorch path has no transient).  Exact for a load's arrival
+    (``tests/peak_meter.py`` measures it to the byte), an upper bound for a resize's and for the
+    departure (a shrink repacks weights in stack order, and those repacked first have freed bytes
+    by the time the others run)."""
     from bitstack.runtime.linear import repack_transient
 
     if not packed:
         return 0
     weights = {w.name: w for w in manifest.weights if w.name in packed}
-    before, after, floor = (_counts(manifest, n) for n in (loaded, target, manifest.floor_blocks))
+    after, floor = _counts(manifest, target), _counts(manifest, manifest.floor_blocks)
     reserve = 0
     for name, w in weights.items():
         shape = (w.out_features, w.in_features, w.rank)
         J, group = after[name], packed[name]
-        if J > before[name]:
-            reserve = max(reserve, repack_transient(*shape, J, J - before[name], group))
+        if J > 0:
+            reserve = max(reserve, repack_transient(*shape, J, J, group))
         if J > floor[name]:
             reserve = max(reserve, repack_transient(*shape, J - 1, -1, group))
     return reserve
@@ -102,11 +103,10 @@ def blocks_for_budget(manifest: Manifest, budget: int | None, dtype: torch.dtype
     ``budget=None`` means the whole stack.  Raises :class:`BudgetError` below the floor.
 
     ``packed`` ({name: sign group} of the weights that kernel mode stores packed): the longest
-    prefix whose resident bytes *plus* :func:`repack_reserve` of arriving at it from no blocks
-    fit ``budget``.  That room covers the repacks of a load and of a later shrink, and those of
-    any resize to this prefix too (a resize changes fewer weights, by fewer blocks, and a repack's
-    transient grows with both), so loads and resizes use this one rule: a budget gives the same
-    prefix whether it is loaded or resized to, whatever came before.  Resident bytes + reserve
+    prefix whose resident bytes *plus* :func:`repack_reserve` (a load's room, which covers any
+    resize to that prefix and a later shrink from it) fit ``budget``.  Loads and resizes use this
+    one rule: a budget gives the same prefix whether it is loaded or resized to, whatever came
+    before.  Resident bytes + reserve
     grow with the prefix, so a binary search finds it.  Below the floor + its reserve the answer
     is the floor all the same (a load is then short by at most that reserve; a resize to the
     floor only shrinks, which needs no room there): the floor stays the one error.  Without
@@ -128,7 +128,7 @@ def blocks_for_budget(manifest: Manifest, budget: int | None, dtype: torch.dtype
     lo, hi = floor_blocks, plain  # the answer is in [lo, hi]; lo is the fallback
     while lo < hi:
         mid = (lo + hi + 1) // 2
-        if prefix[mid] + repack_reserve(manifest, 0, mid, packed) <= budget:
+        if prefix[mid] + repack_reserve(manifest, mid, packed) <= budget:
             lo = mid
         else:
             hi = mid - 1

@@ -212,5 +212,7 @@ def planes_linear(x: torch.Tensor, packed: PackedPlanes, bias: torch.Tensor | No
     if tokens == 0:
         return x.new_empty(*x.shape[:-1], packed.out_features)
     if tokens <= PLANES_DECODE_MAX_TOKENS:
-        return planes_linear_decode(x, packed, bias)
+        from bitstack.kernels.planes import decode_checked
+
+        return decode_checked(x, packed, bias)  # the tensors were checked above
     return planes_linear_prefill(x, packed, bias)

@@ -448,17 +448,23 @@ def planes_linear_decode(x: torch.Tensor, packed: PackedPlanes, bias: torch.Tens
     Raises:
         ValueError on bad dtypes, shapes, devices, group sizes or token counts.
     """
-    from bitstack.kernels.planes_batch import BATCH_MAX_TOKENS, planes_batch
-    from bitstack.kernels.planes_gemv import planes_gemv, planes_gemv_supported
-
     check_planes_args(x, packed, bias, need_gpu=True)
+    return decode_checked(x, packed, bias)
+
+
+def decode_checked(x: torch.Tensor, packed: PackedPlanes, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """:func:`planes_linear_decode` for arguments that passed ``check_planes_args`` already (the
+    tensors are checked once per call, not once per kernel launch)."""
+    from bitstack.kernels.planes_batch import BATCH_MAX_TOKENS, batch_launch
+    from bitstack.kernels.planes_gemv import gemv_launch, planes_gemv_supported
+
     K = x.shape[-1]
     M = x.numel() // K
     if 1 <= M <= GEMV_LOOP_MAX_TOKENS and planes_gemv_supported(1, packed):
         x2 = x.reshape(M, K)
         y = torch.empty(M, packed.out_features, dtype=x.dtype, device=x.device)
         for m in range(M):
-            planes_gemv(x2[m], packed, bias, out=y[m])
+            gemv_launch(x2[m], packed, bias, out=y[m])
         return y.reshape(*x.shape[:-1], packed.out_features)
     if M == 1:
         cfg = default_decode_config(M, packed.out_features, packed.in_features, packed.num_blocks)
@@ -466,8 +472,7 @@ def planes_linear_decode(x: torch.Tensor, packed: PackedPlanes, bias: torch.Tens
     if M > BATCH_MAX_TOKENS:
         raise ValueError(f"planes_linear_decode takes 1 to {BATCH_MAX_TOKENS} tokens, got {M}: "
                          "use planes_linear_prefill for more")
-    _check_group(packed)
-    return planes_batch(x, packed, bias)
+    return batch_launch(x, packed, bias)
 
 
 def rebuild_planes_rows(packed: PackedPlanes, row0: int, rows: int, out: torch.Tensor, *,

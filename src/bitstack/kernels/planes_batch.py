@@ -107,6 +107,13 @@ def planes_batch(x: torch.Tensor, packed: PackedPlanes, bias: torch.Tensor | Non
         ValueError on bad dtypes, shapes, devices, group sizes, block or token counts.
     """
     check_planes_args(x, packed, bias, need_gpu=True)
+    return batch_launch(x, packed, bias, config)
+
+
+def batch_launch(x: torch.Tensor, packed: PackedPlanes, bias: torch.Tensor | None = None,
+                 config: PlanesBatchConfig | None = None) -> torch.Tensor:
+    """:func:`planes_batch` for arguments that passed ``check_planes_args`` already; the group,
+    block, token and launch-parameter checks stay."""
     N, K, J = packed.out_features, packed.in_features, packed.num_blocks
     if not planes_group_supported(packed.group_size) or J > KERNEL_MAX_BLOCKS:
         raise ValueError(f"planes_batch needs a power-of-two group_size >= 8 and at most {KERNEL_MAX_BLOCKS} blocks, "

@@ -252,6 +252,13 @@ def planes_gemv(x: torch.Tensor, packed: PackedPlanes, bias: torch.Tensor | None
         group size outside :func:`planes_gemv_supported`.
     """
     check_planes_args(x, packed, bias, need_gpu=True)
+    return gemv_launch(x, packed, bias, config, out=out)
+
+
+def gemv_launch(x: torch.Tensor, packed: PackedPlanes, bias: torch.Tensor | None = None,
+                config: PlanesGemvConfig | None = None, *, out: torch.Tensor | None = None) -> torch.Tensor:
+    """:func:`planes_gemv` for arguments that passed ``check_planes_args`` already (a dispatcher's
+    loop over tokens checks its tensors once); the token, block, group and ``out`` checks stay."""
     N, K, J = packed.out_features, packed.in_features, packed.num_blocks
     tokens = x.numel() // K
     if not planes_gemv_supported(tokens, packed):

@@ -308,29 +308,35 @@ def _planes_decode_kernel(
 
 
 @triton.jit
+def _rebuild_tile(s_ptr, off_ptr, step_ptr, offs_n, nmask, byte, N, KB, NG, coef, J: tl.constexpr,
+                  GS: tl.constexpr, BN: tl.constexpr, KT: tl.constexpr, DT: tl.constexpr):
+    """Ŵ's [BN, KT] tile of the rows ``offs_n`` ([BN]; ``nmask`` those in range) and the sign bytes
+    ``byte`` ([KT/8]) in ``DT``: A + B·f, the bytes of each block expanded to [BN, KT/8, 8] codes
+    (the 8 bits of a byte a tensor axis, block i's bit b in mantissa bit 22 - i of f), flattened
+    to [BN, KT] columns in order.  Bytes past KB read as 0."""
+    bits = tl.arange(0, 8)
+    bmask = nmask[:, None] & (byte < KB)[None, :]
+    q = tl.full([BN, KT // 8, 8], 0x3F800000, tl.int32)  # 1.0f
+    for i in tl.static_range(J):
+        p = tl.load(s_ptr + i * N * KB + offs_n[:, None] * KB + byte[None, :], mask=bmask, other=0).to(tl.int32)
+        q = q | ((p[:, :, None] << (22 - i - bits)[None, None, :]) & (0x400000 >> i))
+    A, B = _grid_coeffs(off_ptr, step_ptr, offs_n[:, None, None], nmask[:, None, None],
+                        ((8 * byte) // GS)[None, :, None], NG, coef)  # [BN, KT/8, 1]
+    return tl.reshape((A + B * q.to(tl.float32, bitcast=True)).to(DT), [BN, KT])
+
+
+@triton.jit
 def _planes_rebuild_kernel(
     s_ptr, off_ptr, step_ptr, w_ptr, N, K, KB, NG, row0, n_rows, stride_w, coef,
     J: tl.constexpr, GS: tl.constexpr, BN: tl.constexpr, KT: tl.constexpr,
 ):
-    """Ŵ[row0 + local, k0 : k0 + KT] = A + B·f for one [BN, KT] tile: the sign bytes [BN, KT/8] of
-    each block, expanded to [BN, KT/8, 8] codes (the 8 bits of a byte a tensor axis), flattened
-    to [BN, KT] columns in order and stored in w's dtype."""
-    DT: tl.constexpr = w_ptr.dtype.element_ty
-    NB: tl.constexpr = KT // 8
+    """Ŵ[row0 + local, k0 : k0 + KT] for one [BN, KT] tile (:func:`_rebuild_tile`), stored in w's dtype."""
     local = tl.program_id(0) * BN + tl.arange(0, BN)
     lmask = local < n_rows
-    offs_n = row0 + local
     k0 = tl.program_id(1) * KT
-    byte = k0 // 8 + tl.arange(0, NB)
-    bits = tl.arange(0, 8)
-    q = tl.full([BN, NB, 8], 0x3F800000, tl.int32)  # 1.0f
-    for i in tl.static_range(J):  # block i's bit b of a byte -> mantissa bit 22 - i
-        p = tl.load(s_ptr + i * N * KB + offs_n[:, None] * KB + byte[None, :],
-                    mask=lmask[:, None] & (byte < KB)[None, :], other=0).to(tl.int32)
-        q = q | ((p[:, :, None] << (22 - i - bits)[None, None, :]) & (0x400000 >> i))
-    A, B = _grid_coeffs(off_ptr, step_ptr, offs_n[:, None, None], lmask[:, None, None],
-                        ((8 * byte) // GS)[None, :, None], NG, coef)  # [BN, NB, 1]
-    w = tl.reshape((A + B * q.to(tl.float32, bitcast=True)).to(DT), [BN, KT])
+    byte = k0 // 8 + tl.arange(0, KT // 8)
+    w = _rebuild_tile(s_ptr, off_ptr, step_ptr, row0 + local, lmask, byte, N, KB, NG, coef, J, GS, BN, KT,
+                      w_ptr.dtype.element_ty)
     cols = k0 + tl.arange(0, KT)
     tl.store(w_ptr + local[:, None] * stride_w + cols[None, :], w, mask=lmask[:, None] & (cols < K)[None, :])
 

@@ -5,11 +5,11 @@ Imports Triton at module level: import this module lazily (:mod:`bitstack.kernel
 
 A program owns ``block_n`` rows and a range of K tiles of ``block_k`` columns (split-K over the
 tiles, as :mod:`bitstack.kernels._splitk` describes).  Per tile it rebuilds Ŵ's [block_n, block_k]
-tile in registers exactly as the row-rebuild kernel writes it (:mod:`bitstack.kernels.planes`:
-Ŵ = A' + B·f, the J sign bits of a weight ORed into the mantissa of f, the 8 bits of a sign byte a
-tensor axis), rounds it to x's dtype and multiplies it with the [block_k, 16] tile of x
-(tokens padded to 16, the tensor cores' narrowest operand) with ``tl.dot``, accumulating in
-float32.  So every weight is rebuilt once per call whatever the token count (≤ 16), where the
+tile in registers with the row-rebuild kernel's own code (``_rebuild_tile`` of
+:mod:`bitstack.kernels.planes`: Ŵ = A' + B·f, the J sign bits of a weight ORed into the mantissa
+of f, the 8 bits of a sign byte a tensor axis), rounds it to x's dtype and multiplies it with
+the [block_k, 16] tile of x (tokens padded to 16, the tensor cores' narrowest operand) with
+``tl.dot``, accumulating in float32.  So every weight is rebuilt once per call whatever the token count (≤ 16), where the
 chunked prefill writes Ŵ to memory and reads it back.  Numerics are the prefill's: Ŵ rounded to
 x's dtype, products accumulated in float32, y rounded once.
 """
@@ -24,7 +24,7 @@ import triton.language as tl
 
 from bitstack.kernels._checks import check_planes_args, interpret_mode
 from bitstack.kernels._splitk import split_k, splitk_workspace, store_rows
-from bitstack.kernels.planes import _grid_coeffs
+from bitstack.kernels.planes import _rebuild_tile
 from bitstack.kernels.planes_layout import KERNEL_MAX_BLOCKS, PackedPlanes, planes_group_supported
 
 BATCH_MAX_TOKENS = 16  # the tokens of a call fit one 16-wide tensor-core operand
@@ -46,20 +46,12 @@ def _planes_batch_kernel(
     nmask = offs_n < N
     offs_m = tl.arange(0, MP)
     mmask = offs_m < M
-    bits = tl.arange(0, 8)
     acc = tl.zeros([BN, MP], dtype=tl.float32)
     t0 = pid_s * tiles_per_split
     t1 = tl.minimum(t0 + tiles_per_split, n_ktiles)
     for t in range(t0, t1):
         byte = t * NB + tl.arange(0, NB)
-        bmask = nmask[:, None] & (byte < KB)[None, :]
-        q = tl.full([BN, NB, 8], 0x3F800000, tl.int32)  # 1.0f
-        for i in tl.static_range(J):  # block i's bit b of a byte -> mantissa bit 22 - i
-            p = tl.load(s_ptr + i * N * KB + offs_n[:, None] * KB + byte[None, :], mask=bmask, other=0).to(tl.int32)
-            q = q | ((p[:, :, None] << (22 - i - bits)[None, None, :]) & (0x400000 >> i))
-        A, B = _grid_coeffs(off_ptr, step_ptr, offs_n[:, None, None], nmask[:, None, None],
-                            ((8 * byte) // GS)[None, :, None], NG, coef)  # [BN, NB, 1]
-        w = tl.reshape((A + B * q.to(tl.float32, bitcast=True)).to(DT), [BN, KT])
+        w = _rebuild_tile(s_ptr, off_ptr, step_ptr, offs_n, nmask, byte, N, KB, NG, coef, J, GS, BN, KT, DT)
         cols = t * KT + tl.arange(0, KT)
         xt = tl.load(x_ptr + offs_m[None, :] * stride_xm + cols[:, None],
                      mask=mmask[None, :] & (cols < K)[:, None], other=0.0)  # [KT, MP]

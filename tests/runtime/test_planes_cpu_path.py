@@ -23,7 +23,8 @@ def _planes_layer(out_features=24, in_features=100, group_size=16, blocks=3) -> 
     return layer
 
 
-def test_few_tokens_take_the_lookup_tables_many_the_rebuild():
+def test_few_tokens_take_the_lookup_tables_many_the_rebuild(monkeypatch):
+    monkeypatch.setenv("BITSTACK_NATIVE", "0")  # the PyTorch lookup tables (tests/native: the native kernel)
     layer = _planes_layer()
     calls = []
     real = planes_lut.planes_linear_lut

@@ -86,8 +86,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from bitstack.core.avd import ResidualBlock, reconstruct
-from bitstack.core.planes import num_groups, planes_reconstruct, sign_only_blocks
+from bitstack.core.planes import num_groups, sign_only_blocks
 from bitstack.core.planes_lut import planes_linear_lut, supports_lut
+from bitstack.native.planes import native_applies, planes_dense
 
 KERNELS_ENV = "BITSTACK_KERNELS"  # "0", "off", "false" or "no": never use the Triton kernels
 _KERNEL_DTYPES = (torch.float16, torch.bfloat16)
@@ -297,7 +298,8 @@ class BitStackLinear(nn.Module):
             device = self.bias.device if self.bias is not None else None
             return torch.zeros(self.out_features, self.in_features, dtype=dtype, device=device)
         if self.group_size:
-            return planes_reconstruct(self.blocks, self.plane_offset, self.plane_step, self.group_size, dtype)
+            return planes_dense([b.signs for b in self.blocks], self.plane_offset, self.plane_step, self.in_features,
+                                self.group_size, dtype)  # = planes_reconstruct, natively where it loads
         if self.packed is not None and self._in_sync():
             from bitstack.kernels.reference import dense_weight
 
@@ -329,9 +331,9 @@ class BitStackLinear(nn.Module):
                     # the grid buffers were replaced (e.g. assigned anew): refer to the current ones
                     packed = self.packed = dataclasses.replace(packed, offset=self.plane_offset, step=self.plane_step)
                 return planes_linear(x, packed, self.bias)
-        if self._lut_applies(x):
-            return planes_linear_lut(x, [b.signs for b in self.blocks], self.plane_offset, self.plane_step,
-                                     self.group_size, self.bias)
+        if self._lut_applies(x):  # the native kernel (bitstack.native) where it loads, else embedding_bag
+            lut = torch.ops.bitstack.planes_lut_linear if native_applies(x) else planes_linear_lut
+            return lut(x, [b.signs for b in self.blocks], self.plane_offset, self.plane_step, self.group_size, self.bias)
         weight = self.dense_weight(x.dtype).to(x.device)
         return F.linear(x, weight, self.bias)
 

@@ -1,0 +1,203 @@
+// y = x · Ŵᵀ (+ bias) for a planes weight, computed from its packed sign planes with lookup
+// tables shared by all rows and planes (no Ŵ formed).  Notation and math: docs/cpu.md.
+//
+// With S_i = ±1 the signs of plane i and Ŵ = C + Σ_i S_i ⊙ step·2^-i per (row n, group g):
+//
+//   y[t, n] = bias[n] + Σ_g ( C[n, g] · X[t, g] + step[n, g] · Σ_i 2^-i P_i[t, n, g] ),
+//   P_i[t, n, g] = Σ_{k∈g} S_i[n, k] x[t, k],   X[t, g] = Σ_{k∈g} x[t, k].
+//
+// P_i is summed 4 columns at a time: for nibble q (columns 4q … 4q+3) the table
+// tab[t, q, b] = Σ_j (bit j of b ? +1 : -1) · x[t, 4q + j] holds all 16 signed sums, and the 4
+// sign bits of a row at nibble q are its index.  A block of R rows (the vector width) is
+// processed together: the sign bytes of R rows are transposed to R-lane index vectors, so one
+// vector lookup adds one nibble of R rows.  The per-plane scale 2^-i and the group's step are
+// applied once per group ("fold"); C · X once per row.
+#pragma once
+
+#include <algorithm>
+#include <cstdint>
+#include <cstring>
+#include <vector>
+
+#include "simd.h"
+
+namespace bitstack_native {
+
+struct Problem {
+  int64_t tokens, in_features, out_features, planes, groups, group_size;
+  int64_t row_bytes;     // ceil(K / 8)
+  int64_t nibbles;       // ceil(K / 4)
+  const float* tables;   // [tokens][nibbles][16]
+  const float* group_x;  // [tokens][groups]: X[t, g]
+  const uint8_t* const* signs;  // planes pointers, each (out_features, row_bytes), stored layout
+  const uint16_t* offset;       // (out_features, groups) float16 bits
+  const uint16_t* step;         // (out_features, groups) float16 bits
+  const float* bias;            // (out_features,) or nullptr
+};
+
+inline float half_to_float(uint16_t h) {
+  const uint32_t sign = uint32_t(h & 0x8000u) << 16, exp = (h >> 10) & 0x1Fu, man = h & 0x3FFu;
+  uint32_t bits;
+  if (exp == 0x1F) {
+    bits = sign | 0x7F800000u | (man << 13);
+  } else if (exp != 0) {
+    bits = sign | ((exp + 112) << 23) | (man << 13);
+  } else if (man == 0) {
+    bits = sign;
+  } else {  // subnormal: value = man · 2^-24
+    float v = float(man) * (1.0f / 16777216.0f);
+    std::memcpy(&bits, &v, 4);
+    bits |= sign;
+  }
+  float out;
+  std::memcpy(&out, &bits, 4);
+  return out;
+}
+
+// Scratch of one thread: transposed sign chunks, the block's outputs and steps, tail rows.
+struct Scratch {
+  std::vector<uint32_t> chunk;  // [planes][R][R]
+  std::vector<float> y;         // [tokens][R]
+  std::vector<float> step;      // [groups][R]
+  std::vector<uint8_t> tail;    // [R][4R] zero-padded copies of rows that end inside a chunk
+  explicit Scratch(const Problem& p)
+      : chunk(size_t(p.planes) * Simd::R * Simd::R), y(size_t(p.tokens) * Simd::R),
+        step(size_t(p.groups) * Simd::R), tail(size_t(Simd::R) * 4 * Simd::R) {}
+};
+
+// Nibbles [begin, end) of the chunk whose first nibble is `first`, planes j0 … j0+PJ-1 and
+// tokens t0 … t0+PT-1; the partial sums of each group are folded into y at the group's end or
+// at `end`.
+template <int PJ, int PT>
+void lut_span(const Problem& p, const Scratch& s, float* y, int64_t first, int64_t begin, int64_t end, int j0, int t0) {
+  using S = Simd;
+  constexpr int R = S::R;
+  const int64_t per_group = p.group_size / 4;
+  const float* tab = p.tables + (size_t(t0) * p.nibbles) * 16;
+  const size_t token_stride = size_t(p.nibbles) * 16;
+  int64_t n = begin;
+  while (n < end) {
+    const int64_t g = n / per_group;
+    const int64_t stop = std::min(end, (g + 1) * per_group);
+    typename S::F acc[PJ][PT];
+    for (int i = 0; i < PJ; ++i)
+      for (int t = 0; t < PT; ++t) acc[i][t] = S::zero();
+    while (n < stop) {
+      const int64_t m = n - first;
+      const uint32_t* words = s.chunk.data() + (size_t(j0) * R + size_t(m >> 3)) * R;
+      if ((m & 7) == 0 && stop - n >= 8) {  // a whole dword: 8 nibbles, shifting by 4
+        typename S::I v[PJ];
+        for (int i = 0; i < PJ; ++i) v[i] = S::load_i(words + size_t(i) * R * R);
+#pragma GCC unroll 8
+        for (int q = 0; q < 8; ++q) {
+          typename S::Tab tb[PT];
+          for (int t = 0; t < PT; ++t) tb[t] = S::load_tab(tab + t * token_stride + (n + q) * 16);
+          for (int i = 0; i < PJ; ++i) {
+            for (int t = 0; t < PT; ++t) acc[i][t] = S::add(acc[i][t], S::lookup(tb[t], v[i]));
+            if (q < 7) v[i] = S::srl4(v[i]);
+          }
+        }
+        n += 8;
+      } else {
+        const int shift = int(m & 7) * 4;
+        for (int i = 0; i < PJ; ++i) {
+          const typename S::I idx = S::srl(S::load_i(words + size_t(i) * R * R), shift);
+          for (int t = 0; t < PT; ++t) acc[i][t] = S::add(acc[i][t], S::lookup(S::load_tab(tab + t * token_stride + n * 16), idx));
+        }
+        n += 1;
+      }
+    }
+    // fold: y += step · 2^-j0 · Σ_i 2^-i acc_i  (Horner in 1/2)
+    const typename S::F st = S::mul(S::load(s.step.data() + g * R), S::set1(1.0f / float(int64_t(1) << j0)));
+    for (int t = 0; t < PT; ++t) {
+      typename S::F comb = acc[PJ - 1][t];
+      for (int i = PJ - 2; i >= 0; --i) comb = S::fma(comb, S::set1(0.5f), acc[i][t]);
+      float* yt = y + size_t(t0 + t) * R;
+      S::store(yt, S::fma(st, comb, S::load(yt)));
+    }
+  }
+}
+
+using SpanFn = void (*)(const Problem&, const Scratch&, float*, int64_t, int64_t, int64_t, int, int);
+
+template <int PJ>
+SpanFn span_for_tokens(int pt) {
+  switch (pt) {
+    case 1: return &lut_span<PJ, 1>;
+    case 2: return &lut_span<PJ, 2>;
+    case 3: return &lut_span<PJ, 3>;
+    default: return &lut_span<PJ, 4>;
+  }
+}
+
+inline SpanFn span_fn(int pj, int pt) {
+  switch (pj) {
+    case 1: return span_for_tokens<1>(pt);
+    case 2: return span_for_tokens<2>(pt);
+    case 3: return span_for_tokens<3>(pt);
+    default: return span_for_tokens<4>(pt);
+  }
+}
+
+// Transpose plane `plane`'s chunk (bytes [byte0, byte0 + 4R) of rows row0 … row0+R-1) into s.chunk.
+inline void load_chunk(const Problem& p, Scratch& s, int64_t plane, int64_t row0, int64_t byte0) {
+  constexpr int R = Simd::R;
+  static const uint8_t zeros[4 * R] = {};
+  const uint8_t* rows[R];
+  const uint8_t* base = p.signs[plane];
+  const int64_t avail = std::min<int64_t>(4 * R, p.row_bytes - byte0);
+  uint32_t* out = s.chunk.data() + size_t(plane) * R * R;
+  for (int r = 0; r < R; ++r) {
+    const int64_t row = row0 + r;
+    if (row >= p.out_features) {
+      rows[r] = zeros;
+    } else if (avail < 4 * R && !Simd::kMaskedTail) {  // the row ends inside this chunk: a zero-padded copy
+      uint8_t* dst = s.tail.data() + size_t(r) * 4 * R;
+      std::memset(dst, 0, 4 * R);
+      std::memcpy(dst, base + row * p.row_bytes + byte0, size_t(avail));
+      rows[r] = dst;
+    } else {
+      rows[r] = base + row * p.row_bytes + byte0;
+    }
+  }
+  if (avail < 4 * R && Simd::kMaskedTail)
+    Simd::transpose_head(rows, int(avail), out);
+  else
+    Simd::transpose(rows, out);
+}
+
+// Rows row0 … row0+R-1 (those < out_features) of every token: writes y_out[t][r].
+inline void lut_rows(const Problem& p, Scratch& s, int64_t row0) {
+  constexpr int R = Simd::R;
+  const int64_t G = p.groups, T = p.tokens;
+  for (int r = 0; r < R; ++r) {
+    const int64_t row = row0 + r;
+    const bool live = row < p.out_features;
+    for (int64_t g = 0; g < G; ++g) s.step[size_t(g) * R + r] = live ? half_to_float(p.step[row * G + g]) : 0.0f;
+    for (int64_t t = 0; t < T; ++t) {
+      float v = 0.0f;
+      if (live) {
+        const uint16_t* c = p.offset + row * G;
+        const float* xg = p.group_x + t * G;
+        for (int64_t g = 0; g < G; ++g) v += half_to_float(c[g]) * xg[g];
+        if (p.bias) v += p.bias[row];
+      }
+      s.y[size_t(t) * R + r] = v;
+    }
+  }
+  const int64_t chunk_bytes = 4 * R, chunks = (p.row_bytes + chunk_bytes - 1) / chunk_bytes;
+  for (int64_t c = 0; c < chunks; ++c) {
+    const int64_t byte0 = c * chunk_bytes;
+    for (int64_t i = 0; i < p.planes; ++i) load_chunk(p, s, i, row0, byte0);
+    const int64_t first = 2 * byte0, end = std::min(first + 2 * chunk_bytes, p.nibbles);
+    for (int64_t t0 = 0; t0 < T; t0 += 4) {
+      const int pt = int(std::min<int64_t>(4, T - t0));
+      for (int64_t j0 = 0; j0 < p.planes; j0 += 4) {
+        const int pj = int(std::min<int64_t>(4, p.planes - j0));
+        span_fn(pj, pt)(p, s, s.y.data(), first, first, end, int(j0), int(t0));
+      }
+    }
+  }
+}
+
+}  // namespace bitstack_native

@@ -1,0 +1,201 @@
+// PyTorch custom ops of the planes CPU kernels (namespace "bitstack"):
+//
+//   planes_lut_linear(Tensor x, Tensor[] signs, Tensor offset, Tensor step, int group_size,
+//                     Tensor? bias=None) -> Tensor
+//       y = x · Ŵᵀ (+ bias) without forming Ŵ (planes_lut.h).  x float32 / bfloat16 / float16
+//       (..., K); signs J >= 1 uint8 (N, ceil(K/8)) in the stored layout (bit j of byte c is
+//       column 8c + j, 1 = +1); offset, step float16 (N, ceil(K / group_size)); group_size a
+//       multiple of 4; bias (N,) of any float dtype.  Returns (..., N) in x's dtype, computed
+//       in float32.
+//   planes_dense(Tensor[] signs, Tensor offset, Tensor step, int in_features, int group_size,
+//                ScalarType dtype) -> Tensor
+//       Ŵ (N, in_features) accumulated in float32 in block order (the same operations as
+//       bitstack's planes_reconstruct, so bit for bit equal to it), returned as ``dtype``.
+//   native_isa() -> str      the vector back-end compiled in: "avx512", "avx2" or "scalar".
+//
+// Rows are split over torch's intra-op threads (at::parallel_for, torch.get_num_threads()).
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <c10/util/BFloat16.h>
+#include <c10/util/Half.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cstring>
+#include <string>
+#include <vector>
+
+#include "planes_dense.h"
+#include "planes_lut.h"
+
+namespace bitstack_native {
+namespace {
+
+constexpr int64_t kSerialLookups = 24576;  // below this many vector lookups in all, one thread
+
+void check_planes(const std::vector<at::Tensor>& signs, const at::Tensor& offset, const at::Tensor& step,
+                  int64_t in_features, int64_t group_size) {
+  TORCH_CHECK(!signs.empty(), "planes kernels need at least one sign plane");
+  TORCH_CHECK(group_size > 0, "group_size must be positive, got ", group_size);
+  const int64_t n = offset.size(0), groups = (in_features + group_size - 1) / group_size;
+  for (const auto& s : signs) {
+    TORCH_CHECK(s.device().is_cpu() && s.scalar_type() == at::kByte && s.dim() == 2 && s.is_contiguous(),
+                "sign planes must be contiguous uint8 CPU tensors (N, ceil(K/8))");
+    TORCH_CHECK(s.size(0) == n && s.size(1) == (in_features + 7) / 8, "a sign plane of shape ", s.sizes(),
+                " does not fit a weight of ", n, " rows and ", in_features, " columns");
+  }
+  for (const auto* t : {&offset, &step}) {
+    TORCH_CHECK(t->device().is_cpu() && t->scalar_type() == at::kHalf && t->dim() == 2 && t->is_contiguous(),
+                "offset and step must be contiguous float16 CPU tensors (N, G)");
+    TORCH_CHECK(t->size(0) == n && t->size(1) == groups, "offset/step of shape ", t->sizes(), " do not fit ", n,
+                " rows and ", groups, " groups of ", group_size);
+  }
+}
+
+std::vector<const uint8_t*> plane_pointers(const std::vector<at::Tensor>& signs) {
+  std::vector<const uint8_t*> out;
+  for (const auto& s : signs) out.push_back(s.data_ptr<uint8_t>());
+  return out;
+}
+
+// x (T, K) of any float dtype -> zero-padded float rows (T, 4 · nibbles)
+template <typename scalar_t>
+void widen(const at::Tensor& x, int64_t padded, std::vector<float>& out) {
+  const int64_t T = x.size(0), K = x.size(1);
+  const scalar_t* src = x.data_ptr<scalar_t>();
+  out.assign(size_t(T * padded), 0.0f);
+  for (int64_t t = 0; t < T; ++t)
+    for (int64_t k = 0; k < K; ++k) out[size_t(t * padded + k)] = float(src[t * K + k]);
+}
+
+// tab[t][q][b] = Σ_j (bit j of b ? 1 : -1) · x[t, 4q + j];  X[t][g] = Σ_{k∈g} x[t, k]
+void build_tables(const std::vector<float>& xf, int64_t T, int64_t nibbles, int64_t groups, int64_t group_size,
+                  std::vector<float>& tables, std::vector<float>& group_x) {
+  static const struct Signs {
+    float s[4][16];
+    Signs() {
+      for (int j = 0; j < 4; ++j)
+        for (int b = 0; b < 16; ++b) s[j][b] = (b >> j) & 1 ? 1.0f : -1.0f;
+    }
+  } sg;
+  const int64_t padded = 4 * nibbles;
+  tables.resize(size_t(T * nibbles * 16));
+  at::parallel_for(0, T * nibbles, 4096, [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) {
+      const int64_t t = i / nibbles, q = i % nibbles;
+      const float* xs = xf.data() + t * padded + 4 * q;
+      float* out = tables.data() + i * 16;
+      for (int b = 0; b < 16; ++b)
+        out[b] = sg.s[0][b] * xs[0] + sg.s[1][b] * xs[1] + sg.s[2][b] * xs[2] + sg.s[3][b] * xs[3];
+    }
+  });
+  group_x.assign(size_t(T * groups), 0.0f);
+  for (int64_t t = 0; t < T; ++t)
+    for (int64_t k = 0; k < padded; ++k) group_x[size_t(t * groups + std::min(k / group_size, groups - 1))] += xf[size_t(t * padded + k)];
+}
+
+template <typename scalar_t>
+void store_rows(const std::vector<float>& y, int64_t T, int64_t N, int64_t row0, scalar_t* out) {
+  constexpr int R = Simd::R;
+  const int64_t rows = std::min<int64_t>(R, N - row0);
+  for (int64_t t = 0; t < T; ++t)
+    for (int64_t r = 0; r < rows; ++r) out[t * N + row0 + r] = scalar_t(y[size_t(t * R + r)]);
+}
+
+at::Tensor planes_lut_linear(const at::Tensor& x, const std::vector<at::Tensor>& signs, const at::Tensor& offset,
+                             const at::Tensor& step, int64_t group_size, const std::optional<at::Tensor>& bias) {
+  TORCH_CHECK(x.device().is_cpu() && x.dim() >= 1, "planes_lut_linear expects a CPU tensor x (..., K)");
+  const auto dtype = x.scalar_type();
+  TORCH_CHECK(dtype == at::kFloat || dtype == at::kBFloat16 || dtype == at::kHalf,
+              "planes_lut_linear expects x in float32, bfloat16 or float16, got ", dtype);
+  TORCH_CHECK(group_size > 0 && group_size % 4 == 0, "planes_lut_linear needs a group size that is a multiple of 4, got ",
+              group_size);
+  const int64_t K = x.size(-1);
+  check_planes(signs, offset, step, K, group_size);
+  const int64_t N = offset.size(0), J = int64_t(signs.size());
+  at::Tensor x2 = x.reshape({-1, K}).contiguous();
+  const int64_t T = x2.size(0);
+  std::vector<int64_t> out_shape(x.sizes().begin(), x.sizes().end());
+  out_shape.back() = N;
+  at::Tensor out = at::empty(out_shape, x.options());
+  if (T == 0 || N == 0) return out;
+  at::Tensor b32;
+  if (bias.has_value() && bias->defined()) {
+    TORCH_CHECK(bias->dim() == 1 && bias->size(0) == N, "bias must have shape (", N, "), got ", bias->sizes());
+    b32 = bias->to(at::kFloat).contiguous();
+  }
+
+  Problem p{};
+  p.tokens = T, p.in_features = K, p.out_features = N, p.planes = J, p.group_size = group_size;
+  p.groups = offset.size(1), p.row_bytes = (K + 7) / 8, p.nibbles = (K + 3) / 4;
+  std::vector<float> xf, tables, group_x;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, dtype, "planes_lut_linear_widen",
+                                  [&] { widen<scalar_t>(x2, 4 * p.nibbles, xf); });
+  build_tables(xf, T, p.nibbles, p.groups, group_size, tables, group_x);
+  const std::vector<const uint8_t*> planes = plane_pointers(signs);
+  p.tables = tables.data(), p.group_x = group_x.data(), p.signs = planes.data();
+  p.offset = reinterpret_cast<const uint16_t*>(offset.data_ptr<at::Half>());
+  p.step = reinterpret_cast<const uint16_t*>(step.data_ptr<at::Half>());
+  p.bias = b32.defined() ? b32.data_ptr<float>() : nullptr;
+
+  constexpr int R = Simd::R;
+  const int64_t blocks = (N + R - 1) / R;
+  const int64_t per_block = std::max<int64_t>(1, p.nibbles * J * T);
+  const int64_t grain = std::max<int64_t>(1, kSerialLookups / per_block);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, dtype, "planes_lut_linear", [&] {
+    scalar_t* dst = out.data_ptr<scalar_t>();
+    at::parallel_for(0, blocks, grain, [&](int64_t begin, int64_t end) {
+      Scratch s(p);
+      for (int64_t b = begin; b < end; ++b) {
+        lut_rows(p, s, b * R);
+        store_rows<scalar_t>(s.y, T, N, b * R, dst);
+      }
+    });
+  });
+  return out;
+}
+
+at::Tensor planes_dense(const std::vector<at::Tensor>& signs, const at::Tensor& offset, const at::Tensor& step,
+                        int64_t in_features, int64_t group_size, at::ScalarType dtype) {
+  TORCH_CHECK(in_features > 0, "in_features must be positive, got ", in_features);
+  TORCH_CHECK(dtype == at::kFloat || dtype == at::kBFloat16 || dtype == at::kHalf,
+              "planes_dense builds float32, bfloat16 or float16, got ", dtype);
+  check_planes(signs, offset, step, in_features, group_size);
+  const int64_t N = offset.size(0), J = int64_t(signs.size()), G = offset.size(1), K = in_features;
+  at::Tensor out = at::empty({N, K}, offset.options().dtype(dtype));
+  const std::vector<const uint8_t*> planes = plane_pointers(signs);
+  const auto* c = reinterpret_cast<const uint16_t*>(offset.data_ptr<at::Half>());
+  const auto* st = reinterpret_cast<const uint16_t*>(step.data_ptr<at::Half>());
+  const int64_t grain = std::max<int64_t>(1, 65536 / std::max<int64_t>(1, K * J));
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, dtype, "planes_dense", [&] {
+    scalar_t* dst = out.data_ptr<scalar_t>();
+    at::parallel_for(0, N, grain, [&](int64_t begin, int64_t end) {
+      std::vector<float> row(static_cast<size_t>(K), 0.0f);
+      for (int64_t n = begin; n < end; ++n) {
+        float* target = std::is_same<scalar_t, float>::value ? reinterpret_cast<float*>(dst + n * K) : row.data();
+        dense_row(planes.data(), J, n, K, (K + 7) / 8, c, st, G, group_size, target);
+        if (!std::is_same<scalar_t, float>::value)
+          for (int64_t k = 0; k < K; ++k) dst[n * K + k] = scalar_t(row[size_t(k)]);
+      }
+    });
+  });
+  return out;
+}
+
+std::string native_isa() { return BITSTACK_SIMD_NAME; }
+
+}  // namespace
+}  // namespace bitstack_native
+
+TORCH_LIBRARY_FRAGMENT(bitstack, m) {
+  m.def("planes_lut_linear(Tensor x, Tensor[] signs, Tensor offset, Tensor step, int group_size, Tensor? bias=None) -> Tensor");
+  m.def("planes_dense(Tensor[] signs, Tensor offset, Tensor step, int in_features, int group_size, ScalarType dtype) -> Tensor");
+  m.def("native_isa() -> str", &bitstack_native::native_isa);
+}
+
+TORCH_LIBRARY_IMPL(bitstack, CPU, m) {
+  m.impl("planes_lut_linear", &bitstack_native::planes_lut_linear);
+  m.impl("planes_dense", &bitstack_native::planes_dense);
+}

@@ -15,6 +15,7 @@
 #pragma once
 
 #include <algorithm>
+#include <utility>
 #include <cstdint>
 #include <cstring>
 #include <vector>
@@ -27,7 +28,8 @@ struct Problem {
   int64_t tokens, in_features, out_features, planes, groups, group_size;
   int64_t row_bytes;     // ceil(K / 8)
   int64_t nibbles;       // ceil(K / 4)
-  const float* tables;   // [tokens][nibbles][16]
+  const float* tables;   // [tokens][nibbles][16] (float32 tables), or
+  const uint16_t* tables_bf16;  // [tokens][row_bytes][32] (bfloat16 byte tables, planes_lut_bf16.h)
   const float* group_x;  // [tokens][groups]: X[t, g]
   const uint8_t* const* signs;  // planes pointers, each (out_features, row_bytes), stored layout
   const uint16_t* offset;       // (out_features, groups) float16 bits
@@ -35,34 +37,18 @@ struct Problem {
   const float* bias;            // (out_features,) or nullptr
 };
 
-inline float half_to_float(uint16_t h) {
-  const uint32_t sign = uint32_t(h & 0x8000u) << 16, exp = (h >> 10) & 0x1Fu, man = h & 0x3FFu;
-  uint32_t bits;
-  if (exp == 0x1F) {
-    bits = sign | 0x7F800000u | (man << 13);
-  } else if (exp != 0) {
-    bits = sign | ((exp + 112) << 23) | (man << 13);
-  } else if (man == 0) {
-    bits = sign;
-  } else {  // subnormal: value = man · 2^-24
-    float v = float(man) * (1.0f / 16777216.0f);
-    std::memcpy(&bits, &v, 4);
-    bits |= sign;
-  }
-  float out;
-  std::memcpy(&out, &bits, 4);
-  return out;
-}
-
 // Scratch of one thread: transposed sign chunks, the block's outputs and steps, tail rows.
 struct Scratch {
   std::vector<uint32_t> chunk;  // [planes][R][R]
   std::vector<float> y;         // [tokens][R]
   std::vector<float> step;      // [groups][R]
+  std::vector<float> offset;    // [groups][R]
+  std::vector<float> row;       // [R][groups] the block's grid rows, converted
   std::vector<uint8_t> tail;    // [R][4R] zero-padded copies of rows that end inside a chunk
   explicit Scratch(const Problem& p)
       : chunk(size_t(p.planes) * Simd::R * Simd::R), y(size_t(p.tokens) * Simd::R),
-        step(size_t(p.groups) * Simd::R), tail(size_t(Simd::R) * 4 * Simd::R) {}
+        step(size_t(p.groups) * Simd::R), offset(size_t(p.groups) * Simd::R), row(size_t(p.groups) * Simd::R),
+        tail(size_t(Simd::R) * 4 * Simd::R) {}
 };
 
 // Nibbles [begin, end) of the chunk whose first nibble is `first`, planes j0 … j0+PJ-1 and
@@ -166,35 +152,41 @@ inline void load_chunk(const Problem& p, Scratch& s, int64_t plane, int64_t row0
     Simd::transpose(rows, out);
 }
 
-// Rows row0 … row0+R-1 (those < out_features) of every token: writes y_out[t][r].
-inline void lut_rows(const Problem& p, Scratch& s, int64_t row0) {
-  constexpr int R = Simd::R;
+using SpanSelect = SpanFn (*)(int, int);
+
+// Rows row0 … row0+R-1 (those < out_features) of every token into s.y[t][r].  `select` picks the
+// span function of a (planes, tokens) chunk; it counts `per_byte` units per sign byte (2: the
+// float32 nibble tables, span_fn; 1: the bfloat16 byte tables, span_fn_bf16).
+inline void lut_rows(const Problem& p, Scratch& s, int64_t row0, SpanSelect select, int per_byte) {
+  using S = Simd;
+  constexpr int R = S::R;
   const int64_t G = p.groups, T = p.tokens;
-  for (int r = 0; r < R; ++r) {
-    const int64_t row = row0 + r;
-    const bool live = row < p.out_features;
-    for (int64_t g = 0; g < G; ++g) s.step[size_t(g) * R + r] = live ? half_to_float(p.step[row * G + g]) : 0.0f;
-    for (int64_t t = 0; t < T; ++t) {
-      float v = 0.0f;
-      if (live) {
-        const uint16_t* c = p.offset + row * G;
-        const float* xg = p.group_x + t * G;
-        for (int64_t g = 0; g < G; ++g) v += half_to_float(c[g]) * xg[g];
-        if (p.bias) v += p.bias[row];
-      }
-      s.y[size_t(t) * R + r] = v;
-    }
+  // the block's grids as floats, transposed to [g][r] (rows past the end: 0)
+  const int64_t live = std::min<int64_t>(R, p.out_features - row0);
+  for (auto [src, dst] : {std::pair{p.step, &s.step}, std::pair{p.offset, &s.offset}}) {
+    S::halves(src + row0 * G, live * G, s.row.data());  // the block's rows are contiguous: [r][g]
+    S::transpose_grid(s.row.data(), live, G, dst->data());
+  }
+  // y = bias + Σ_g C[:, g] · X[t, g]
+  alignas(64) float bias[R];
+  for (int r = 0; r < R; ++r) bias[r] = (p.bias && row0 + r < p.out_features) ? p.bias[row0 + r] : 0.0f;
+  for (int64_t t = 0; t < T; ++t) {
+    typename S::F v = S::load(bias);
+    const float* xg = p.group_x + t * G;
+    for (int64_t g = 0; g < G; ++g) v = S::fma(S::load(s.offset.data() + g * R), S::set1(xg[g]), v);
+    S::store(s.y.data() + t * R, v);
   }
   const int64_t chunk_bytes = 4 * R, chunks = (p.row_bytes + chunk_bytes - 1) / chunk_bytes;
   for (int64_t c = 0; c < chunks; ++c) {
     const int64_t byte0 = c * chunk_bytes;
     for (int64_t i = 0; i < p.planes; ++i) load_chunk(p, s, i, row0, byte0);
-    const int64_t first = 2 * byte0, end = std::min(first + 2 * chunk_bytes, p.nibbles);
+    const int64_t first = per_byte * byte0;
+    const int64_t end = std::min(first + per_byte * chunk_bytes, per_byte == 2 ? p.nibbles : p.row_bytes);
     for (int64_t t0 = 0; t0 < T; t0 += 4) {
       const int pt = int(std::min<int64_t>(4, T - t0));
       for (int64_t j0 = 0; j0 < p.planes; j0 += 4) {
         const int pj = int(std::min<int64_t>(4, p.planes - j0));
-        span_fn(pj, pt)(p, s, s.y.data(), first, first, end, int(j0), int(t0));
+        select(pj, pt)(p, s, s.y.data(), first, first, end, int(j0), int(t0));
       }
     }
   }

@@ -29,6 +29,7 @@
 
 #include "planes_dense.h"
 #include "planes_lut.h"
+#include "planes_lut_bf16.h"
 
 namespace bitstack_native {
 namespace {
@@ -60,7 +61,7 @@ std::vector<const uint8_t*> plane_pointers(const std::vector<at::Tensor>& signs)
   return out;
 }
 
-// x (T, K) of any float dtype -> zero-padded float rows (T, 4 · nibbles)
+// x (T, K) of any float dtype -> zero-padded float rows (T, padded)
 template <typename scalar_t>
 void widen(const at::Tensor& x, int64_t padded, std::vector<float>& out) {
   const int64_t T = x.size(0), K = x.size(1);
@@ -70,30 +71,26 @@ void widen(const at::Tensor& x, int64_t padded, std::vector<float>& out) {
     for (int64_t k = 0; k < K; ++k) out[size_t(t * padded + k)] = float(src[t * K + k]);
 }
 
-// tab[t][q][b] = Σ_j (bit j of b ? 1 : -1) · x[t, 4q + j];  X[t][g] = Σ_{k∈g} x[t, k]
-void build_tables(const std::vector<float>& xf, int64_t T, int64_t nibbles, int64_t groups, int64_t group_size,
-                  std::vector<float>& tables, std::vector<float>& group_x) {
-  static const struct Signs {
-    float s[4][16];
-    Signs() {
-      for (int j = 0; j < 4; ++j)
-        for (int b = 0; b < 16; ++b) s[j][b] = (b >> j) & 1 ? 1.0f : -1.0f;
-    }
-  } sg;
-  const int64_t padded = 4 * nibbles;
-  tables.resize(size_t(T * nibbles * 16));
-  at::parallel_for(0, T * nibbles, 4096, [&](int64_t begin, int64_t end) {
-    for (int64_t i = begin; i < end; ++i) {
-      const int64_t t = i / nibbles, q = i % nibbles;
-      const float* xs = xf.data() + t * padded + 4 * q;
-      float* out = tables.data() + i * 16;
-      for (int b = 0; b < 16; ++b)
-        out[b] = sg.s[0][b] * xs[0] + sg.s[1][b] * xs[1] + sg.s[2][b] * xs[2] + sg.s[3][b] * xs[3];
-    }
-  });
+// X[t][g] = Σ_{k∈g} x[t, k]; xf rows are `padded` long (zeros after K)
+void group_sums(const std::vector<float>& xf, int64_t T, int64_t padded, int64_t groups, int64_t group_size,
+                std::vector<float>& group_x) {
   group_x.assign(size_t(T * groups), 0.0f);
   for (int64_t t = 0; t < T; ++t)
-    for (int64_t k = 0; k < padded; ++k) group_x[size_t(t * groups + std::min(k / group_size, groups - 1))] += xf[size_t(t * padded + k)];
+    for (int64_t g = 0; g < groups; ++g) {
+      const float* xs = xf.data() + t * padded;
+      float sum = 0.0f;
+      for (int64_t k = g * group_size, end = std::min(padded, (g + 1) * group_size); k < end; ++k) sum += xs[k];
+      group_x[size_t(t * groups + g)] = sum;
+    }
+}
+
+// float32 nibble tables: tab[t][q][b] = Σ_j (bit j of b ? 1 : -1) · x[t, 4q + j]
+void nibble_tables(const std::vector<float>& xf, int64_t T, int64_t padded, int64_t nibbles, std::vector<float>& tables) {
+  tables.resize(size_t(T * nibbles * 16));
+  at::parallel_for(0, T * nibbles, 8192, [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i)
+      Simd::table16(xf.data() + (i / nibbles) * padded + 4 * (i % nibbles), tables.data() + i * 16);
+  });
 }
 
 template <typename scalar_t>
@@ -131,11 +128,25 @@ at::Tensor planes_lut_linear(const at::Tensor& x, const std::vector<at::Tensor>&
   p.tokens = T, p.in_features = K, p.out_features = N, p.planes = J, p.group_size = group_size;
   p.groups = offset.size(1), p.row_bytes = (K + 7) / 8, p.nibbles = (K + 3) / 4;
   std::vector<float> xf, tables, group_x;
+  const int64_t padded = 8 * p.row_bytes;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, dtype, "planes_lut_linear_widen",
-                                  [&] { widen<scalar_t>(x2, 4 * p.nibbles, xf); });
-  build_tables(xf, T, p.nibbles, p.groups, group_size, tables, group_x);
+                                  [&] { widen<scalar_t>(x2, padded, xf); });
+  group_sums(xf, T, padded, p.groups, group_size, group_x);
+  SpanSelect select = &span_fn;
+  int per_byte = 2;
+  std::vector<uint16_t> tables_bf16;
+#ifdef BITSTACK_BF16_TABLES
+  if (dtype == at::kBFloat16 && group_size % 8 == 0) {  // bfloat16 activations: the byte tables
+    tables_bf16.resize(size_t(T * p.row_bytes * 32));
+    for (int64_t t = 0; t < T; ++t)
+      for (int64_t b = 0; b < p.row_bytes; ++b)
+        table32_bf16(xf.data() + t * padded + 8 * b, tables_bf16.data() + (t * p.row_bytes + b) * 32);
+    select = &span_fn_bf16, per_byte = 1;
+  }
+#endif
+  if (per_byte == 2) nibble_tables(xf, T, padded, p.nibbles, tables);
   const std::vector<const uint8_t*> planes = plane_pointers(signs);
-  p.tables = tables.data(), p.group_x = group_x.data(), p.signs = planes.data();
+  p.tables = tables.data(), p.tables_bf16 = tables_bf16.data(), p.group_x = group_x.data(), p.signs = planes.data();
   p.offset = reinterpret_cast<const uint16_t*>(offset.data_ptr<at::Half>());
   p.step = reinterpret_cast<const uint16_t*>(step.data_ptr<at::Half>());
   p.bias = b32.defined() ? b32.data_ptr<float>() : nullptr;
@@ -149,7 +160,7 @@ at::Tensor planes_lut_linear(const at::Tensor& x, const std::vector<at::Tensor>&
     at::parallel_for(0, blocks, grain, [&](int64_t begin, int64_t end) {
       Scratch s(p);
       for (int64_t b = begin; b < end; ++b) {
-        lut_rows(p, s, b * R);
+        lut_rows(p, s, b * R, select, per_byte);
         store_rows<scalar_t>(s.y, T, N, b * R, dst);
       }
     });

@@ -180,17 +180,20 @@ at::Tensor planes_dense(const std::vector<at::Tensor>& signs, const at::Tensor& 
   const auto* c = reinterpret_cast<const uint16_t*>(offset.data_ptr<at::Half>());
   const auto* st = reinterpret_cast<const uint16_t*>(step.data_ptr<at::Half>());
   const int64_t grain = std::max<int64_t>(1, 65536 / std::max<int64_t>(1, K * J));
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, dtype, "planes_dense", [&] {
-    scalar_t* dst = out.data_ptr<scalar_t>();
-    at::parallel_for(0, N, grain, [&](int64_t begin, int64_t end) {
-      std::vector<float> row(static_cast<size_t>(K), 0.0f);
-      for (int64_t n = begin; n < end; ++n) {
-        float* target = std::is_same<scalar_t, float>::value ? reinterpret_cast<float*>(dst + n * K) : row.data();
-        dense_row(planes.data(), J, n, K, (K + 7) / 8, c, st, G, group_size, target);
-        if (!std::is_same<scalar_t, float>::value)
-          for (int64_t k = 0; k < K; ++k) dst[n * K + k] = scalar_t(row[size_t(k)]);
+  const int64_t row_bytes = (K + 7) / 8;
+  at::parallel_for(0, N, grain, [&](int64_t begin, int64_t end) {
+    std::vector<float> row(static_cast<size_t>(K), 0.0f);
+    for (int64_t n = begin; n < end; ++n) {
+      if (dtype == at::kFloat) {
+        dense_row(planes.data(), J, n, K, row_bytes, c, st, G, group_size, out.data_ptr<float>() + n * K);
+        continue;
       }
-    });
+      dense_row(planes.data(), J, n, K, row_bytes, c, st, G, group_size, row.data());
+      if (dtype == at::kBFloat16)
+        store_bf16(row.data(), K, out.data_ptr<at::BFloat16>() + n * K);
+      else
+        store_half(row.data(), K, out.data_ptr<at::Half>() + n * K);
+    }
   });
   return out;
 }

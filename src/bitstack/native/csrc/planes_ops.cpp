@@ -34,7 +34,11 @@
 namespace bitstack_native {
 namespace {
 
-constexpr int64_t kSerialLookups = 24576;  // below this many vector lookups in all, one thread
+// Below this much work in all (sign bytes x planes x tokens per row block, summed over blocks:
+// about 1 ns each on one core), one thread: waking the others costs more than it saves.
+constexpr int64_t kSerialWork = 8192;
+// The rebuild: below this many weight-planes, one thread.
+constexpr int64_t kSerialRebuild = 262144;
 
 void check_planes(const std::vector<at::Tensor>& signs, const at::Tensor& offset, const at::Tensor& step,
                   int64_t in_features, int64_t group_size) {
@@ -153,8 +157,8 @@ at::Tensor planes_lut_linear(const at::Tensor& x, const std::vector<at::Tensor>&
 
   constexpr int R = Simd::R;
   const int64_t blocks = (N + R - 1) / R;
-  const int64_t per_block = std::max<int64_t>(1, p.nibbles * J * T);
-  const int64_t grain = std::max<int64_t>(1, kSerialLookups / per_block);
+  const int64_t per_block = std::max<int64_t>(1, p.row_bytes * J * T);
+  const int64_t grain = std::max<int64_t>(1, kSerialWork / per_block);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, dtype, "planes_lut_linear", [&] {
     scalar_t* dst = out.data_ptr<scalar_t>();
     at::parallel_for(0, blocks, grain, [&](int64_t begin, int64_t end) {
@@ -179,20 +183,20 @@ at::Tensor planes_dense(const std::vector<at::Tensor>& signs, const at::Tensor& 
   const std::vector<const uint8_t*> planes = plane_pointers(signs);
   const auto* c = reinterpret_cast<const uint16_t*>(offset.data_ptr<at::Half>());
   const auto* st = reinterpret_cast<const uint16_t*>(step.data_ptr<at::Half>());
-  const int64_t grain = std::max<int64_t>(1, 65536 / std::max<int64_t>(1, K * J));
+  const int64_t grain = std::max<int64_t>(1, kSerialRebuild / std::max<int64_t>(1, K * J));
   const int64_t row_bytes = (K + 7) / 8;
   at::parallel_for(0, N, grain, [&](int64_t begin, int64_t end) {
     std::vector<float> row(static_cast<size_t>(K), 0.0f);
     for (int64_t n = begin; n < end; ++n) {
       if (dtype == at::kFloat) {
-        dense_row(planes.data(), J, n, K, row_bytes, c, st, G, group_size, out.data_ptr<float>() + n * K);
-        continue;
-      }
-      dense_row(planes.data(), J, n, K, row_bytes, c, st, G, group_size, row.data());
-      if (dtype == at::kBFloat16)
-        store_bf16(row.data(), K, out.data_ptr<at::BFloat16>() + n * K);
-      else
+        dense_row(planes.data(), J, n, K, row_bytes, c, st, G, group_size, out.data_ptr<float>() + n * K, row.data());
+      } else if (dtype == at::kBFloat16) {
+        dense_row(planes.data(), J, n, K, row_bytes, c, st, G, group_size, out.data_ptr<at::BFloat16>() + n * K,
+                  row.data());
+      } else {
+        dense_row(planes.data(), J, n, K, row_bytes, c, st, G, group_size, row.data(), row.data());
         store_half(row.data(), K, out.data_ptr<at::Half>() + n * K);
+      }
     }
   });
   return out;

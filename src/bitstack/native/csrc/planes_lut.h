@@ -37,7 +37,8 @@ struct Problem {
   const float* bias;            // (out_features,) or nullptr
 };
 
-// Scratch of one thread: transposed sign chunks, the block's outputs and steps, tail rows.
+// Scratch of one thread: transposed sign chunks, the block's outputs and steps, tail rows.  Kept
+// per thread (thread_local) across calls, so a call allocates nothing once sizes have been seen.
 struct Scratch {
   std::vector<uint32_t> chunk;  // [planes][R][R]
   std::vector<float> y;         // [tokens][R]
@@ -45,11 +46,16 @@ struct Scratch {
   std::vector<float> offset;    // [groups][R]
   std::vector<float> row;       // [R][groups] the block's grid rows, converted
   std::vector<uint8_t> tail;    // [R][4R] zero-padded copies of rows that end inside a chunk
-  explicit Scratch(const Problem& p)
-      : chunk(size_t(p.planes) * Simd::R * Simd::R), y(size_t(p.tokens) * Simd::R),
-        step(size_t(p.groups) * Simd::R), offset(size_t(p.groups) * Simd::R), row(size_t(p.groups) * Simd::R),
-        tail(size_t(Simd::R) * 4 * Simd::R) {}
+  void fit(const Problem& p) {  // every buffer is written before it is read: no clearing
+    constexpr size_t R = Simd::R;
+    chunk.resize(size_t(p.planes) * R * R), y.resize(size_t(p.tokens) * R), tail.resize(R * 4 * R);
+    step.resize(size_t(p.groups) * R), offset.resize(size_t(p.groups) * R), row.resize(size_t(p.groups) * R);
+  }
 };
+
+// Accumulators per (plane, token) in a span: enough independent add chains to cover the add
+// latency, few enough to stay in registers.
+constexpr int accumulators(int chains) { return chains >= 8 ? 1 : chains >= 4 ? 2 : 4; }
 
 // Nibbles [begin, end) of the chunk whose first nibble is `first`, planes j0 … j0+PJ-1 and
 // tokens t0 … t0+PT-1; the partial sums of each group are folded into y at the group's end or
@@ -58,6 +64,7 @@ template <int PJ, int PT>
 void lut_span(const Problem& p, const Scratch& s, float* y, int64_t first, int64_t begin, int64_t end, int j0, int t0) {
   using S = Simd;
   constexpr int R = S::R;
+  constexpr int A = accumulators(PJ * PT);
   const int64_t per_group = p.group_size / 4;
   const float* tab = p.tables + (size_t(t0) * p.nibbles) * 16;
   const size_t token_stride = size_t(p.nibbles) * 16;
@@ -65,9 +72,10 @@ void lut_span(const Problem& p, const Scratch& s, float* y, int64_t first, int64
   while (n < end) {
     const int64_t g = n / per_group;
     const int64_t stop = std::min(end, (g + 1) * per_group);
-    typename S::F acc[PJ][PT];
+    typename S::F acc[PJ][PT][A];  // A accumulators per (plane, token): independent dependency chains
     for (int i = 0; i < PJ; ++i)
-      for (int t = 0; t < PT; ++t) acc[i][t] = S::zero();
+      for (int t = 0; t < PT; ++t)
+        for (int a = 0; a < A; ++a) acc[i][t][a] = S::zero();
     while (n < stop) {
       const int64_t m = n - first;
       const uint32_t* words = s.chunk.data() + (size_t(j0) * R + size_t(m >> 3)) * R;
@@ -79,7 +87,7 @@ void lut_span(const Problem& p, const Scratch& s, float* y, int64_t first, int64
           typename S::Tab tb[PT];
           for (int t = 0; t < PT; ++t) tb[t] = S::load_tab(tab + t * token_stride + (n + q) * 16);
           for (int i = 0; i < PJ; ++i) {
-            for (int t = 0; t < PT; ++t) acc[i][t] = S::add(acc[i][t], S::lookup(tb[t], v[i]));
+            for (int t = 0; t < PT; ++t) acc[i][t][q % A] = S::add(acc[i][t][q % A], S::lookup(tb[t], v[i]));
             if (q < 7) v[i] = S::srl4(v[i]);
           }
         }
@@ -88,16 +96,20 @@ void lut_span(const Problem& p, const Scratch& s, float* y, int64_t first, int64
         const int shift = int(m & 7) * 4;
         for (int i = 0; i < PJ; ++i) {
           const typename S::I idx = S::srl(S::load_i(words + size_t(i) * R * R), shift);
-          for (int t = 0; t < PT; ++t) acc[i][t] = S::add(acc[i][t], S::lookup(S::load_tab(tab + t * token_stride + n * 16), idx));
+          for (int t = 0; t < PT; ++t)
+            acc[i][t][0] = S::add(acc[i][t][0], S::lookup(S::load_tab(tab + t * token_stride + n * 16), idx));
         }
         n += 1;
       }
     }
     // fold: y += step · 2^-j0 · Σ_i 2^-i acc_i  (Horner in 1/2)
     const typename S::F st = S::mul(S::load(s.step.data() + g * R), S::set1(1.0f / float(int64_t(1) << j0)));
+    for (int i = 0; i < PJ; ++i)
+      for (int t = 0; t < PT; ++t)
+        for (int a = 1; a < A; ++a) acc[i][t][0] = S::add(acc[i][t][0], acc[i][t][a]);
     for (int t = 0; t < PT; ++t) {
-      typename S::F comb = acc[PJ - 1][t];
-      for (int i = PJ - 2; i >= 0; --i) comb = S::fma(comb, S::set1(0.5f), acc[i][t]);
+      typename S::F comb = acc[PJ - 1][t][0];
+      for (int i = PJ - 2; i >= 0; --i) comb = S::fma(comb, S::set1(0.5f), acc[i][t][0]);
       float* yt = y + size_t(t0 + t) * R;
       S::store(yt, S::fma(st, comb, S::load(yt)));
     }
@@ -125,6 +137,12 @@ inline SpanFn span_fn(int pj, int pt) {
   }
 }
 
+
+constexpr int kPrefetch = 2;  // measured: 2-3 chunks ahead beat 1 (and a whole row block) on 8192x2048, 2048x8192
+
+// Bytes of a row's chunks (row_bytes rounded up to whole chunks of 4R bytes).
+inline int64_t chunks_bytes(const Problem& p) { return (p.row_bytes + 4 * Simd::R - 1) / (4 * Simd::R) * (4 * Simd::R); }
+
 // Transpose plane `plane`'s chunk (bytes [byte0, byte0 + 4R) of rows row0 … row0+R-1) into s.chunk.
 inline void load_chunk(const Problem& p, Scratch& s, int64_t plane, int64_t row0, int64_t byte0) {
   constexpr int R = Simd::R;
@@ -144,6 +162,13 @@ inline void load_chunk(const Problem& p, Scratch& s, int64_t plane, int64_t row0
       rows[r] = dst;
     } else {
       rows[r] = base + row * p.row_bytes + byte0;
+      // the chunk kPrefetch chunks ahead in the traversal (this block's later chunks, then the
+      // next block's first): the R rows x planes streams are too many for the hardware prefetcher
+      const int64_t ahead = byte0 + 4 * R * kPrefetch;
+      if (ahead < p.row_bytes)
+        __builtin_prefetch(rows[r] + 4 * R * kPrefetch, 0, 0);
+      else if (row + R < p.out_features && ahead >= chunks_bytes(p))
+        __builtin_prefetch(base + (row + R) * p.row_bytes + (ahead - chunks_bytes(p)), 0, 0);
     }
   }
   if (avail < 4 * R && Simd::kMaskedTail)

@@ -33,45 +33,59 @@ inline __m512i byte_indices(__m512i words, int q) {
                                    _mm512_set1_epi32(0x00100000), 0xEA);  // (x & mask) | 16 << 16
 }
 
+// One sign byte (byte q of each row's dword v[i]) of every plane and token: acc[..][a] += both
+// nibbles' table entries (tables at tab + t · token_stride).
+template <int PJ, int PT, int A>
+inline void lookup_byte(__m512 (&acc)[PJ][PT][A], const __m512i (&v)[PJ], int q, int a, const uint16_t* tab,
+                        size_t token_stride) {
+  const __m512bh ones = (__m512bh)_mm512_set1_epi16(0x3F80);
+  __m512i tb[PT];
+  for (int t = 0; t < PT; ++t) tb[t] = _mm512_loadu_si512(tab + t * token_stride);
+  for (int i = 0; i < PJ; ++i) {
+    const __m512i idx = byte_indices(v[i], q);
+    for (int t = 0; t < PT; ++t)
+      acc[i][t][a % A] = _mm512_dpbf16_ps(acc[i][t][a % A], (__m512bh)_mm512_permutexvar_epi16(idx, tb[t]), ones);
+  }
+}
+
 // Bytes [begin, end) of the chunk whose first byte is `first`; otherwise as lut_span.
 template <int PJ, int PT>
 void lut_span_bf16(const Problem& p, const Scratch& s, float* y, int64_t first, int64_t begin, int64_t end, int j0,
                    int t0) {
   constexpr int R = 16;
+  constexpr int A = accumulators(PJ * PT);
   const int64_t per_group = p.group_size / 8;
   const uint16_t* tab = p.tables_bf16 + size_t(t0) * p.row_bytes * 32;
   const size_t token_stride = size_t(p.row_bytes) * 32;
-  const __m512bh ones = (__m512bh)_mm512_set1_epi16(0x3F80);
   int64_t n = begin;
   while (n < end) {
     const int64_t g = n / per_group;
     const int64_t stop = std::min(end, (g + 1) * per_group);
-    __m512 acc[PJ][PT];
+    __m512 acc[PJ][PT][A];  // A accumulators per (plane, token): independent dependency chains
     for (int i = 0; i < PJ; ++i)
-      for (int t = 0; t < PT; ++t) acc[i][t] = _mm512_setzero_ps();
+      for (int t = 0; t < PT; ++t)
+        for (int a = 0; a < A; ++a) acc[i][t][a] = _mm512_setzero_ps();
     while (n < stop) {
       const int64_t m = n - first;
       const uint32_t* words = s.chunk.data() + (size_t(j0) * R + size_t(m >> 2)) * R;
-      const bool whole = (m & 3) == 0 && stop - n >= 4;
-      const int q0 = whole ? 0 : int(m & 3), q1 = whole ? 4 : q0 + 1;
       __m512i v[PJ];
       for (int i = 0; i < PJ; ++i) v[i] = _mm512_loadu_si512(words + size_t(i) * R * R);
+      if ((m & 3) == 0 && stop - n >= 4) {  // a whole dword: bytes 0-3, compile-time controls
 #pragma GCC unroll 4
-      for (int q = q0; q < q1; ++q) {
-        __m512i tb[PT];
-        for (int t = 0; t < PT; ++t) tb[t] = _mm512_loadu_si512(tab + t * token_stride + (n + q - q0) * 32);
-        for (int i = 0; i < PJ; ++i) {
-          const __m512i idx = byte_indices(v[i], q);
-          for (int t = 0; t < PT; ++t)
-            acc[i][t] = _mm512_dpbf16_ps(acc[i][t], (__m512bh)_mm512_permutexvar_epi16(idx, tb[t]), ones);
-        }
+        for (int q = 0; q < 4; ++q) lookup_byte<PJ, PT, A>(acc, v, q, q, tab + (n + q) * 32, token_stride);
+        n += 4;
+      } else {
+        lookup_byte<PJ, PT, A>(acc, v, int(m & 3), 0, tab + n * 32, token_stride);
+        n += 1;
       }
-      n += q1 - q0;
     }
     const __m512 st = _mm512_mul_ps(_mm512_loadu_ps(s.step.data() + g * R), _mm512_set1_ps(1.0f / float(int64_t(1) << j0)));
+    for (int i = 0; i < PJ; ++i)
+      for (int t = 0; t < PT; ++t)
+        for (int a = 1; a < A; ++a) acc[i][t][0] = _mm512_add_ps(acc[i][t][0], acc[i][t][a]);
     for (int t = 0; t < PT; ++t) {
-      __m512 comb = acc[PJ - 1][t];
-      for (int i = PJ - 2; i >= 0; --i) comb = _mm512_fmadd_ps(comb, _mm512_set1_ps(0.5f), acc[i][t]);
+      __m512 comb = acc[PJ - 1][t][0];
+      for (int i = PJ - 2; i >= 0; --i) comb = _mm512_fmadd_ps(comb, _mm512_set1_ps(0.5f), acc[i][t][0]);
       float* yt = y + size_t(t0 + t) * R;
       _mm512_storeu_ps(yt, _mm512_fmadd_ps(st, comb, _mm512_loadu_ps(yt)));
     }

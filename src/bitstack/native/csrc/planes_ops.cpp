@@ -131,14 +131,14 @@ at::Tensor planes_lut_linear(const at::Tensor& x, const std::vector<at::Tensor>&
   Problem p{};
   p.tokens = T, p.in_features = K, p.out_features = N, p.planes = J, p.group_size = group_size;
   p.groups = offset.size(1), p.row_bytes = (K + 7) / 8, p.nibbles = (K + 3) / 4;
-  std::vector<float> xf, tables, group_x;
+  thread_local std::vector<float> xf, tables, group_x;  // reused by the next call of this thread
+  thread_local std::vector<uint16_t> tables_bf16;
   const int64_t padded = 8 * p.row_bytes;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, dtype, "planes_lut_linear_widen",
                                   [&] { widen<scalar_t>(x2, padded, xf); });
   group_sums(xf, T, padded, p.groups, group_size, group_x);
   SpanSelect select = &span_fn;
   int per_byte = 2;
-  std::vector<uint16_t> tables_bf16;
 #ifdef BITSTACK_BF16_TABLES
   if (dtype == at::kBFloat16 && group_size % 8 == 0) {  // bfloat16 activations: the byte tables
     tables_bf16.resize(size_t(T * p.row_bytes * 32));
@@ -162,7 +162,8 @@ at::Tensor planes_lut_linear(const at::Tensor& x, const std::vector<at::Tensor>&
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, dtype, "planes_lut_linear", [&] {
     scalar_t* dst = out.data_ptr<scalar_t>();
     at::parallel_for(0, blocks, grain, [&](int64_t begin, int64_t end) {
-      Scratch s(p);
+      thread_local Scratch s;
+      s.fit(p);
       for (int64_t b = begin; b < end; ++b) {
         lut_rows(p, s, b * R, select, per_byte);
         store_rows<scalar_t>(s.y, T, N, b * R, dst);

@@ -1,6 +1,6 @@
 """Build an artifact from a random Llama with large-model widths (for speed benchmarks, no download).
 
-    python benchmarks/synthetic_artifact.py -o runs/wide.bstk --hidden 4096 --intermediate 14336 --layers 2
+    python -m benchmarks.common.synthetic_artifact -o runs/wide.bstk --hidden 4096 --intermediate 14336 --layers 2
 
 The weights are random (quality is meaningless); block sizes are those of the chosen widths, e.g.
 Llama-3-8B's 4096/14336 — which is what resize and kernel timings depend on.  ``--codec planes``
@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tests"))
 
 import bitstack  # noqa: E402
 from bitstack.config import CompressConfig  # noqa: E402

@@ -1,6 +1,6 @@
-"""Decomposition speed on a Llama-3-8B-shaped model with random weights (issue 5, part 4).
+"""Decomposition speed on a Llama-3-8B-shaped model with random weights.
 
-    python benchmarks/compress_speed.py [--layers 32] [--niter 16] [--rank 16]
+    python -m benchmarks.compression.speed [--layers 32] [--niter 16] [--rank 16]
 
 Builds every linear of a Llama-3-8B-shaped decoder (4096 hidden, 14336 MLP, 32 layers, GQA 32/8)
 with random weights directly on the GPU (no download), decomposes each with AVD exactly as

@@ -1,8 +1,8 @@
-"""End-to-end decode speed of a Llama-3-8B-shaped BitStack model on the GPU (issue 5, part 5).
+"""End-to-end decode speed of a Llama-3-8B-shaped BitStack model on the GPU.
 
-    PYTHONPATH=src python benchmarks/e2e_decode.py --build /tmp/e2e.bstk --layers 8 --bits 3,4
+    PYTHONPATH=src python -m benchmarks.decode.e2e --build /tmp/e2e.bstk --layers 8 --bits 3,4
 
-Builds (``--build``, with ``benchmarks/synthetic_artifact.py``, ``--codec planes`` (the default,
+Builds (``--build``, with ``python -m benchmarks.common.synthetic_artifact``, ``--codec planes`` (the default,
 nearest signs) or ``avd``) or reuses (``--artifact``) an artifact of a random Llama with
 Llama-3-8B widths (4096 hidden, 14336 MLP, GQA 32/8, vocabulary 128256), then, batch 1, greedy,
 float16 compute:
@@ -27,7 +27,7 @@ loaded weights (relative error, 1-token decode kernel and 16-token prefill), and
 after a live grow (3 → 4 bits, repacked in place) and after shrinking back.
 
 CPU dry run (tiny widths, Triton interpreter, no graphs):
-    TRITON_INTERPRET=1 PYTHONPATH=src python benchmarks/e2e_decode.py --device cpu --build /tmp/t.bstk \
+    TRITON_INTERPRET=1 PYTHONPATH=src python -m benchmarks.decode.e2e --device cpu --build /tmp/t.bstk \
         --hidden 64 --intermediate 128 --layers 2 --vocab 256 --heads 4 --kv-heads 2 --tokens 4 --pure-tokens 2
 """
 
@@ -50,7 +50,7 @@ from bitstack.artifact.reader import ArtifactReader
 from bitstack.runtime.budget import prefix_bytes_at
 from bitstack.runtime.linear import BitStackLinear, set_kernels
 
-HERE = Path(__file__).resolve().parent
+ROOT = Path(__file__).resolve().parents[2]
 KERNELS_ON: bool | None = None  # set_kernels value of the kernel path (True for the CPU dry run)
 
 
@@ -273,7 +273,7 @@ def main() -> None:
     if device.type == "cpu":  # the tests' interpreter set-up (NumPy >= 2.3 shim), loaded by path
         import importlib.util
 
-        spec = importlib.util.spec_from_file_location("_kernel_test_setup", HERE.parent / "tests/triton_interpreter.py")
+        spec = importlib.util.spec_from_file_location("_kernel_test_setup", ROOT / "tests/triton_interpreter.py")
         module = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(module)
         module.setup()
@@ -294,12 +294,12 @@ def main() -> None:
     if args.build:
         path = args.build
         began = time.perf_counter()
-        cmd = [sys.executable, str(HERE / "synthetic_artifact.py"), "-o", path, "--layers", str(args.layers),
+        cmd = [sys.executable, "-m", "benchmarks.common.synthetic_artifact", "-o", path, "--layers", str(args.layers),
                "--hidden", str(args.hidden), "--intermediate", str(args.intermediate), "--heads", str(args.heads),
                "--kv-heads", str(args.kv_heads), "--vocab", str(args.vocab), "--niter", str(args.niter),
                "--codec", args.codec, "--device", args.device]
         log("build:", " ".join(cmd))
-        subprocess.run(cmd, check=True)
+        subprocess.run(cmd, check=True, cwd=ROOT)
         results["build_s"] = time.perf_counter() - began
         log(f"built in {results['build_s']:.1f} s")
     with ArtifactReader(path) as reader:

@@ -1,4 +1,4 @@
-"""Quality ablations of the compression method on SmolLM2-135M (issue 7, part 3).
+"""Quality ablations of the compression method on SmolLM2-135M.
 
 Each ``--variant NAME:key=value,key=value`` is a set of :class:`bitstack.CompressConfig` fields
 (on top of ``--nsamples``/``--seqlen``/``--calib``) plus an optional ``sort=STRATEGY``, which
@@ -8,9 +8,9 @@ perplexity at budgets of ``--bits`` bits per decomposed parameter, each budget l
 longest prefix of that variant's stack that fits (as ``bitstack.load`` does).  One JSON line per
 (variant, budget) goes to ``OUT/results.jsonl``; finished points are skipped on a rerun.
 
-Example (the numbers in benchmarks/RESULTS.md, 2-core CPU):
+Example (2-core CPU):
 
-    python benchmarks/quality_ablation.py --calib ../shared/data/calibration_wikipedia.txt \\
+    python -m benchmarks.quality.ablation --calib ../shared/data/calibration_wikipedia.txt \\
         --ppl ../shared/data/wikitext2_test.txt --out runs/ablation --max-windows 20 \\
         --variant paper:codec=avd,niter=16,rank=16,sort=proxy \\
         --variant planes-g128:codec=planes,group_size=128 --bits 2.5,3,3.25,4,4.25,5

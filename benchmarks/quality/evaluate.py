@@ -5,9 +5,9 @@ artifact is loaded once (:class:`bitstack.evaluation.stack_eval.StackEvaluator`)
 sets every weight to the blocks of the longest stack prefix that fits, with Ŵ rebuilt once per
 budget instead of in every forward pass (bit-for-bit the pure-PyTorch ``BitStackLinear`` output).
 One ``LABEL@TAG.json`` per budget goes to ``--out``, in ``bitstack eval --json``'s format, which
-``benchmarks/quality_table.py`` reads.
+``python -m benchmarks.quality.table`` reads.
 
-    python benchmarks/quality_eval.py --artifact runs/planes.bstk --label bitstack-planes \\
+    python -m benchmarks.quality.evaluate --artifact runs/planes.bstk --label bitstack-planes \\
         --memory w4g64=113922688,w3g64=100452352 --ppl ../shared/data/wikitext2_test.txt \\
         --max-windows 4 --zeroshot ../shared/data/zeroshot --limit 100 --out runs/evals
 """

@@ -6,7 +6,7 @@ tokens of the given text, 6 blocks per weight) and reports perplexity on the fir
 the options are compared without the ordering's effect).  Memory per weight is j bits plus the
 group grids' 32 / group_size bits.
 
-    python benchmarks/planes_ablation.py --calib ../shared/data/calibration_wikipedia.txt \\
+    python -m benchmarks.quality.planes_ablation --calib ../shared/data/calibration_wikipedia.txt \\
         --ppl ../shared/data/wikitext2_test.txt --out /tmp/ablation scale_power=auto clip=search
 """
 

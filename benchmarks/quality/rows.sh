@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
-# Every row of issue 7's table on one machine, all 148 WikiText-2 windows and the full zero-shot
-# tasks: the baselines (benchmarks/baselines/quantize_baselines.py) and BitStack artifacts
-# evaluated at the baselines' memories (benchmarks/quality_eval.py). Rows already present are
-# skipped, so an interrupted run resumes.
+# Every row of the SmolLM2 quality table on one machine, all 148 WikiText-2 windows and the full
+# zero-shot tasks: the baselines (benchmarks/quality/baselines/quantize_baselines.py) and BitStack
+# artifacts evaluated at the baselines' memories (benchmarks/quality/evaluate.py). Rows already
+# present are skipped, so an interrupted run resumes.
 #
-# Usage (repository root; the baselines' packages installed, see benchmarks/baselines/README.md):
-#   DEVICE=cuda DATA=../shared/data RESULTS=benchmarks/results/issue7 bash benchmarks/issue7_rows.sh [PART ...]
+# Usage (repository root; the baselines' packages installed, see benchmarks/quality/baselines/README.md):
+#   DEVICE=cuda DATA=../shared/data RESULTS=runs/quality bash benchmarks/quality/rows.sh [PART ...]
+# then the result file:
+#   python -m benchmarks.quality.table --baselines runs/quality/baselines_*.jsonl --evals runs/quality/evals \
+#       --result benchmarks/results/quality/NAME.json
 # PART: baselines (three workers in parallel: RTN+HQQ, GPTQ, AWQ), joint (codec planes with joint
 # signs), nearest (planes with round-to-nearest signs: the ablation), paper (codec avd, 16 blocks
 # of rank 16, scale power 1, fisher order), joint-lw=WEIGHTS (joint signs with --level-weights
@@ -14,22 +17,23 @@
 # Environment: PY, DEVICE, DATA (the data folder of ../shared/data's layout), RESULTS (output
 # folder), ZS (examples per zero-shot task, 0 = all, none = no zero-shot: BitStack rows only), NSAMPLES (calibration sequences of 2048
 # tokens for GPTQ, AWQ and BitStack: the same tokens for all), ARTIFACTS (where artifacts go).
+case "${1:-}" in -h|--help) sed -n '2,21p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;; esac
 set -u
 PY=${PY:-python3}
 DEVICE=${DEVICE:-cuda}
 DATA=${DATA:-../shared/data}
-RESULTS=${RESULTS:-benchmarks/results/issue7}
-ARTIFACTS=${ARTIFACTS:-/tmp/issue7-artifacts}
+RESULTS=${RESULTS:-runs/quality}
+ARTIFACTS=${ARTIFACTS:-/tmp/quality-artifacts}
 ZS=${ZS:-0}
 NSAMPLES=${NSAMPLES:-128}
-# llmcompressor's memories of w2/w3/w4 g64 and w4 g32 (benchmarks/results/baselines_smollm2.jsonl)
+# llmcompressor's memories of w2/w3/w4 g64 and w4 g32 (the baselines' rows)
 MEMORY=${MEMORY:-w2g64=86968064,w3g64=100446464,w4g64=113924864,w4g32=118071424}
 export BITSTACK_SHARED_DATA=$DATA OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
 mkdir -p "$RESULTS/logs" "$ARTIFACTS"
 
 baseline() {  # OUTPUT-PREFIX ARGS...: one row of quantize_baselines.py
   local prefix=$1; shift
-  "$PY" benchmarks/baselines/quantize_baselines.py --device "$DEVICE" --zs-limit "$ZS" --batch-size 32 \
+  "$PY" -m benchmarks.quality.baselines.quantize_baselines --device "$DEVICE" --zs-limit "$ZS" --batch-size 32 \
     --nsamples "$NSAMPLES" --out "$RESULTS/$prefix" "$@"
 }
 worker_rtn_hqq() {
@@ -53,7 +57,7 @@ bitstack_row() {  # LABEL COMPRESS-ARGS...: compress once, evaluate at every mem
   "$PY" -m bitstack.cli info "$art" > "$RESULTS/$label.info.txt"
   local zeroshot=(--zeroshot "$DATA/zeroshot"); [ "$ZS" != 0 ] && zeroshot+=(--limit "$ZS")
   [ "$ZS" = none ] && zeroshot=()
-  "$PY" benchmarks/quality_eval.py --artifact "$art" --label "$label" --memory "$MEMORY" \
+  "$PY" -m benchmarks.quality.evaluate --artifact "$art" --label "$label" --memory "$MEMORY" \
     --ppl "$DATA/wikitext2_test.txt" "${zeroshot[@]}" --batch-size 32 \
     --device "$DEVICE" --out "$RESULTS/evals"
 }

@@ -1,6 +1,6 @@
 """WikiText-2 perplexity of SmolLM2-135M: float, full stack, and budgets of N bits/param.
 
-    python benchmarks/smollm2_quality.py --calib ../shared/data/calibration_wikipedia.txt \
+    python -m benchmarks.quality.smollm2 --calib ../shared/data/calibration_wikipedia.txt \
         --ppl ../shared/data/wikitext2_test.txt --artifact runs/smol.bstk
 
 Compresses the embedded model (unless --artifact already exists) with bitstack's defaults, or

@@ -9,7 +9,7 @@ Step 1 (one command per row): evaluate an artifact at a baseline's memory with t
 (``--print-commands`` prints them, with the memories taken from the baselines' JSONL).
 
 (or ``benchmarks/quality_eval.py``, which evaluates one artifact at several memories and writes
-the same files; ``benchmarks/issue7_rows.sh`` runs every row that way).
+the same files; ``benchmarks/quality/rows.sh`` runs every row that way).
 
 Step 2: ``python benchmarks/quality_table.py --baselines B1.jsonl [B2.jsonl ...] --evals OUT
 [--plot curve.png]`` prints the markdown table (every row at the same WikiText-2 windows and

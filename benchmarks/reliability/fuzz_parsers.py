@@ -1,6 +1,6 @@
-"""Long fuzzing run of the artifact parsers (issue 6, part 4): only BitstackError may escape.
+"""Long fuzzing run of the artifact parsers: only BitstackError may escape.
 
-    python benchmarks/fuzz_parsers.py [--cases 10000] [--reader-cases 2000] [--seed 0] [--json FILE]
+    python -m benchmarks.reliability.fuzz_parsers [--cases 10000] [--reader-cases 2000] [--seed 0] [--json FILE]
 
 Targets and inputs are those of ``tests/fuzz_cases.py`` (the test suite runs the same properties
 with a few hundred cases): ``Manifest.from_json``/``from_dict`` on random JSON, random bytes and
@@ -27,7 +27,7 @@ import time
 import traceback
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tests"))
 
 import torch  # noqa: E402
 from fuzz_cases import (JSON, OUTCOMES, encode_raw_header, header_from_bytes, manifest_from_dict,  # noqa: E402
@@ -50,7 +50,7 @@ def build_artifact(folder: Path) -> Path:
     return path
 
 
-from source_digest import source_digest  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
+from benchmarks.reliability.source_digest import source_digest  # noqa: E402
 
 
 def main() -> int:

@@ -1,6 +1,6 @@
 """SIGKILL a real ``bitstack compress`` at random moments, restart it, compare with an uninterrupted run.
 
-    python benchmarks/kill_resume.py [--kills 20] [--seed 0] [--calib self|file] [--layers 8] [--json FILE]
+    python -m benchmarks.reliability.kill_resume [--kills 20] [--seed 0] [--calib self|file] [--layers 8] [--json FILE]
 
 A tiny random Llama is saved as a Hugging Face folder.  One uninterrupted CLI run gives the
 reference artifact.  Then the same command is started again and again; each start is killed
@@ -39,7 +39,7 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tests"))
 
 
 def files(path: Path) -> dict[str, bytes]:
@@ -91,7 +91,7 @@ def _torch_version() -> str:
     return torch.__version__
 
 
-from source_digest import source_digest  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
+from benchmarks.reliability.source_digest import source_digest  # noqa: E402
 
 
 def main() -> int:

@@ -1,6 +1,6 @@
-"""Live resizing under a scripted memory-pressure scenario (issue 4).
+"""Live resizing under a scripted memory-pressure scenario.
 
-    python benchmarks/resize_pressure.py ARTIFACT [--device cpu] [--out runs/resize]
+    python -m benchmarks.resize.pressure ARTIFACT [--device cpu] [--out runs/resize]
 
 The budget follows a schedule that goes down to the floor and back up to the full stack several
 times.  At every step it records the resident size, the blocks loaded, the bytes read and the

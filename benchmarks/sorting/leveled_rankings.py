@@ -1,9 +1,9 @@
-"""Which ranking inside each level makes the best ``leveled`` order (issue 3, a follow-up study).
+"""Which ranking inside each level makes the best ``leveled`` order.
 
 ``leveled`` puts block i of every weight before any block i+1 and ranks the weights inside a
 level by a cheap score.  This script builds the level-by-level order from four scores, all from
 one artifact, and scores each on the same test windows and budgets as a finished
-``benchmarks/sorting_study.py`` run (whose ``study.json`` it reads, for the budgets, the
+``python -m benchmarks.sorting.study`` run (whose ``study.json`` it reads, for the budgets, the
 validation windows' settings and the ``average`` curve it compares against):
 
 * ``leveled-fisher``: Fisher-weighted energy drop per byte (the ``leveled`` strategy itself);
@@ -11,9 +11,10 @@ validation windows' settings and the ``average`` curve it compares against):
 * ``leveled-proxy-rel``: the plain energy drop per byte relative to the weight's energy (``proxy``);
 * ``leveled-energy-abs``: the plain energy drop per byte.
 
-Example (the run in ``benchmarks/RESULTS.md``; the validation settings must match the study's):
+Example (the run behind ``benchmarks/results/sorting/default_artifact_h100_rankings.json``; the validation
+settings must match the study's):
 
-    python benchmarks/leveled_rankings.py --artifact smol.bstk --study runs/study/study.json \\
+    python -m benchmarks.sorting.leveled_rankings --artifact smol.bstk --study runs/study/study.json \\
         --val calibration_wikipedia.txt --val-windows 8 --val-seqlen 512 --batch-size 8 \\
         --ppl wikitext2_test.txt --device cuda --out runs/leveled_rankings.json
 """
@@ -29,7 +30,7 @@ from pathlib import Path
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--artifact", required=True)
-    parser.add_argument("--study", required=True, help="study.json of a sorting_study.py run on the same artifact")
+    parser.add_argument("--study", required=True, help="study.json of a benchmarks.sorting.study run on the same artifact")
     parser.add_argument("--val", required=True)
     parser.add_argument("--val-windows", type=int, default=8)
     parser.add_argument("--val-seqlen", type=int, default=256)

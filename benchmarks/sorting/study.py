@@ -1,4 +1,4 @@
-"""Sorting study (issue 3): the memory–perplexity curve of every ordering strategy, and its cost.
+"""Sorting study: the memory–perplexity curve of every ordering strategy, and its cost.
 
 One artifact, every strategy of ``bitstack.config.SORT_STRATEGIES``: each strategy's order is
 computed on validation text (calibration-style, not the test set), then the artifact is
@@ -14,7 +14,7 @@ no model), e.g. after a run that was stopped before its last strategy.
 Example: the run behind ``benchmarks/results/sorting_study/`` (an H200; the data files carried):
 
     bitstack compress smollm2-135m -o /tmp/smol.bstk --calib calibration_wikipedia.txt --device cuda
-    python benchmarks/sorting_study.py --device cuda --artifact /tmp/smol.bstk \\
+    python -m benchmarks.sorting.study --device cuda --artifact /tmp/smol.bstk \\
         --val calibration_wikipedia.txt --ppl wikitext2_test.txt --eval-seqlen 2048 --max-windows 40 \\
         --batch-size 8 --points 13 --extra-budgets 85MB,90MB,95MB,100MB,115MB,125MB,150MB,180MB \\
         --strategies proxy,fisher,random,average,greedy --out runs/sorting_study

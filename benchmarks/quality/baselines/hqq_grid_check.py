@@ -1,4 +1,4 @@
-"""How close HQQ's dequantized weights come to the float weights of the embedded SmolLM2 (issue 7).
+"""How close HQQ's dequantized weights come to the float weights of the embedded SmolLM2.
 
 The embedded model is a Q4_1 GGUF: its weights lie on a 16-level grid (float16 scale and
 minimum) per block of 32.  A 4-bit quantizer with float zero-points and groups of 32 can land on
@@ -6,7 +6,7 @@ that grid.  This prints the relative Frobenius error ||W - deq(Q(W))|| / ||W|| o
 ``HQQLinear`` of ``quantize_baselines.py``'s ``hqq`` method, PYTORCH backend) for a few weights,
 at 4 bits with groups of 32 and 64 and at 3 bits with groups of 64.
 
-    python benchmarks/baselines/hqq_grid_check.py [--layer 5]
+    python -m benchmarks.quality.baselines.hqq_grid_check [--layer 5]
 
 Needs hqq (see this folder's README) and the embedded model; runs on the CPU in seconds.
 """

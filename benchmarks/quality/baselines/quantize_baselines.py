@@ -1,4 +1,4 @@
-"""Quantization baselines for SmolLM2-135M, measured with real libraries (issue 7, part 1).
+"""Quantization baselines for SmolLM2-135M, measured with real libraries.
 
 One command per row: quantize the embedded SmolLM2-135M-Instruct with one method at one bit
 width and group size, count its resident weight memory with bitstack's rule, evaluate WikiText-2
@@ -25,7 +25,7 @@ token windows BitStack compresses with.
 
 Run it with the venv described in README.md (llmcompressor pins its own transformers)::
 
-    /work/venv-baselines/bin/python benchmarks/baselines/quantize_baselines.py --method gptq --bits 4 --group 128
+    /work/venv-baselines/bin/python -m benchmarks.quality.baselines.quantize_baselines --method gptq --bits 4 --group 64
 
 A row already in the output file (same method, bits, group, nsamples, seqlen, zero-shot limit and
 window count) is skipped, so a queue of commands can be re-run after an interruption.
@@ -46,8 +46,7 @@ from pathlib import Path
 
 import torch
 
-HERE = Path(__file__).resolve().parent
-REPO = HERE.parent.parent
+REPO = Path(__file__).resolve().parents[3]
 sys.path.insert(0, str(REPO / "src"))  # use this checkout's bitstack, whatever is installed
 
 DATA = Path(os.environ.get("BITSTACK_SHARED_DATA", REPO.parent / "shared" / "data"))
@@ -287,8 +286,8 @@ def main(argv=None) -> int:
     p.add_argument("--batch-size", type=int, default=16, help="zero-shot batch size")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--device", default="cpu", help="cpu or cuda: where quantization and evaluation run")
-    p.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "baselines_smollm2"),
-                   help="output prefix: PREFIX.jsonl and PREFIX.csv")
+    p.add_argument("--out", default="runs/quality/baselines",
+                   help="output prefix: PREFIX.jsonl and PREFIX.csv (rows that `python -m benchmarks.quality.table` reads)")
     p.add_argument("--force", action="store_true", help="re-run a row already in the output")
     args = p.parse_args(argv)
 

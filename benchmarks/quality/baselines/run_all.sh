@@ -1,22 +1,25 @@
 #!/usr/bin/env bash
-# Every baseline row of benchmarks/results/baselines_smollm2.{jsonl,csv}, one at a time, most
-# important first. Resumable: rows already in the output are skipped.
-# Usage (repository root, venv per benchmarks/baselines/README.md):
-#   bash benchmarks/baselines/run_all.sh
-# Environment: PY (python of the venv), LOGS (log folder), EVAL (evaluation flags; the default is
-# the lead's short protocol: first 4 WikiText-2 windows, first 100 examples per zero-shot task;
-# EVAL="--zs-limit 100" gives all 148 windows), AWQ_NSAMPLES (AWQ calibration samples).
+# Every baseline row, one at a time, most important first, with benchmarks/quality/baselines/quantize_baselines.py.
+# Resumable: rows already in the output are skipped.
+#
+# Usage (repository root, the venv of benchmarks/quality/baselines/README.md):
+#   bash benchmarks/quality/baselines/run_all.sh
+# Environment: PY (python of the venv), OUT (output prefix: OUT.jsonl, OUT.csv), LOGS (log folder),
+# EVAL (evaluation flags; default: all 148 WikiText-2 windows and every zero-shot example;
+# EVAL="--max-windows 4 --zs-limit 100" is the short protocol), AWQ_NSAMPLES (AWQ calibration samples).
 set -u
+case "${1:-}" in -h|--help) sed -n '2,9p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;; esac
 PY=${PY:-/work/venv-baselines/bin/python}
+OUT=${OUT:-runs/quality/baselines}
 LOGS=${LOGS:-/tmp/baselines-logs}
-EVAL=${EVAL:---max-windows 4 --zs-limit 100}
-AWQ_NSAMPLES=${AWQ_NSAMPLES:-32}
+EVAL=${EVAL:---zs-limit 0}
+AWQ_NSAMPLES=${AWQ_NSAMPLES:-128}
 mkdir -p "$LOGS"
 run() {
   local name="$1"; shift
   echo "$(date +%T) start $name" >> "$LOGS/queue.log"
   # shellcheck disable=SC2086
-  "$PY" benchmarks/baselines/quantize_baselines.py "$@" $EVAL > "$LOGS/$name.log" 2>&1
+  "$PY" -m benchmarks.quality.baselines.quantize_baselines --out "$OUT" "$@" $EVAL > "$LOGS/$name.log" 2>&1
   echo "$(date +%T) end $name rc=$?" >> "$LOGS/queue.log"
 }
 run float --method float

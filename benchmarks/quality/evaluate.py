@@ -21,6 +21,8 @@ from pathlib import Path
 
 import torch
 
+from benchmarks.resultfile import git_commit, machine
+
 TASKS = ("arc_easy", "arc_challenge", "piqa", "winogrande", "lambada_openai")
 
 
@@ -73,6 +75,7 @@ def main(argv: list[str] | None = None) -> int:
                 result["tasks"] = evaluate_tasks(evaluator.model, tokenizer, tasks, batch_size=args.batch_size,
                                                  limit=args.limit, progress=False)
         result["seconds"] = round(time.perf_counter() - started, 1)
+        result["machine"], result["commit"] = machine(), git_commit()
         target.write_text(json.dumps(result, indent=1) + "\n")
         print(f"[{args.label} @ {tag}] {memory / 1e6:.2f} MB, {result['bits_per_param']:.2f} bits: ppl {ppl.ppl:.2f}"
               + (f", zero-shot {result['tasks']['average']:.3f}" if "tasks" in result else ""), flush=True)

@@ -1,21 +1,21 @@
-"""Issue 7's table: BitStack artifacts at each baseline's memory, next to the baselines.
+"""The SmolLM2 quality table: BitStack artifacts at each baseline's memory, next to the baselines.
 
-Step 1 (one command per row): evaluate an artifact at a baseline's memory with the CLI,
+Step 1 (one command per row): the baselines with ``benchmarks/quality/baselines/``, and each
+BitStack artifact evaluated at the baselines' memories with ``python -m
+benchmarks.quality.evaluate`` (``benchmarks/quality/rows.sh`` runs every row that way), or with
+the CLI (``--print-commands`` prints those commands, the memories taken from the baselines' JSONL):
 
-    bitstack eval ART --memory BYTES --ppl wikitext2_test.txt --max-windows 4 \\
-        --tasks arc_easy=...,arc_challenge=...,piqa=...,winogrande=...,lambada_openai=... --limit 100 \\
-        --device cpu --json > OUT/NAME@BITS.json
+    bitstack eval ART --memory BYTES --ppl wikitext2_test.txt --tasks ... --json > EVALS/LABEL@w4g64.json
 
-(``--print-commands`` prints them, with the memories taken from the baselines' JSONL).
+Step 2: ``python -m benchmarks.quality.table --baselines B1.jsonl [B2.jsonl ...] --evals EVALS
+[--labels LABEL=NAME ...] [--result benchmarks/results/quality/NAME.json] [--plot curve.png]``
+prints the markdown table, writes ``EVALS/bitstack_rows.csv`` in ``bitstack curve``'s extra-series
+format, with ``--result`` the result file that docs/results.md is generated from, and with
+``--plot`` draws every method as one line of memory against perplexity.
 
-(or ``benchmarks/quality_eval.py``, which evaluates one artifact at several memories and writes
-the same files; ``benchmarks/quality/rows.sh`` runs every row that way).
-
-Step 2: ``python benchmarks/quality_table.py --baselines B1.jsonl [B2.jsonl ...] --evals OUT
-[--plot curve.png]`` prints the markdown table (every row at the same WikiText-2 windows and
-zero-shot limit), writes ``OUT/bitstack_rows.csv`` in ``bitstack curve``'s extra-series format,
-and with ``--plot`` draws every method (each baseline method and group size, each BitStack label)
-as one line of memory against perplexity with ``bitstack curve``'s plotting.
+Rows are grouped by memory target (a baseline's bit width and group size; the eval files' tag
+``w4g64`` or ``hqq4g32`` names the target), largest memory first; each row's perplexity is also
+given as a ratio to the float model's.
 """
 
 from __future__ import annotations
@@ -23,96 +23,168 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import re
 from pathlib import Path
+from typing import Callable
 
 TASKS = ("arc_easy", "arc_challenge", "piqa", "winogrande", "lambada_openai")
+COLUMNS = ("memory target", "method", "memory (MB)", "bits/param", "WikiText-2 ppl", "ppl / float", "ARC-e", "ARC-c",
+           "PIQA", "WinoG", "LAMBADA", "zero-shot avg", "machine")
+PROTOCOL = ("SmolLM2-135M-Instruct (the embedded GGUF, dequantized, bf16). WikiText-2 test: {windows}; zero-shot: "
+            "{zeroshot} of ARC-Easy, ARC-Challenge, PIQA, WinoGrande and LAMBADA, `acc` in %, the average is their "
+            "mean. Memory by bitstack's rule (docs/memory.md): resident bytes, scales and zeros included. Each "
+            "BitStack row loads the longest prefix of one artifact that fits the baseline's memory, so its memory is "
+            "at most the baseline's.")
 
 
-def _baselines(path: Path) -> list[dict]:
+def read_jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
+def target_of(method: str, bits: int, group: int) -> str:
+    """The memory target a baseline row defines (HQQ stores more per group, so its targets are its own)."""
+    return f"{'HQQ ' if method == 'hqq' else ''}{bits}-bit g{group}"
+
+
+def target_of_tag(tag: str) -> str:
+    """``w4g64`` -> ``4-bit g64``, ``hqq4g32`` -> ``HQQ 4-bit g32``."""
+    match = re.fullmatch(r"(hqq)?w?(\d+)g(\d+)", tag)
+    if match is None:
+        raise ValueError(f"eval tag {tag!r} is not of the form w4g64 or hqq4g32")
+    return target_of("hqq" if match.group(1) else "", int(match.group(2)), int(match.group(3)))
+
+
+def _ppl(value: float) -> str:
+    return f"{value:,.0f}" if value >= 1000 else f"{value:.2f}"
+
+
+def _ratio(value: float) -> str:
+    return f"{value:,.0f}×" if value >= 100 else f"{value:.2f}×"
+
+
+def _pct(value: float | None) -> str:
+    return "–" if value is None else f"{100 * value:.1f}"
+
+
+def table_rows(baselines: list[dict], evals: dict[tuple[str, str], dict], names: dict[str, str] | None = None,
+               machine_of: Callable[[str, str, dict], str] | None = None) -> tuple[list[list], list[dict]]:
+    """(rows of :data:`COLUMNS`, the same rows as raw records) for one table.
+
+    ``baselines``: the baselines' JSONL records; ``evals``: ``{(label, tag): eval JSON}``;
+    ``names``: the BitStack labels to show, renamed (default: every label, as is);
+    ``machine_of(label, tag, record)``: a row's machine (default: the record's ``machine`` field).
+    """
+    names = names or {label: label for label, _ in sorted(evals)}
+    machine_of = machine_of or (lambda label, tag, record: str(record.get("machine", "–")))
+    floats = [r for r in baselines if r["method"] == "float"]
+    float_ppl = floats[0]["ppl"] if floats else None
+    records: list[dict] = []
+    for r in baselines:
+        target = "–" if r["method"] == "float" else target_of(r["method"], r["bits"], r["group"])
+        records.append({"target": target, "method": r["label"] if r["method"] == "float" else
+                        f"{r['label'].split(' ')[0]} w{r['bits']} g{r['group']}", "kind": "baseline",
+                        "label": r["method"], "memory_bytes": r["memory_bytes"], "bits_per_param": r.get("bits_per_param"),
+                        "ppl": r["ppl"], "windows": r.get("ppl_windows"), "zs": {t: r.get(f"{t}_acc") for t in TASKS},
+                        "zs_avg": r.get("zs_avg"), "machine": machine_of(r["method"], target, r)})
+    order = list(names)
+    for (label, tag), data in evals.items():
+        if label not in names:
+            continue
+        tasks = data.get("tasks", {}).get("tasks", {})
+        records.append({"target": target_of_tag(tag), "method": names[label], "kind": "bitstack", "label": label,
+                        "memory_bytes": data["memory_bytes"], "bits_per_param": data.get("bits_per_param"),
+                        "ppl": data["ppl"], "windows": data.get("ppl_detail", {}).get("windows"),
+                        "zs": {t: tasks.get(t, {}).get("acc") for t in TASKS},
+                        "zs_avg": data.get("tasks", {}).get("average"), "machine": machine_of(label, tag, data)})
+    target_memory = {r["target"]: r["memory_bytes"] for r in records if r["kind"] == "baseline"}
+    target_memory["–"] = float("inf")
+    method_rank = {"float": 0, "rtn": 1, "gptq": 2, "awq": 3, "hqq": 4}
+    records.sort(key=lambda r: (-target_memory.get(r["target"], r["memory_bytes"]), r["kind"] != "baseline",
+                                order.index(r["label"]) if r["kind"] == "bitstack" else method_rank.get(r["label"], 9)))
+    rows = []
+    for r in records:
+        ratio = "–" if float_ppl is None else _ratio(r["ppl"] / float_ppl)
+        rows.append([r["target"], r["method"], f"{r['memory_bytes'] / 1e6:.2f}",
+                     "–" if r["bits_per_param"] is None else f"{r['bits_per_param']:.2f}", _ppl(r["ppl"]), ratio,
+                     *(_pct(r["zs"][t]) for t in TASKS), _pct(r["zs_avg"]), r["machine"]])
+    return rows, records
+
+
+def load_evals(folder: Path) -> dict[tuple[str, str], dict]:
+    """``{(label, tag): eval JSON}`` of a folder of ``LABEL@TAG.json`` files."""
+    evals = {}
+    for path in sorted(folder.glob("*@*.json")):
+        label, _, tag = path.stem.partition("@")
+        evals[(label, tag)] = json.loads(path.read_text())
+    return evals
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--baselines", required=True, nargs="+", help="the baselines' JSONL files (benchmarks/baselines)")
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--baselines", required=True, nargs="+", help="the baselines' JSONL files")
+    parser.add_argument("--evals", required=True, help="folder of `bitstack eval --json` outputs named LABEL@TAG.json")
+    parser.add_argument("--labels", nargs="*", metavar="LABEL[=NAME]", default=None,
+                        help="BitStack labels to show, in this order, optionally renamed (default: every label)")
+    parser.add_argument("--result", default=None, help="write the table as a result file (benchmarks/resultfile.py)")
+    parser.add_argument("--title", default="SmolLM2-135M: BitStack against GPTQ, AWQ, HQQ and RTN at the same memory")
     parser.add_argument("--plot", default=None, help="PNG: all methods on one memory-perplexity plot")
-    parser.add_argument("--evals", required=True, help="folder of `bitstack eval --json` outputs named LABEL@BITS.json")
-    parser.add_argument("--plot-labels", nargs="*", metavar="LABEL[=NAME]", default=None,
-                        help="BitStack labels to draw, optionally renamed (default: every label in --evals)")
     parser.add_argument("--print-commands", nargs="*", metavar="LABEL=ARTIFACT",
                         help="print the eval commands for these artifacts at each baseline memory instead")
     parser.add_argument("--data", default="../shared/data")
-    parser.add_argument("--max-windows", type=int, default=4)
-    parser.add_argument("--limit", type=int, default=100)
+    parser.add_argument("--max-windows", type=int, default=None, help="with --print-commands (default: all windows)")
+    parser.add_argument("--limit", type=int, default=None, help="with --print-commands: zero-shot examples per task")
     args = parser.parse_args(argv)
-    rows = [r for path in args.baselines for r in _baselines(Path(path))]
-    memories = sorted({(r["method"], r["bits"], r["group"], r["memory_bytes"]) for r in rows if r["method"] != "float"},
-                      key=lambda x: (x[1], x[2]))
-    evals = Path(args.evals)
+    baselines = [r for path in args.baselines for r in read_jsonl(Path(path))]
+    evals_dir = Path(args.evals)
     if args.print_commands is not None:
         data = Path(args.data)
         tasks = ",".join(f"{t}={data / 'zeroshot' / (t + '.jsonl')}" for t in TASKS)
-        targets = {}
-        for _, bits, group, memory in memories:  # one budget per (bits, group): the largest baseline memory there
-            targets[(bits, group)] = max(memory, targets.get((bits, group), 0))
         for spec in args.print_commands:
             label, _, artifact = spec.partition("=")
-            for (bits, group), memory in sorted(targets.items()):
-                print(f"bitstack eval {artifact} --memory {memory} --ppl {data / 'wikitext2_test.txt'} "
-                      f"--max-windows {args.max_windows} --tasks {tasks} --limit {args.limit} --device cpu --quiet "
-                      f"--json > {evals / f'{label}@w{bits}g{group}.json'}")
+            for r in baselines:
+                if r["method"] == "float":
+                    continue
+                tag = f"{'hqq' if r['method'] == 'hqq' else 'w'}{r['bits']}g{r['group']}"
+                extra = (f" --max-windows {args.max_windows}" if args.max_windows else "") + (
+                    f" --limit {args.limit}" if args.limit else "")
+                print(f"bitstack eval {artifact} --memory {r['memory_bytes']} --ppl {data / 'wikitext2_test.txt'}"
+                      f" --tasks {tasks}{extra} --quiet --json > {evals_dir / f'{label}@{tag}.json'}")
         return 0
 
-    table = []
-    for r in rows:
-        table.append({"method": r["method"] + ("" if r["method"] == "float" else f" w{r['bits']} g{r['group']}"),
-                      "memory_bytes": r["memory_bytes"], "bits_per_param": r.get("bits_per_param"), "ppl": r["ppl"],
-                      "windows": r.get("ppl_windows"), "zs": {t: r.get(f"{t}_acc") for t in TASKS}, "zs_avg": r.get("zs_avg")})
-    for path in sorted(evals.glob("*@*.json")):
-        label, _, target = path.stem.partition("@")
-        data = json.loads(path.read_text())
-        tasks = data.get("tasks", {})
-        table.append({"method": f"{label} @ {target}", "memory_bytes": data["memory_bytes"],
-                      "bits_per_param": data.get("bits_per_param"), "ppl": data.get("ppl"),
-                      "windows": data.get("ppl_detail", {}).get("windows"),
-                      "zs": {t: tasks.get("tasks", {}).get(t, {}).get("acc") for t in TASKS}, "zs_avg": tasks.get("average")})
-    table.sort(key=lambda r: r["memory_bytes"])
-    print("| method | memory (MB) | bits/param | WikiText-2 ppl | windows | " + " | ".join(TASKS) + " | zero-shot avg |")
-    print("|---|---|---|---|---|" + "---|" * len(TASKS) + "---|")
+    evals = load_evals(evals_dir)
+    names = None if args.labels is None else {s.partition("=")[0]: s.partition("=")[2] or s.partition("=")[0]
+                                               for s in args.labels}
+    rows, records = table_rows(baselines, evals, names)
+    print("| " + " | ".join(COLUMNS) + " |")
+    print("|" + "---|" * len(COLUMNS))
+    for row in rows:
+        print("| " + " | ".join(str(c) for c in row) + " |")
+    with (evals_dir / "bitstack_rows.csv").open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["label", "memory_bytes", "ppl"])
+        for r in records:
+            if r["kind"] == "bitstack":
+                writer.writerow([r["label"], r["memory_bytes"], r["ppl"]])
+    if args.result:
+        from benchmarks.resultfile import write_result
 
-    def cell(value, fmt="{:.3f}"):
-        return "–" if value is None else fmt.format(value)
-
-    for r in table:
-        print(f"| {r['method']} | {r['memory_bytes'] / 1e6:.2f} | {cell(r['bits_per_param'], '{:.2f}')} | "
-              f"{cell(r['ppl'], '{:.2f}')} | {cell(r['windows'], '{}')} | "
-              + " | ".join(cell(r["zs"][t]) for t in TASKS) + f" | {cell(r['zs_avg'])} |")
+        windows = sorted({r["windows"] for r in records if r["windows"]})
+        notes = PROTOCOL.format(windows=f"{'/'.join(map(str, windows))} windows of 2048 tokens",
+                                zeroshot="the examples scored")
+        write_result(args.result, title=args.title, topic="quality", columns=COLUMNS, rows=rows, notes=notes,
+                     extra={"rows": records})
     if args.plot:
         from bitstack.evaluation.curve import CurvePoint, plot_curves
 
         series: dict[str, list] = {}
-        for r in rows:
-            if r["method"] != "float":
-                name = f"{r['label'].split(' ')[0]} g{r['group']}"
+        for r in records:
+            if r["label"] != "float":
+                name = r["method"] if r["kind"] == "bitstack" else f"{r['method'].split(' ')[0]} {r['method'].split(' ')[-1]}"
                 series.setdefault(name, []).append(CurvePoint(name, r["memory_bytes"], r["ppl"]))
-        chosen = None if args.plot_labels is None else dict(
-            (spec.partition("=")[0], spec.partition("=")[2] or spec.partition("=")[0]) for spec in args.plot_labels)
-        for r in table:
-            if "@" in r["method"]:
-                label = r["method"].split(" @ ")[0]
-                if chosen is not None and label not in chosen:
-                    continue
-                name = label if chosen is None else chosen[label]
-                series.setdefault(name, []).append(CurvePoint(name, r["memory_bytes"], r["ppl"]))
-        floats = [r for r in rows if r["method"] == "float"]
-        plot_curves(series, args.plot, base_bytes=rows[-1].get("base_bytes"), params=rows[-1].get("quantized_params"),
+        floats = [r for r in baselines if r["method"] == "float"]
+        plot_curves(series, args.plot, base_bytes=baselines[-1].get("base_bytes"),
+                    params=baselines[-1].get("quantized_params"),
                     title="SmolLM2-135M, WikiText-2" + (f" (float: {floats[0]['ppl']:.2f})" if floats else ""))
-    with (evals / "bitstack_rows.csv").open("w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["label", "memory_bytes", "ppl"])
-        for r in table:
-            if "@" in r["method"]:
-                writer.writerow([r["method"].split(" @ ")[0], r["memory_bytes"], r["ppl"]])
     return 0
 
 

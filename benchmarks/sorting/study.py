@@ -65,6 +65,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", required=True, help="output folder")
     parser.add_argument("--report-only", action="store_true",
                         help="only redraw the curve files and report.md from OUT/study.json (strategies with points)")
+    parser.add_argument("--result", default=None, metavar="PREFIX",
+                        help="also write result files PREFIX.json (perplexity per budget) and PREFIX_cost.json "
+                             "(benchmarks/resultfile.py), e.g. benchmarks/results/sorting/NAME")
     args = parser.parse_args(argv)
     out = Path(args.out)
     state_file = out / "study.json"
@@ -72,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
         state = json.loads(state_file.read_text())
         wanted = [s for s in args.strategies.split(",") if s]
         strategies = [s for s in wanted if "points" in state["strategies"].get(s, {})]
-        finish(state, strategies, out)
+        finish(state, strategies, out, args.result)
         return 0
     if not args.artifact or not args.ppl:
         parser.error("--artifact and --ppl are required (unless --report-only)")
@@ -144,12 +147,13 @@ def main(argv: list[str] | None = None) -> int:
             _save(state_file, state)
             print(f"[{strategy}] curve: " + ", ".join(f"{p.memory_bytes / 1e6:.1f} MB {p.ppl:.2f}" for p in points), flush=True)
 
-    finish(state, strategies, out)
+    finish(state, strategies, out, args.result)
     return 0
 
 
-def finish(state: dict, strategies: list[str], out: Path) -> None:
-    """Write the curve files (CSV/JSON/PNG, all strategies on one axis) and ``report.md``."""
+def finish(state: dict, strategies: list[str], out: Path, result: str | None = None) -> None:
+    """Write the curve files (CSV/JSON/PNG, all strategies on one axis) and ``report.md``; with
+    ``result``, the result files ``RESULT.json`` and ``RESULT_cost.json``."""
     from bitstack.evaluation.curve import CurvePoint, write_curve
 
     series = {s: [CurvePoint(**p) for p in state["strategies"][s]["points"]] for s in strategies}
@@ -159,6 +163,49 @@ def finish(state: dict, strategies: list[str], out: Path) -> None:
     (out / "report.md").write_text(text + "\n", encoding="utf-8")
     print(text)
     print("wrote " + ", ".join(str(p) for p in paths.values()) + f", {out / 'report.md'}")
+    if result:
+        from benchmarks.resultfile import write_result
+
+        (columns, rows), (cost_columns, cost_rows) = result_tables(state, strategies)
+        setup = state["setup"]
+        protocol = (f"Validation: {setup['val_windows']} × {setup['val_seqlen']} tokens of `{Path(setup['val']).name}`; "
+                    f"test: the first {setup['eval_windows']} windows of {setup['eval_seqlen']} tokens of "
+                    f"`{Path(setup['ppl']).name}`.")
+        write_result(f"{result}.json", title=state.get("title", "Sorting strategies"), topic="sorting", columns=columns,
+                     rows=rows, notes="Perplexity at each budget; in brackets, relative to `average` (+x % = worse). "
+                     + protocol, extra={"setup": setup, "series": {s: state["strategies"][s]["points"] for s in strategies}})
+        write_result(f"{result}_cost.json", title="Cost of computing each order", topic="sorting", columns=cost_columns,
+                     rows=cost_rows, notes=f"One full forward over the validation windows took {state['forward_seconds']} s. "
+                     + protocol, extra={s: state["strategies"][s]["info"] for s in strategies})
+
+
+def result_tables(state: dict, strategies: list[str]) -> tuple[tuple[list, list], tuple[list, list]]:
+    """((columns, rows) of perplexity per budget, each next to its ratio to ``average``; (columns, rows) of cost)."""
+    points = {s: state["strategies"][s]["points"] for s in strategies}
+    base, params = state["base_bytes"], state["params"]
+
+    def ppl_cell(ppl: float | None, ref: float | None) -> str:
+        if ppl is None or not math.isfinite(ppl):
+            return "inf"
+        text = f"{ppl:,.0f}" if ppl >= 1000 else f"{ppl:.2f}"
+        return text if ref is None else f"{text} ({100 * (ppl / ref - 1):+.1f} %)"
+
+    rows = []
+    for k, budget in enumerate(state["setup"]["budgets"]):
+        ref = points["average"][k]["ppl"] if "average" in points else None
+        rows.append([f"{budget / 1e6:.1f}", f"{8 * (budget - base) / params:.2f}"]
+                    + [ppl_cell(points[s][k]["ppl"], None if s == "average" else ref) for s in strategies])
+    cost_columns = ["strategy", "seconds", "forward passes", "full-forward equivalents", "vs `average`", "curve seconds"]
+    cost_rows = []
+    avg = state["strategies"].get("average", {}).get("info", {}).get("forward_equivalents")
+    for s in strategies:
+        entry = state["strategies"][s]
+        info = entry["info"]
+        equiv = info["forward_equivalents"]
+        ratio = ("–" if not avg or not equiv else "1×" if equiv == avg else
+                 f"{avg / equiv:,.0f}× fewer" if equiv < avg else f"{equiv / avg:.2f}× more")
+        cost_rows.append([s, info["seconds"], info["forwards"], equiv, ratio, entry.get("curve_seconds", "–")])
+    return (["budget (MB)", "bits/param", *strategies], rows), (cost_columns, cost_rows)
 
 
 def report(state: dict, strategies: list[str], params: int, base: int) -> str:

@@ -85,3 +85,18 @@ def test_readme_is_short_and_keeps_the_ci_command():
     assert len(readme.splitlines()) <= 250
     ci = (ROOT / ".ci" / "run").read_text().strip().splitlines()[-1]
     assert ci in readme, "README's test command must be the one .ci/run runs, verbatim"
+
+
+def test_guarantees_name_tests_that_exist():
+    """Every ``file::test`` that docs/guarantees.md names is a test function of that file."""
+    import re
+
+    text = (ROOT / "docs" / "guarantees.md").read_text(encoding="utf-8")
+    named, last = [], None
+    for file, function in re.findall(r"`((?:[\w/]+/)?test_\w+\.py)?::(test_\w+)`", text):
+        last = file or last
+        named.append((last, function))
+    assert len(named) > 40
+    for file, function in named:
+        source = (ROOT / "tests" / file).read_text(encoding="utf-8")
+        assert re.search(rf"^def {function}\(", source, re.M), f"docs/guarantees.md names {file}::{function}, which does not exist"

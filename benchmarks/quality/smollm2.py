@@ -41,6 +41,7 @@ def main() -> None:
     parser.add_argument("--bits", default="4,3,2.5", help="budgets in bits per decomposed parameter")
     parser.add_argument("--max-windows", type=int, default=None)
     parser.add_argument("--device", default=None)
+    parser.add_argument("--result", default=None, help="also write a result file (benchmarks/resultfile.py)")
     args = parser.parse_args()
 
     device = torch.device(args.device) if args.device else default_device()
@@ -86,6 +87,17 @@ def main() -> None:
               f"{row.get('blocks_loaded', '-')} | {row['ppl']:.2f} | {row['ppl'] / float_ppl:.3f}× |")
     (path.parent / (path.name + ".quality.json")).write_text(json.dumps({"rows": rows, "compression_seconds": seconds,
                                                                         "compression": manifest.compression}, indent=1))
+    if args.result:
+        from benchmarks.resultfile import write_result
+
+        table = [[r["setting"], f"{r['memory_bytes'] / 1e6:.1f}", f"{r['bits_per_param']:.2f}", r.get("blocks_loaded", "–"),
+                  f"{r['ppl']:.2f}", f"{r['ppl'] / float_ppl:.3f}×"] for r in rows]
+        write_result(args.result, title=f"SmolLM2-135M at budgets of N bits per parameter (codec {manifest.compression['codec']})",
+                     topic="quality", columns=["setting", "memory (MB)", "bits/param (decomposed)", "blocks",
+                                               "WikiText-2 ppl", "vs float"], rows=table,
+                     notes=(f"WikiText-2 test, {args.max_windows or 'all'} windows of 2048 tokens. Compression settings: "
+                            + ", ".join(f"{k} {v}" for k, v in manifest.compression.items() if k != "calib") + "."),
+                     extra={"rows": rows, "compression_seconds": seconds, "compression": manifest.compression})
 
 
 if __name__ == "__main__":

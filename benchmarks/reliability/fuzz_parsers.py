@@ -1,6 +1,7 @@
 """Long fuzzing run of the artifact parsers: only BitstackError may escape.
 
     python -m benchmarks.reliability.fuzz_parsers [--cases 10000] [--reader-cases 2000] [--seed 0] [--json FILE]
+        [--result benchmarks/results/reliability/fuzz_parsers.json]
 
 Targets and inputs are those of ``tests/fuzz_cases.py`` (the test suite runs the same properties
 with a few hundred cases): ``Manifest.from_json``/``from_dict`` on random JSON, random bytes and
@@ -59,6 +60,7 @@ def main() -> int:
     parser.add_argument("--reader-cases", type=int, default=2000)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", type=Path, help="also write the JSON summary to this file")
+    parser.add_argument("--result", default=None, help="also write a result file (benchmarks/resultfile.py)")
     args = parser.parse_args()
     torch.set_num_threads(1)
     package, source = source_digest()
@@ -156,7 +158,28 @@ def main() -> int:
     shutil.rmtree(tmp, ignore_errors=True)
     if args.json:
         args.json.write_text(json.dumps(summary, indent=1) + "\n")
+    if args.result:
+        from benchmarks.resultfile import write_result
+
+        write_result(args.result, title="Fuzzing the artifact parsers: only `BitstackError` escapes", topic="reliability",
+                     columns=["property", "cases", "calls", "seconds", "result"], rows=result_rows(summary), extra=summary,
+                     notes=("Hypothesis strategies from `tests/fuzz_cases.py` (the test suite runs the same properties "
+                            "with a few hundred cases). Calls counts the calls of the target; some cases call it twice. "
+                            "Outcomes per target: " + "; ".join(f"{k}: {v:,}" for k, v in summary["outcomes"].items()) + "."))
     return 1 if failures else 0
+
+
+LABELS = {"manifest: random JSON": "manifest: random JSON (`from_dict`, `from_json`)",
+          "manifest: mutated valid manifest": "manifest: mutated valid manifest (dict, text, bytes)",
+          "header: random bytes": "safetensors header: random bytes",
+          "header: mutated valid shard header": "safetensors header: mutated valid shard header",
+          "reader: mutated artifact folder": "`ArtifactReader` on a mutated artifact folder (open, base, every block, tokenizer)"}
+
+
+def result_rows(summary: dict) -> list[list]:
+    """One row per property: name, cases, target calls, seconds, result."""
+    return [[LABELS.get(name, name), f"{p['cases']:,}", f"{p['target_calls']:,}", p["seconds"],
+             "only `BitstackError`" if p["ok"] else "FAILED"] for name, p in summary["properties"].items()]
 
 
 if __name__ == "__main__":

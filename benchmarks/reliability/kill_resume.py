@@ -1,6 +1,7 @@
 """SIGKILL a real ``bitstack compress`` at random moments, restart it, compare with an uninterrupted run.
 
     python -m benchmarks.reliability.kill_resume [--kills 20] [--seed 0] [--calib self|file] [--layers 8] [--json FILE]
+        [--result benchmarks/results/reliability/kill_resume]
 
 A tiny random Llama is saved as a Hugging Face folder.  One uninterrupted CLI run gives the
 reference artifact.  Then the same command is started again and again; each start is killed
@@ -102,6 +103,8 @@ def main() -> int:
     parser.add_argument("--layers", type=int, default=8)
     parser.add_argument("--keep", action="store_true", help="keep the temporary folder")
     parser.add_argument("--json", type=Path, help="also write the JSON summary to this file")
+    parser.add_argument("--result", default=None, metavar="PREFIX",
+                        help="also write result files PREFIX.json and PREFIX_stages.json (benchmarks/resultfile.py)")
     args = parser.parse_args()
     rng = random.Random(args.seed)
     package, source_before = source_digest()
@@ -230,9 +233,49 @@ def main() -> int:
     print(json.dumps(summary, indent=1))
     if args.json:
         args.json.write_text(json.dumps(summary, indent=1) + "\n")
+    if args.result:
+        write_results(args.result, summary)
     if not args.keep:
         shutil.rmtree(tmp)
     return 1 if mismatches or leftovers or anomalies else 0
+
+
+def result_tables(summary: dict) -> tuple[list[list], list[list]]:
+    """(rows of the summary table, rows of the where-the-kills-landed table) of a run's summary."""
+    modes = ", ".join(f"{v} {k}" for k, v in summary["modes"].items())
+    rows = [["SIGKILLs", f"{summary['kills']} ({modes})"],
+            ["compression processes started (the reference run included)", summary["runs_started"]],
+            ["kills that landed in an unfinished run", summary["kills_in_unfinished_run"]],
+            ["kills that left saved work behind", summary["kills_with_work_saved"]],
+            ["episodes completed (each restarted until it finished)", summary["episodes_completed"]],
+            ["artifacts byte-identical to the reference", f"{summary['artifacts_identical']} / {summary['episodes_completed']}"],
+            ["leftover `.partial` folders", len(summary["leftover_partial"])],
+            ["anomalies (the folder changed between attempts, or the source changed)", len(summary["anomalies"])],
+            ["wall time (s)", summary["benchmark_s"]]]
+    stages = summary["stages"]
+    layers = sorted((k for k in stages if "layer(s) saved" in k), key=lambda k: int(k.split()[0]))
+    order = [k for k in ("nothing written (start-up)", "samples saved, no layer") if k in stages] + layers + [
+        k for k in ("final stage (writing shards)", "finished") if k in stages]
+    return rows, [[k, stages[k]] for k in order]
+
+
+def write_results(prefix: str, summary: dict) -> None:
+    """PREFIX.json (the summary) and PREFIX_stages.json (where the kills landed)."""
+    from benchmarks.resultfile import write_result
+
+    rows, stage_rows = result_tables(summary)
+    cli = " ".join(summary["command"])
+    write_result(f"{prefix}.json", title="Kill and resume: SIGKILL a real compression, restart it", topic="reliability",
+                 columns=["", "value"], rows=rows, extra=summary,
+                 notes=(f"Each run is the real CLI, `{cli}`, on a random {summary['layers']}-layer Llama saved as a Hugging "
+                        f"Face folder. The reference run took {summary['reference_run_s']} s "
+                        f"({summary['reference_startup_s']} s of it start-up). Kill times cycle through three modes: a "
+                        "random time over 1.2× the reference run; a random time after the run took the work folder's lock, "
+                        "over the length of the reference's working phase; a random time within 1 s after the run saved "
+                        "something new. The package's source is hashed before and after the run."))
+    write_result(f"{prefix}_stages.json", title="Kill and resume: where the kills landed", topic="reliability",
+                 columns=["what the killed run had left", "kills"], rows=stage_rows, extra={"kill_log": summary["kill_log"]},
+                 notes="The same run; `finished`: the artifact was already renamed into place, the process was exiting.")
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """Live resizing under a scripted memory-pressure scenario.
 
-    python -m benchmarks.resize.pressure ARTIFACT [--device cpu] [--out runs/resize]
+    python -m benchmarks.resize.pressure ARTIFACT [--device cpu] [--out runs/resize] [--result benchmarks/results/resize/pressure.json]
 
 The budget follows a schedule that goes down to the floor and back up to the full stack several
 times.  At every step it records the resident size, the blocks loaded, the bytes read and the
@@ -67,6 +67,8 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--out", default="runs/resize")
     parser.add_argument("--reload-every", type=int, default=3, help="time a from-scratch reload on every Nth grow")
+    parser.add_argument("--result", default=None, help="also write (or update this device's row of) a result file "
+                        "(benchmarks/resultfile.py), e.g. benchmarks/results/resize/pressure.json")
     args = parser.parse_args()
     path, out = Path(args.artifact), Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -148,6 +150,37 @@ def main() -> None:
     (out / "resize_pressure.json").write_text(json.dumps({"summary": summary, "steps": steps}, indent=1))
     plot(steps, floor, full, out / "resize_pressure.png")
     print(json.dumps(summary, indent=1))
+    if args.result:
+        write_rows(Path(args.result), "CUDA" if cuda else "CPU", {"summary": summary, "steps": steps})
+
+
+COLUMNS = ["model on", "grow time vs raw reads into new memory (aggregate / median)", "grow time vs pure I/O (aggregate)",
+           "grow GB/s", "pure I/O GB/s", "shrink ms (median / max)", "reload from scratch vs grow (median)"]
+
+
+def result_row(name: str, summary: dict) -> list:
+    """One row of the result table: a device's grow, shrink and reload figures."""
+    s = summary
+    return [name, f"{s['grow_vs_raw_fresh_aggregate']:.2f}× / {s['grow_vs_raw_fresh_median']:.2f}×",
+            f"{s['grow_vs_raw_aggregate']:.2f}×", f"{s['grow_GBps']:.2f}", f"{s['raw_GBps']:.2f}",
+            f"{s['shrink_ms_median']:.1f} / {s['shrink_ms_max']:.1f}", f"{s['reload_vs_grow_median']:.1f}×"]
+
+
+def write_rows(path: Path, name: str, run: dict) -> None:
+    """Write ``path`` with this device's row, keeping the other devices' rows of an existing file."""
+    from benchmarks.resultfile import read_result, write_result
+
+    old = read_result(path) if path.is_file() else {"rows": [], "extra": {}}
+    extra = {k: v for k, v in old["extra"].items() if k != name.lower()}
+    extra[name.lower()] = run
+    rows = [r for r in old["rows"] if r[0] != name] + [result_row(name, run["summary"])]
+    write_result(path, title="Growing and shrinking in place under a scripted memory-pressure scenario", topic="resize",
+                 columns=COLUMNS, rows=sorted(rows), extra=extra,
+                 notes=("A grow's time covers reading, checking the xxh3-128 checksums, building the views, moving them "
+                        "to the device and swapping them in under the lock. Baselines measured in the same run for the "
+                        "same byte ranges: pure I/O (`readinto` into a buffer dropped at once, so warm pages are reused) "
+                        "and raw reads into new memory (buffers kept, so the bytes land in newly faulted-in pages, as a "
+                        "grow's must). Warm page cache."))
 
 
 def same_weights(a, b) -> bool:

@@ -38,6 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ppl", required=True, help="test text (e.g. WikiText-2 test)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--out", required=True, help="JSON file of every curve")
+    parser.add_argument("--result", default=None, help="also write a result file (benchmarks/resultfile.py)")
     args = parser.parse_args(argv)
 
     from bitstack.calibration.samples import tokenize_text
@@ -75,7 +76,24 @@ def main(argv: list[str] | None = None) -> int:
         print(name, " ".join(f"{p.memory_bytes / 1e6:.1f}:{p.ppl:.2f}({100 * (p.ppl / average[p.budget_bytes] - 1):+.1f}%)"
                              for p in points), flush=True)
     Path(args.out).write_text(json.dumps(curves, indent=1) + "\n")
+    if args.result:
+        from benchmarks.resultfile import write_result
+
+        write_result(args.result, title="Rankings inside each level of `leveled`, relative to `average`", topic="sorting",
+                     columns=["budget (MB)", "bits/param", *(f"`{n}`" for n in curves)], rows=result_rows(curves, average),
+                     notes=("The artifact, validation and test windows and budgets of the study whose `average` curve is "
+                            "the reference; perplexity relative to `average` (+x % = worse). `leveled-fisher` is `leveled`."),
+                     extra={"series": curves})
     return 0
+
+
+def result_rows(curves: dict[str, list[dict]], average: dict[int, float]) -> list[list]:
+    """Per budget between floor and full stack: budget, bits/param, each ranking's perplexity relative to ``average``."""
+    names = list(curves)
+    first = curves[names[0]]
+    return [[f"{p['budget_bytes'] / 1e6:.1f}", f"{p['bits_per_param']:.2f}",
+             *(f"{100 * (curves[n][k]['ppl'] / average[p['budget_bytes']] - 1):+.1f} %" for n in names)]
+            for k, p in enumerate(first) if 0 < k < len(first) - 1 and p["budget_bytes"] in average]
 
 
 if __name__ == "__main__":

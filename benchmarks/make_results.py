@@ -4,9 +4,10 @@
     python -m benchmarks.make_results --check   # exit 1 if either is not what the result files give
 
 Every ``benchmarks/results/<topic>/<name>.json`` must be a result file of
-``benchmarks/resultfile.py`` whose ``topic`` is its folder's name.  docs/results.md has one
+``benchmarks/resultfile.py`` whose ``topic`` is its folder's name (raw data a benchmark keeps
+beside its tables belongs in a subfolder, which is not read).  docs/results.md has one
 section per topic (known topics in a fixed order, others after them by name) and one table per
-file (newest first, then by file name), each with its notes, machine, command, commit and date; a PNG of the same
+file (by file name), each with its notes, machine, command, commit and date; a PNG of the same
 name beside the file is shown under its table.  README.md's block between the two
 ``results:begin``/``results:end`` markers gets the short quality table made from
 ``quality/baselines_148_windows.json``.  Nothing here measures anything: edit the result files
@@ -44,9 +45,6 @@ def load_results(root: Path | None = None) -> dict[str, list[tuple[Path, dict[st
         if any(len(row) != len(data["columns"]) for row in data["rows"]):
             raise ValueError(f"{path}: every row must have {len(data['columns'])} cells")
         topics.setdefault(path.parent.name, []).append((path, data))
-    for files in topics.values():
-        files.sort(key=lambda item: item[0].name)
-        files.sort(key=lambda item: item[1]["date"], reverse=True)
     return topics
 
 

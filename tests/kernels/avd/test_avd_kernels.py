@@ -90,18 +90,18 @@ def test_prefill_matches_reference(N, K, k, J, M, dtype, group):
 
 @pytest.mark.parametrize("N,K,k,J,M,dtype,group", [PREFILL_CASES[1], PREFILL_CASES[3]])
 def test_prefill_chunked_matches_reference(N, K, k, J, M, dtype, group):
-    from bitstack.kernels.rebuild import bitstack_linear_prefill_chunked
+    from bitstack.kernels.avd.rebuild import bitstack_linear_prefill as chunked_prefill
 
     def chunked(x, packed, bias):  # a chunk of 64 rows: several chunks per weight
-        return bitstack_linear_prefill_chunked(x, packed, bias, chunk_bytes=2 * K * 64)
+        return chunked_prefill(x, packed, bias, chunk_bytes=2 * K * 64)
 
     _check(chunked, bitstack_linear_prefill_reference, N, K, k, J, M, dtype, group)
 
 
 @pytest.mark.parametrize("K,wide", [(300, False), (256, True), (256, False)])
 def test_rebuild_rows_matches_dense_weight(K, wide):
-    from bitstack.kernels.rebuild import rebuild_rows
-    from bitstack.kernels.reference import dense_weight
+    from bitstack.kernels.avd.rebuild import rebuild_rows
+    from bitstack.kernels.avd.reference import dense_weight
 
     packed = _packed(70, K, 4, 3, 16, seed=5)
     out = torch.full((40, K), float("nan"), dtype=torch.float16)
@@ -114,7 +114,7 @@ def test_rebuild_rows_matches_dense_weight(K, wide):
 
 def test_rebuild_weight_api():
     from bitstack.kernels import rebuild_weight
-    from bitstack.kernels.reference import dense_weight
+    from bitstack.kernels.avd.reference import dense_weight
 
     packed = _packed(33, 77, 4, 2, 16, seed=6)
     w = rebuild_weight(packed, torch.float16)
@@ -124,8 +124,8 @@ def test_rebuild_weight_api():
 
 
 def test_decode_split_k_and_no_bias():
-    from bitstack.kernels.decode import DecodeConfig, decode_launch
-    from bitstack.kernels.reference import bitstack_linear_reference
+    from bitstack.kernels.avd.decode import DecodeConfig, decode_launch
+    from bitstack.kernels.avd.reference import bitstack_linear_reference
 
     packed = _packed(40, 700, 4, 2, 16, seed=3)
     x = torch.randn(2, 700).half()
@@ -135,6 +135,16 @@ def test_decode_split_k_and_no_bias():
             y = decode_launch(x, packed, None, DecodeConfig(block_n=16, splits=splits, zpre=splits != 2))
             err = ((y.float() - ref.float()).norm() / ref.float().norm()).item()
             assert err < REL_TOL[torch.float16], (splits, err)
+
+
+def test_decode_returns_the_compiled_kernel_on_request():
+    from bitstack.kernels.avd.decode import DecodeConfig, decode_launch
+
+    packed = _packed(24, 128, 4, 2, 16, seed=8)
+    x = torch.randn(1, 128).half()
+    y, compiled = decode_launch(x, packed, None, DecodeConfig(splits=1), return_compiled=True)
+    assert torch.equal(y, decode_launch(x, packed, None, DecodeConfig(splits=1)))
+    assert compiled is None  # the interpreter compiles nothing; on a GPU: registers and assembly
 
 
 def test_leading_dims_and_dispatch():

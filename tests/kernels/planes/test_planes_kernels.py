@@ -108,7 +108,7 @@ def test_prefill_matches_reference(N, K, group, J, M, dtype):
 
 @needs_kernels
 def test_prefill_in_several_chunks():
-    from bitstack.kernels.planes import planes_linear_prefill as chunked
+    from bitstack.kernels.planes.rebuild import planes_linear_prefill as chunked
 
     def small_chunks(x, packed, bias):  # 32 rows per chunk: several chunks per weight
         return chunked(x, packed, bias, chunk_bytes=2 * packed.in_features * 32)
@@ -120,7 +120,7 @@ def test_prefill_in_several_chunks():
 def test_decode_split_k_and_configs():
     """Every split count and tile shape gives the same result; the split-K workspace is clean
     again after each call (two calls per setting)."""
-    from bitstack.kernels.planes import PlanesDecodeConfig, planes_decode_launch
+    from bitstack.kernels.planes.decode import PlanesDecodeConfig, planes_decode_launch
 
     packed = _packed(40, 1000, 3, 64, seed=3, device=DEVICE)
     x = torch.randn(2, 1000, generator=torch.Generator().manual_seed(4)).half().to(DEVICE)
@@ -135,8 +135,8 @@ def test_decode_split_k_and_configs():
 @needs_kernels
 @pytest.mark.parametrize("K,group", [(300, 16), (256, 128)])
 def test_rebuild_rows_matches_the_reference_weight(K, group):
-    from bitstack.kernels.planes import rebuild_planes_rows
-    from bitstack.kernels.planes_reference import planes_dense_weight
+    from bitstack.kernels.planes.rebuild import rebuild_planes_rows
+    from bitstack.kernels.planes.reference import planes_dense_weight
 
     packed = _packed(70, K, 3, group, seed=5, device=DEVICE)
     out = torch.full((40, K), float("nan"), dtype=torch.float16, device=DEVICE)
@@ -182,9 +182,31 @@ def test_bad_arguments_raise(kernel):
 
 
 @needs_kernels
+def test_launchers_return_the_compiled_kernel_on_request():
+    """``return_compiled=True`` gives (result, Triton's compiled kernel) with the same result
+    (None for the kernel in the interpreter; registers and assembly on a GPU)."""
+    from bitstack.kernels.planes.batch import planes_batch
+    from bitstack.kernels.planes.decode import PlanesDecodeConfig, planes_decode_launch
+    from bitstack.kernels.planes.gemv import planes_gemv
+    from bitstack.kernels.planes.rebuild import rebuild_planes_rows
+
+    packed = _packed(24, 256, 2, 64, seed=11, device=DEVICE)
+    x = torch.randn(1, 256, generator=torch.Generator().manual_seed(12)).half().to(DEVICE)
+    out = torch.empty(24, 256, dtype=torch.float16, device=DEVICE)
+    calls = [lambda **kw: planes_gemv(x, packed, **kw), lambda **kw: planes_batch(x, packed, **kw),
+             lambda **kw: planes_decode_launch(x, packed, None, PlanesDecodeConfig(splits=1), **kw),
+             lambda **kw: rebuild_planes_rows(packed, 0, 24, out, **kw)]
+    for call in calls:
+        plain = call().clone()
+        y, compiled = call(return_compiled=True)
+        assert torch.equal(y, plain)
+        assert (compiled is None) if interpret_mode() else hasattr(compiled, "n_regs")
+
+
+@needs_kernels
 def test_decode_rejects_too_many_tokens():
-    from bitstack.kernels.planes import DECODE_MAX_M, PlanesDecodeConfig, planes_decode_launch
-    from bitstack.kernels.planes_batch import BATCH_MAX_TOKENS
+    from bitstack.kernels.planes.decode import DECODE_MAX_M, PlanesDecodeConfig, planes_decode_launch
+    from bitstack.kernels.dispatch import BATCH_MAX_TOKENS
 
     packed = _packed(8, 20, 1, 16, device=DEVICE)
     with pytest.raises(ValueError, match="prefill"):

@@ -32,7 +32,7 @@ CASES = [
 @needs_kernels
 @pytest.mark.parametrize("N,K,group,J,dtype,cfg", CASES)
 def test_gemv_matches_reference(N, K, group, J, dtype, cfg):
-    from bitstack.kernels.planes_gemv import PlanesGemvConfig, planes_gemv
+    from bitstack.kernels.planes.gemv import PlanesGemvConfig, planes_gemv
 
     packed = _packed(N, K, J, group, seed=J, device=DEVICE)
     g = torch.Generator().manual_seed(J + 1)
@@ -49,7 +49,7 @@ def test_gemv_matches_reference(N, K, group, J, dtype, cfg):
 
 @needs_kernels
 def test_gemv_writes_into_out_and_keeps_leading_dims():
-    from bitstack.kernels.planes_gemv import planes_gemv
+    from bitstack.kernels.planes.gemv import planes_gemv
 
     packed = _packed(30, 256, 3, 64, seed=2, device=DEVICE)
     x = torch.randn(1, 1, 256, generator=torch.Generator().manual_seed(3)).half().to(DEVICE)
@@ -64,7 +64,7 @@ def test_gemv_writes_into_out_and_keeps_leading_dims():
 
 @needs_kernels
 def test_gemv_refuses_what_it_does_not_cover():
-    from bitstack.kernels.planes_gemv import PlanesGemvConfig, planes_gemv, planes_gemv_supported
+    from bitstack.kernels.planes.gemv import PlanesGemvConfig, planes_gemv, planes_gemv_supported
 
     packed = _packed(8, 64, 2, 32, device=DEVICE)
     x = torch.randn(1, 64).half().to(DEVICE)
@@ -87,7 +87,7 @@ def test_gemv_refuses_what_it_does_not_cover():
 
 def test_gemv_config_rule():
     """No idle threads where a program's words divide a row's; short rows get few warps."""
-    from bitstack.kernels.planes_gemv import PlanesGemvConfig, gemv_config
+    from bitstack.kernels.planes.gemv import PlanesGemvConfig, gemv_config
 
     assert gemv_config(4096) == PlanesGemvConfig(num_warps=4, rows=2, programs_per_sm=4, prefetch=True)
     assert gemv_config(14336).num_warps == 2 and gemv_config(14336).programs_per_sm == 8

@@ -1,4 +1,4 @@
-"""Triton helpers that turn sign bits into ±1 MMA operands (imports Triton: load lazily).
+"""Codec ``avd``: Triton helpers that turn sign bits into ±1 MMA operands (imports Triton: load lazily).
 
 ``sign_plane(P, jb, DT, UNPACK)`` returns, for every element of the uint8 tensor ``P`` (one byte of
 the bit-plane layout each), ``+1`` if bit ``jb`` is set else ``-1``, as ``DT`` (float16 or

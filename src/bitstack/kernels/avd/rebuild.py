@@ -1,14 +1,8 @@
-"""Rebuild rows of Ŵ densely on the GPU, and the chunked prefill built on it (imports Triton).
+"""Codec ``avd``: rebuild rows of Ŵ densely on the GPU, and the prefill built on it (imports Triton).
 
 ``rebuild_rows(packed, row0, rows, out)`` writes Ŵ[row0 : row0 + rows] (x's dtype) into ``out``;
-``bitstack_linear_prefill_chunked`` walks the output features in chunks: rebuild a chunk of rows
-into one bounded scratch buffer, multiply it with cuBLAS (``torch.addmm`` into the matching columns
-of y), next chunk.  The whole Ŵ never exists at once; the scratch (``chunk_bytes``, 64 MiB by
-default, cached per device/dtype/shape) is the only extra memory.
-
-This is *not* the on-chip fusion of :mod:`bitstack.kernels.prefill` — rebuilt rows do go through
-device memory (the scratch) — but it lets cuBLAS run at full speed, which the fused Triton kernel
-does not reach on prefill-sized inputs (see benchmarks/kernels/NOTES.md).
+``bitstack_linear_prefill`` rebuilds Ŵ a chunk of rows at a time into a bounded scratch and
+multiplies each chunk with cuBLAS (:func:`bitstack.kernels._linear.chunked_linear`).
 """
 
 from __future__ import annotations
@@ -17,9 +11,10 @@ import torch
 import triton
 import triton.language as tl
 
-from bitstack.kernels._checks import check_linear_args, interpret_mode
-from bitstack.kernels._signs import signed_add, signed_add16
-from bitstack.kernels.layout import PackedBitStack
+from bitstack.kernels._checks import interpret_mode, next_pow2
+from bitstack.kernels._linear import DEFAULT_CHUNK_BYTES, chunked_linear
+from bitstack.kernels.avd.layout import PackedBitStack, check_linear_args
+from bitstack.kernels.avd.signs import signed_add, signed_add16
 
 
 @triton.jit
@@ -119,10 +114,6 @@ def _rebuild_kernel(
                 tl.store(w_ptrs, w.to(DT), mask=lmask[:, None] & cmask[None, :])
 
 
-def _next_pow2(n: int) -> int:
-    return 1 << max(0, (n - 1).bit_length())
-
-
 def rebuild_rows(packed: PackedBitStack, row0: int, rows: int, out: torch.Tensor, *, block_n: int = 64,
                  num_warps: int = 4, unpack: int = 1, acc16: bool = True, wide: bool = False) -> torch.Tensor:
     """Write Ŵ[row0 : row0 + rows, :] into ``out[:rows]``.
@@ -143,7 +134,7 @@ def rebuild_rows(packed: PackedBitStack, row0: int, rows: int, out: torch.Tensor
         raise ValueError(f"out must be float16/bfloat16 of shape (>= {rows}, {K}) with contiguous rows")
     if not (0 <= row0 and rows >= 1 and row0 + rows <= N):
         raise ValueError(f"rows [{row0}, {row0 + rows}) out of range for {N} output features")
-    KR = max(16, _next_pow2(k))
+    KR = max(16, next_pow2(k))
     interp = interpret_mode()
     grid = (triton.cdiv(rows, block_n), triton.cdiv(K, 8 * G))
     _rebuild_kernel[grid](
@@ -158,36 +149,15 @@ def rebuild_rows(packed: PackedBitStack, row0: int, rows: int, out: torch.Tensor
     return out
 
 
-_SCRATCH: dict = {}
-DEFAULT_CHUNK_BYTES = 64 << 20
-
-
-def _scratch(device, dtype, rows, K):
-    key = (str(device), dtype, rows, K)
-    buf = _SCRATCH.get(key)
-    if buf is None:
-        buf = torch.empty(rows, K, dtype=dtype, device=device)
-        _SCRATCH[key] = buf
-    return buf
-
-
-def chunk_rows(N: int, K: int, chunk_bytes: int = DEFAULT_CHUNK_BYTES, block_n: int = 64) -> int:
-    """Rows rebuilt per chunk: as many as fit in ``chunk_bytes`` of 16-bit scratch (a multiple of
-    ``block_n``, at least ``block_n``, at most N rounded up)."""
-    rows = max(block_n, (chunk_bytes // (2 * K)) // block_n * block_n)
-    return min(rows, triton.cdiv(N, block_n) * block_n)
-
-
-def bitstack_linear_prefill_chunked(x: torch.Tensor, packed: PackedBitStack, bias: torch.Tensor | None = None,
-                                    chunk_bytes: int = DEFAULT_CHUNK_BYTES,
-                                    rebuild: dict | None = None) -> torch.Tensor:
+def bitstack_linear_prefill(x: torch.Tensor, packed: PackedBitStack, bias: torch.Tensor | None = None,
+                            chunk_bytes: int = DEFAULT_CHUNK_BYTES, rebuild: dict | None = None) -> torch.Tensor:
     """y = x · Ŵᵀ (+ bias): rebuild Ŵ a chunk of rows at a time into a bounded scratch, cuBLAS multiply.
 
     Args:
         x: float16 or bfloat16, shape (..., K), CUDA (or CPU under TRITON_INTERPRET=1).
         packed: :class:`PackedBitStack`, same device.
         bias: optional float tensor (N,).
-        chunk_bytes: scratch size bound (the scratch holds ``chunk_rows(N, K, chunk_bytes)`` rows).
+        chunk_bytes: scratch size bound (the scratch holds ``_linear.chunk_rows(N, K, chunk_bytes)`` rows).
         rebuild: keyword arguments of :func:`rebuild_rows` (launch parameters; benchmarks use it).
     Returns:
         (..., N) in x's dtype.
@@ -199,30 +169,3 @@ def bitstack_linear_prefill_chunked(x: torch.Tensor, packed: PackedBitStack, bia
         rebuild_rows(packed, n0, nr, scratch, **rb)
 
     return chunked_linear(x, packed.out_features, bias, rows_into, chunk_bytes, rb.get("block_n", 64))
-
-
-def chunked_linear(x: torch.Tensor, N: int, bias: torch.Tensor | None, rebuild, chunk_bytes: int,
-                   block_n: int) -> torch.Tensor:
-    """y = x · Ŵᵀ (+ bias) with the rows of Ŵ rebuilt a chunk at a time into a cached scratch.
-
-    ``rebuild(n0, nr, scratch)`` writes rows ``[n0, n0 + nr)`` of Ŵ (N, K) into ``scratch[:nr]``
-    (x's dtype, (rows, K), rows = :func:`chunk_rows`); each chunk is multiplied by cuBLAS
-    (``torch.mm``/``addmm`` into the matching columns of y).  x: (..., K), already checked.
-    Returns (..., N) in x's dtype.
-    """
-    K = x.shape[-1]
-    x2 = x.reshape(-1, K)
-    M = x2.shape[0]
-    rows = chunk_rows(N, K, chunk_bytes, block_n)
-    scratch = _scratch(x.device, x.dtype, rows, K)
-    y = torch.empty(M, N, dtype=x.dtype, device=x.device)
-    b = bias.to(x.dtype) if bias is not None else None
-    for n0 in range(0, N, rows):
-        nr = min(rows, N - n0)
-        rebuild(n0, nr, scratch)
-        w = scratch[:nr]
-        if b is None:
-            torch.mm(x2, w.t(), out=y[:, n0:n0 + nr])
-        else:
-            torch.addmm(b[n0:n0 + nr], x2, w.t(), out=y[:, n0:n0 + nr])
-    return y.reshape(*x.shape[:-1], N)

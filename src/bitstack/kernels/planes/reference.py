@@ -1,10 +1,10 @@
-"""Pure-PyTorch references of the planes kernels, with the kernels' signature (any device).
+"""Codec ``planes``: pure-PyTorch references of the kernels, with the kernels' signature (any device).
 
 ``planes_linear_reference(x, packed, bias=None)`` computes, in float32,
 
     y = x · Ŵᵀ + bias,   Ŵ = C + Σ_{i<J} S_i ⊙ expand(step) · 2^-i
 
-from a :class:`~bitstack.kernels.planes_layout.PackedPlanes` (Ŵ rebuilt by
+from a :class:`~bitstack.kernels.planes.layout.PackedPlanes` (Ŵ rebuilt by
 :func:`bitstack.core.planes.planes_reconstruct`, the runtime's pure path) and returns it in
 ``x.dtype``.  ``planes_linear_naive`` is the "reconstruct, then matmul" baseline of the benchmarks:
 Ŵ rebuilt densely in ``x.dtype``, then ``F.linear``.
@@ -16,9 +16,8 @@ import torch
 import torch.nn.functional as F
 
 from bitstack.core.planes import planes_reconstruct, sign_only_blocks
-from bitstack.kernels._checks import check_planes_args
-from bitstack.kernels.planes_layout import PackedPlanes
-from bitstack.kernels.reference import linear_float32
+from bitstack.kernels._linear import linear_float32
+from bitstack.kernels.planes.layout import PackedPlanes, check_planes_args
 
 __all__ = ["planes_dense_weight", "planes_linear_reference", "planes_linear_naive"]
 

@@ -11,8 +11,8 @@ import torch
 from bitstack.core.avd import ResidualBlock, reconstruct
 from bitstack.core.packing import pack_signs
 from bitstack.kernels import PackedBitStack, packed_nbytes, repack
-from bitstack.kernels.layout import bitplane_from_standard, standard_from_bitplane, unpack_bitplane
-from bitstack.kernels.reference import bitstack_linear_reference, dense_weight
+from bitstack.kernels.avd.layout import bitplane_from_standard, standard_from_bitplane, unpack_bitplane
+from bitstack.kernels.avd.reference import bitstack_linear_reference, dense_weight
 
 
 def _blocks(N, K, k, J, seed=0):

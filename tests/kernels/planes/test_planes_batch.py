@@ -28,7 +28,7 @@ CASES = [
 @needs_kernels
 @pytest.mark.parametrize("N,K,group,J,M,dtype,cfg", CASES)
 def test_batch_matches_reference(N, K, group, J, M, dtype, cfg):
-    from bitstack.kernels.planes_batch import PlanesBatchConfig, planes_batch
+    from bitstack.kernels.planes.batch import PlanesBatchConfig, planes_batch
 
     packed = _packed(N, K, J, group, seed=J, device=DEVICE)
     g = torch.Generator().manual_seed(J + 2)
@@ -57,7 +57,7 @@ def test_dispatch_uses_the_few_token_kernel_up_to_16_tokens():
 @needs_kernels
 def test_batch_refuses_bad_calls():
     from bitstack.kernels import PackedPlanes
-    from bitstack.kernels.planes_batch import PlanesBatchConfig, planes_batch
+    from bitstack.kernels.planes.batch import PlanesBatchConfig, planes_batch
 
     packed = _packed(8, 64, 2, 32, device=DEVICE)
     with pytest.raises(ValueError, match="1 to 16 tokens"):

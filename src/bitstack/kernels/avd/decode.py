@@ -1,4 +1,4 @@
-"""Decode kernel (few tokens): y = Σ_i Σ_r u_i[:, r] ⊙ (S_i · (v_i[r] ⊙ x)) — no weight is rebuilt.
+"""Codec ``avd``, decode kernel (few tokens): y = Σ_i Σ_r u_i[:, r] ⊙ (S_i · (v_i[r] ⊙ x)) — no weight is rebuilt.
 
 Imports Triton at module level: import this module lazily (``bitstack.kernels`` does).
 
@@ -11,8 +11,7 @@ with ``u_i`` (``BN × k``) into the ``BN × M`` output tile.
 
 Split-K: programs that share a row tile add their fp32 partials into a workspace with atomics;
 the last one to finish writes ``y`` (+ bias) in x's dtype and re-zeroes the workspace
-(:mod:`bitstack.kernels._splitk`, shared with the planes decode kernel), so one launch does
-everything.
+(:mod:`bitstack.kernels._splitk`, shared with the planes kernels), so one launch does everything.
 """
 
 from __future__ import annotations
@@ -23,10 +22,11 @@ import torch
 import triton
 import triton.language as tl
 
-from bitstack.kernels._checks import check_linear_args, interpret_mode
-from bitstack.kernels._signs import sign_plane
+from bitstack.kernels._checks import interpret_mode, next_pow2
 from bitstack.kernels._splitk import split_k, splitk_workspace, store_rows
-from bitstack.kernels.layout import PackedBitStack
+from bitstack.kernels.avd.layout import PackedBitStack, check_linear_args
+from bitstack.kernels.avd.signs import sign_plane
+from bitstack.kernels.dispatch import AVD_DECODE_WIDTH_LIMIT
 
 
 @triton.jit
@@ -193,21 +193,12 @@ class DecodeConfig:
     zprep_warps: int = 1
 
 
-LAST_COMPILED: dict = {}  # last launched compiled kernel (benchmarks read its registers/IR)
-
-
-def _next_pow2(n: int) -> int:
-    return 1 << max(0, (n - 1).bit_length())
-
-
-def max_decode_tokens(rank: int) -> int:
-    """Largest token count the decode kernel accepts for this rank (k·M ≤ 256 after padding)."""
-    return max(1, 256 // _next_pow2(rank))
-
-
 def decode_launch(x: torch.Tensor, packed: PackedBitStack, bias: torch.Tensor | None = None,
-                  config: DecodeConfig | None = None) -> torch.Tensor:
-    """:func:`bitstack_linear_decode` with explicit launch parameters (benchmarks use this)."""
+                  config: DecodeConfig | None = None, *, return_compiled: bool = False):
+    """:func:`bitstack_linear_decode` with explicit launch parameters (benchmarks use this).
+
+    ``return_compiled``: return ``(y, compiled)``, Triton's compiled decode kernel (registers,
+    PTX, SASS; None in the interpreter), instead of y."""
     check_linear_args(x, packed, bias, need_gpu=True)
     cfg = config or DecodeConfig()
     N, K, k, G, J = packed.out_features, packed.in_features, packed.rank, packed.group, packed.num_blocks
@@ -217,10 +208,10 @@ def decode_launch(x: torch.Tensor, packed: PackedBitStack, bias: torch.Tensor | 
     M = x2.shape[0]
     if M < 1:
         raise ValueError("x holds no token")
-    MP = _next_pow2(M)
-    KR = max(_next_pow2(k), 16 // MP if MP < 16 else 1)
-    if KR * MP > 256:
-        raise ValueError(f"decode kernel handles rank*tokens <= 256 (got rank {k}, {M} tokens): "
+    MP = next_pow2(M)
+    KR = max(next_pow2(k), 16 // MP if MP < 16 else 1)
+    if KR * MP > AVD_DECODE_WIDTH_LIMIT:
+        raise ValueError(f"decode kernel handles rank*tokens <= {AVD_DECODE_WIDTH_LIMIT} (got rank {k}, {M} tokens): "
                          "use bitstack_linear_prefill for more tokens")
     unpack = cfg.unpack if cfg.unpack is not None else (0 if interpret_mode() else 2)
     if interpret_mode():
@@ -243,7 +234,7 @@ def decode_launch(x: torch.Tensor, packed: PackedBitStack, bias: torch.Tensor | 
                                            G=G, KR=KR, MP=MP, num_warps=cfg.zprep_warps)
     else:
         z = y  # unused
-    LAST_COMPILED["decode"] = _decode_kernel[(n_tiles, splits)](
+    compiled = _decode_kernel[(n_tiles, splits)](
         x2, packed.signs, packed.u, packed.v, bias if bias is not None else y, y, ws, cnt, z,
         M, N, K, k, (K + 7) // 8, J,
         x2.stride(0), y.stride(0),
@@ -254,12 +245,8 @@ def decode_launch(x: torch.Tensor, packed: PackedBitStack, bias: torch.Tensor | 
         FLAT=cfg.flat and cfg.zpre and K % (8 * G) == 0,
         num_warps=cfg.num_warps, num_stages=stages,
     )
-    return y.reshape(*x.shape[:-1], N)
-
-
-def default_decode_config(M: int, N: int, K: int, rank: int, device: torch.device) -> DecodeConfig:
-    """Launch parameters used by :func:`bitstack_linear_decode` (tuned on an H100; see NOTES.md)."""
-    return DecodeConfig()
+    y = y.reshape(*x.shape[:-1], N)
+    return (y, compiled) if return_compiled else y
 
 
 def bitstack_linear_decode(x: torch.Tensor, packed: PackedBitStack,
@@ -269,7 +256,7 @@ def bitstack_linear_decode(x: torch.Tensor, packed: PackedBitStack,
     Args:
         x: float16 or bfloat16, shape (..., K), CUDA (or CPU under TRITON_INTERPRET=1); the product
             of its leading dims (tokens M) times the padded rank must be <= 256
-            (:func:`max_decode_tokens`).
+            (``bitstack.kernels.dispatch.AVD_DECODE_WIDTH_LIMIT``).
         packed: :class:`PackedBitStack` of the J loaded blocks, same device.
         bias: optional float tensor (N,), added in float32 before the final rounding.
     Returns:
@@ -279,7 +266,4 @@ def bitstack_linear_decode(x: torch.Tensor, packed: PackedBitStack,
     Raises:
         ValueError on bad dtypes, shapes or devices.
     """
-    check_linear_args(x, packed, bias, need_gpu=True)
-    M = x.numel() // max(1, x.shape[-1]) if x.shape[-1] else 0
-    cfg = default_decode_config(M, packed.out_features, packed.in_features, packed.rank, x.device)
-    return decode_launch(x, packed, bias, cfg)
+    return decode_launch(x, packed, bias, DecodeConfig())

@@ -1,12 +1,12 @@
-"""Few-token Triton kernel for codec ``planes`` (2 to 16 tokens): tiles of Ŵ rebuilt on chip and
+"""Codec ``planes``, few-token kernel (2 to 16 tokens): tiles of Ŵ rebuilt on chip and
 multiplied on the tensor cores, Ŵ never written to memory.
 
-Imports Triton at module level: import this module lazily (:mod:`bitstack.kernels.planes` does).
+Imports Triton at module level: import this module lazily (:mod:`bitstack.kernels.api` does).
 
 A program owns ``block_n`` rows and a range of K tiles of ``block_k`` columns (split-K over the
 tiles, as :mod:`bitstack.kernels._splitk` describes).  Per tile it rebuilds Ŵ's [block_n, block_k]
-tile in registers with the row-rebuild kernel's own code (``_rebuild_tile`` of
-:mod:`bitstack.kernels.planes`: Ŵ = A' + B·f, the J sign bits of a weight ORed into the mantissa
+tile in registers with the row-rebuild kernel's own code (``rebuild_tile`` of
+:mod:`bitstack.kernels.planes.codes`: Ŵ = A' + B·f, the J sign bits of a weight ORed into the mantissa
 of f, the 8 bits of a sign byte a tensor axis), rounds it to x's dtype and multiplies it with
 the [block_k, 16] tile of x (tokens padded to 16, the tensor cores' narrowest operand) with
 ``tl.dot``, accumulating in float32.  So every weight is rebuilt once per call whatever the token count (≤ 16), where the
@@ -22,12 +22,11 @@ import torch
 import triton
 import triton.language as tl
 
-from bitstack.kernels._checks import check_planes_args, interpret_mode
+from bitstack.kernels._checks import interpret_mode
 from bitstack.kernels._splitk import split_k, splitk_workspace, store_rows
-from bitstack.kernels.planes import _rebuild_tile
-from bitstack.kernels.planes_layout import KERNEL_MAX_BLOCKS, PackedPlanes, planes_group_supported
-
-BATCH_MAX_TOKENS = 16  # the tokens of a call fit one 16-wide tensor-core operand
+from bitstack.kernels.dispatch import BATCH_MAX_TOKENS, KERNEL_MAX_BLOCKS
+from bitstack.kernels.planes.codes import rebuild_tile
+from bitstack.kernels.planes.layout import PackedPlanes, check_planes_args, planes_group_supported
 
 
 @triton.jit
@@ -51,7 +50,7 @@ def _planes_batch_kernel(
     t1 = tl.minimum(t0 + tiles_per_split, n_ktiles)
     for t in range(t0, t1):
         byte = t * NB + tl.arange(0, NB)
-        w = _rebuild_tile(s_ptr, off_ptr, step_ptr, offs_n, nmask, byte, N, KB, NG, coef, J, GS, BN, KT, DT)
+        w = rebuild_tile(s_ptr, off_ptr, step_ptr, offs_n, nmask, byte, N, KB, NG, coef, J, GS, BN, KT, DT)
         cols = t * KT + tl.arange(0, KT)
         xt = tl.load(x_ptr + offs_m[None, :] * stride_xm + cols[:, None],
                      mask=mmask[None, :] & (cols < K)[:, None], other=0.0)  # [KT, MP]
@@ -79,11 +78,8 @@ class PlanesBatchConfig:
     num_stages: int = 1
 
 
-LAST_COMPILED: dict = {}
-
-
 def planes_batch(x: torch.Tensor, packed: PackedPlanes, bias: torch.Tensor | None = None,
-                 config: PlanesBatchConfig | None = None) -> torch.Tensor:
+                 config: PlanesBatchConfig | None = None, *, return_compiled: bool = False):
     """y = x · Ŵᵀ (+ bias) for 1 to 16 tokens, Ŵ's tiles rebuilt on chip (module docstring).
 
     Args:
@@ -93,23 +89,25 @@ def planes_batch(x: torch.Tensor, packed: PackedPlanes, bias: torch.Tensor | Non
             of two ≥ 8, same device.
         bias: optional float tensor (N,), added in float32 before the final rounding.
         config: launch parameters (None: :class:`PlanesBatchConfig`'s defaults).
+        return_compiled: return ``(y, compiled)``, Triton's compiled kernel (registers, PTX, SASS;
+            None in the interpreter), instead of y.
     Returns:
         shape (..., N), x's dtype.
     Raises:
         ValueError on bad dtypes, shapes, devices, group sizes, block or token counts.
     """
     check_planes_args(x, packed, bias, need_gpu=True)
-    return batch_launch(x, packed, bias, config)
+    return batch_launch(x, packed, bias, config, return_compiled=return_compiled)
 
 
 def batch_launch(x: torch.Tensor, packed: PackedPlanes, bias: torch.Tensor | None = None,
-                 config: PlanesBatchConfig | None = None) -> torch.Tensor:
+                 config: PlanesBatchConfig | None = None, *, return_compiled: bool = False):
     """:func:`planes_batch` for arguments that passed ``check_planes_args`` already; the group,
     block, token and launch-parameter checks stay."""
     N, K, J = packed.out_features, packed.in_features, packed.num_blocks
     if not planes_group_supported(packed.group_size) or J > KERNEL_MAX_BLOCKS:
         raise ValueError(f"planes_batch needs a power-of-two group_size >= 8 and at most {KERNEL_MAX_BLOCKS} blocks, "
-                         f"got group_size {packed.group_size} and {J} blocks; use bitstack.kernels.planes_reference")
+                         f"got group_size {packed.group_size} and {J} blocks; use bitstack.kernels.planes.reference")
     x2 = x.reshape(-1, K)
     if not x2.is_contiguous():
         x2 = x2.contiguous()
@@ -127,11 +125,12 @@ def batch_launch(x: torch.Tensor, packed: PackedPlanes, bias: torch.Tensor | Non
     MP = 16
     y = torch.empty(M, N, dtype=x.dtype, device=x.device)
     ws, cnt = splitk_workspace(x.device, M, N, cfg.block_n) if splits > 1 else (y, y)
-    LAST_COMPILED["planes_batch"] = _planes_batch_kernel[(n_tiles, splits)](
+    compiled = _planes_batch_kernel[(n_tiles, splits)](
         x2, packed.signs, packed.offset, packed.step, bias if bias is not None else y, y, ws, cnt,
         M, N, K, KB, packed.num_groups, x2.stride(0), y.stride(0), n_ktiles, tps, 2.0 ** (1 - J) - 6.0,
         J=J, GS=packed.group_size, BN=cfg.block_n, KT=cfg.block_k, MP=MP, SPLIT=splits > 1,
         HAS_BIAS=bias is not None, DOT_F32=interpret_mode() and x.dtype == torch.bfloat16,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )
-    return y.reshape(*x.shape[:-1], N)
+    y = y.reshape(*x.shape[:-1], N)
+    return (y, compiled) if return_compiled else y

@@ -1,9 +1,9 @@
-"""One-token Triton kernel for codec ``planes``: y = x · Ŵᵀ (+ bias) with Ŵ never formed, the
+"""Codec ``planes``, one-token kernel: y = x · Ŵᵀ (+ bias) with Ŵ never formed, the
 x of a program's columns held in registers while the program streams over its rows.
 
-Imports Triton at module level: import this module lazily (:mod:`bitstack.kernels.planes` does).
+Imports Triton at module level: import this module lazily (:mod:`bitstack.kernels.api` does).
 
-Math (as in :mod:`bitstack.kernels.planes`): per row and 32-column sign word (one group, so
+Math (as in :mod:`bitstack.kernels.planes.decode`): per row and 32-column sign word (one group, so
 group_size >= 32), F = Σ f·x with f = 1 + Σ_i b_i 2^-(i+1) the weight's J-bit code as a float in
 [1, 2), X = Σ x, and the row's partial is ``A·X + B·(F - X)`` with A = C + step·(2^(1-J) - 2),
 B = 4·step.  All float32, rounded once to x's dtype.
@@ -12,7 +12,7 @@ Layout of the work.  A program owns NW = 32·num_warps consecutive sign words of
 word, 32 columns, per thread; neighbouring words are swapped so that the compiler does not
 vectorise the loads, :func:`_unvectorised_range`) and ``rows_per_prog`` rows, which it walks R
 rows at a time.  Before the row loop each thread loads the 32 x values of its word once, in the
-order the codes come out of the bit transpose (``_transpose4``/``_transpose8`` of :mod:`.planes`:
+order the codes come out of the bit transpose (``transpose4``/``transpose8`` of :mod:`.codes`:
 field m of transposed word r is column CODE·m + r), as 32 separate [1, NW] tensors in the sign
 words' own layout (a 3-D [fields, rows, words] formulation made Triton 3.6 convert layouts
 through shared memory in the loop), so that per row and weight the work is one shift, one masked
@@ -26,7 +26,7 @@ Measured on an H100 (benchmarks/kernels/NOTES.md, ``sweep_planes_decode.py``): 1
 / 4 blocks 31 / 33 µs against fp16 ``F.linear``'s 55 µs, CUDA-graph replay.
 
 Limits: 1 token, J ≤ 8 blocks, group_size a power of two ≥ 32; :func:`planes_gemv_supported`
-says when it applies, otherwise :func:`bitstack.kernels.planes.planes_decode_launch` serves.
+says when it applies, otherwise :func:`bitstack.kernels.planes.decode.planes_decode_launch` serves.
 """
 
 from __future__ import annotations
@@ -37,10 +37,9 @@ import torch
 import triton
 import triton.language as tl
 
-from bitstack.kernels._checks import check_planes_args
 from bitstack.kernels._splitk import sm_count, splitk_workspace
-from bitstack.kernels.planes import _block_words, _grid_coeffs, _place, _transpose4, _transpose8
-from bitstack.kernels.planes_layout import PackedPlanes
+from bitstack.kernels.planes.codes import block_words, grid_coeffs, place, transpose4, transpose8
+from bitstack.kernels.planes.layout import PackedPlanes, check_planes_args
 
 GEMV_MAX_BLOCKS = 8  # codes of up to 8 bits: one or two 4-bit/8-bit transposes
 
@@ -93,7 +92,7 @@ def _fields_dot(o, xs, CODE: tl.constexpr):
     22 .. 23 - CODE): one shift, one masked OR and one FMA per weight.  Returns [R, NW]."""
     acc = tl.zeros(o.shape, dtype=tl.float32)
     for m in tl.static_range(32 // CODE):
-        t = _place(o, 23 - CODE - CODE * m, ((1 << CODE) - 1) << (23 - CODE))
+        t = place(o, 23 - CODE - CODE * m, ((1 << CODE) - 1) << (23 - CODE))
         acc += (t | 0x3F800000).to(tl.float32, bitcast=True) * xs[m]
     return acc
 
@@ -113,10 +112,10 @@ def _row_partials(w0, w1, w2, w3, w4, w5, w6, w7, x0, x1, x2, x3, x4, x5, x6, x7
     """Σ over the program's words of A·X + B·(F - X) per row, float32 [R] (x0..x7: the tuples of
     :func:`_x_fields` for r = 0..7)."""
     if CODE == 4:
-        o0, o1, o2, o3 = _transpose4(w0, w1, w2, w3)
+        o0, o1, o2, o3 = transpose4(w0, w1, w2, w3)
         F = _fields_dot(o0, x0, 4) + _fields_dot(o1, x1, 4) + _fields_dot(o2, x2, 4) + _fields_dot(o3, x3, 4)
     else:
-        o0, o1, o2, o3, o4, o5, o6, o7 = _transpose8(w0, w1, w2, w3, w4, w5, w6, w7)
+        o0, o1, o2, o3, o4, o5, o6, o7 = transpose8(w0, w1, w2, w3, w4, w5, w6, w7)
         F = (_fields_dot(o0, x0, 8) + _fields_dot(o1, x1, 8) + _fields_dot(o2, x2, 8) + _fields_dot(o3, x3, 8)
              + _fields_dot(o4, x4, 8) + _fields_dot(o5, x5, 8) + _fields_dot(o6, x6, 8) + _fields_dot(o7, x7, 8))
     return tl.sum(A * X + B * (F - X), axis=1)
@@ -160,19 +159,19 @@ def _planes_gemv_kernel(
     offs_r = tl.arange(0, R)
     if PREFETCH:
         rows = row0 + offs_r[:, None]
-        n0, n1, n2, n3, n4, n5, n6, n7 = _block_words(s_ptr, 0, rows, (rows < row_end) & wvalid, word, N, KB, J,
-                                                      WORDS, EVEN)
+        n0, n1, n2, n3, n4, n5, n6, n7 = block_words(s_ptr, 0, rows, (rows < row_end) & wvalid, word, N, KB, J,
+                                                     WORDS, EVEN)
     for r0 in range(row0, row_end, R):
         rows = r0 + offs_r[:, None]  # [R, 1]
         rmask = rows < N
         if PREFETCH:
             w0, w1, w2, w3, w4, w5, w6, w7 = n0, n1, n2, n3, n4, n5, n6, n7
             nrows = rows + R
-            n0, n1, n2, n3, n4, n5, n6, n7 = _block_words(s_ptr, 0, nrows, (nrows < row_end) & wvalid, word, N, KB,
-                                                          J, WORDS, False)
+            n0, n1, n2, n3, n4, n5, n6, n7 = block_words(s_ptr, 0, nrows, (nrows < row_end) & wvalid, word, N, KB,
+                                                         J, WORDS, False)
         else:
-            w0, w1, w2, w3, w4, w5, w6, w7 = _block_words(s_ptr, 0, rows, rmask & wvalid, word, N, KB, J, WORDS, EVEN)
-        A, B = _grid_coeffs(off_ptr, step_ptr, rows, rmask & wvalid, g, NG, coef)  # [R, NW]
+            w0, w1, w2, w3, w4, w5, w6, w7 = block_words(s_ptr, 0, rows, rmask & wvalid, word, N, KB, J, WORDS, EVEN)
+        A, B = grid_coeffs(off_ptr, step_ptr, rows, rmask & wvalid, g, NG, coef)  # [R, NW]
         part = _row_partials(w0, w1, w2, w3, w4, w5, w6, w7, x0, x1, x2, x3, x4, x5, x6, x7, X, A, B, CODE)  # [R]
         orows = r0 + offs_r
         omask = orows < N
@@ -230,11 +229,9 @@ def gemv_config(in_features: int, config: PlanesGemvConfig | None = None) -> Pla
     return PlanesGemvConfig(num_warps=warps, rows=cfg.rows, programs_per_sm=pps, prefetch=cfg.prefetch)
 
 
-LAST_COMPILED: dict = {}  # last launched compiled kernel (benchmarks read its registers)
-
-
 def planes_gemv(x: torch.Tensor, packed: PackedPlanes, bias: torch.Tensor | None = None,
-                config: PlanesGemvConfig | None = None, *, out: torch.Tensor | None = None) -> torch.Tensor:
+                config: PlanesGemvConfig | None = None, *, out: torch.Tensor | None = None,
+                return_compiled: bool = False):
     """y = x · Ŵᵀ (+ bias) for ONE token, Ŵ never formed (module docstring).
 
     Args:
@@ -245,6 +242,8 @@ def planes_gemv(x: torch.Tensor, packed: PackedPlanes, bias: torch.Tensor | None
         config: launch parameters (:class:`PlanesGemvConfig`; None fields chosen by :func:`gemv_config`).
         out: optional x-dtype tensor of N contiguous elements to write y into (e.g. a row of a
             bigger result); returned reshaped to (..., N).
+        return_compiled: return ``(y, compiled)``, Triton's compiled kernel (registers, PTX, SASS;
+            None in the interpreter), instead of y.
     Returns:
         shape (..., N), x's dtype.
     Raises:
@@ -252,11 +251,12 @@ def planes_gemv(x: torch.Tensor, packed: PackedPlanes, bias: torch.Tensor | None
         group size outside :func:`planes_gemv_supported`.
     """
     check_planes_args(x, packed, bias, need_gpu=True)
-    return gemv_launch(x, packed, bias, config, out=out)
+    return gemv_launch(x, packed, bias, config, out=out, return_compiled=return_compiled)
 
 
 def gemv_launch(x: torch.Tensor, packed: PackedPlanes, bias: torch.Tensor | None = None,
-                config: PlanesGemvConfig | None = None, *, out: torch.Tensor | None = None) -> torch.Tensor:
+                config: PlanesGemvConfig | None = None, *, out: torch.Tensor | None = None,
+                return_compiled: bool = False):
     """:func:`planes_gemv` for arguments that passed ``check_planes_args`` already (a dispatcher's
     loop over tokens checks its tensors once); the token, block, group and ``out`` checks stay."""
     N, K, J = packed.out_features, packed.in_features, packed.num_blocks
@@ -264,7 +264,7 @@ def gemv_launch(x: torch.Tensor, packed: PackedPlanes, bias: torch.Tensor | None
     if not planes_gemv_supported(tokens, packed):
         raise ValueError(f"planes_gemv takes 1 token, 1..{GEMV_MAX_BLOCKS} blocks and a power-of-two group_size >= 32; "
                          f"got {tokens} tokens, {J} blocks, group_size {packed.group_size} "
-                         "(use bitstack.kernels.planes.planes_decode_launch)")
+                         "(use bitstack.kernels.planes.decode.planes_decode_launch)")
     cfg = gemv_config(K, config)
     R = cfg.rows
     if R < 1 or R & (R - 1) or cfg.num_warps < 1 or cfg.num_warps & (cfg.num_warps - 1):
@@ -288,11 +288,12 @@ def gemv_launch(x: torch.Tensor, packed: PackedPlanes, bias: torch.Tensor | None
     else:
         y = out.view(N)
     ws, cnt = splitk_workspace(x.device, 1, N, R) if splits > 1 else (y, y)
-    LAST_COMPILED["planes_gemv"] = _planes_gemv_kernel[(row_progs, splits)](
+    compiled = _planes_gemv_kernel[(row_progs, splits)](
         x1, signs, packed.offset, packed.step, bias if bias is not None else y, y, ws, cnt,
         N, K, KB, packed.num_groups, rows_per_prog, 2.0 ** (1 - J) - 2.0,
         J=J, GS=packed.group_size, NW=NW, R=R, WORDS=words, SPLIT=splits > 1, HAS_BIAS=bias is not None,
         EVEN_N=N % R == 0, EVEN_K=words and K % (32 * NW) == 0, PREFETCH=cfg.prefetch,
         num_warps=cfg.num_warps,
     )
-    return y.reshape(*x.shape[:-1], N)
+    y = y.reshape(*x.shape[:-1], N)
+    return (y, compiled) if return_compiled else y

@@ -52,6 +52,11 @@ def rebuild_weight(packed: PackedBitStack, dtype: torch.dtype = torch.float16) -
     """Dense Ŵ (N, K) in ``dtype`` (float16/bfloat16) rebuilt by the GPU kernel (one launch)."""
     from bitstack.kernels.avd.rebuild import rebuild_rows
 
+    return _all_rows(rebuild_rows, packed, dtype)
+
+
+def _all_rows(rebuild_rows, packed, dtype: torch.dtype) -> torch.Tensor:
+    """``rebuild_rows(packed, 0, N, out)`` into a fresh (N, K) ``dtype`` tensor on packed's device."""
     out = torch.empty(packed.out_features, packed.in_features, dtype=dtype, device=packed.device)
     return rebuild_rows(packed, 0, packed.out_features, out)
 
@@ -88,8 +93,7 @@ def planes_rebuild_weight(packed: PackedPlanes, dtype: torch.dtype = torch.float
     """Dense Ŵ (N, K) in ``dtype`` (float16/bfloat16/float32) rebuilt by the GPU kernel (one launch)."""
     from bitstack.kernels.planes.rebuild import rebuild_planes_rows
 
-    out = torch.empty(packed.out_features, packed.in_features, dtype=dtype, device=packed.device)
-    return rebuild_planes_rows(packed, 0, packed.out_features, out)
+    return _all_rows(rebuild_planes_rows, packed, dtype)
 
 
 def planes_linear_decode(x: torch.Tensor, packed: PackedPlanes, bias: torch.Tensor | None = None,

@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import collections
 import importlib
-import json
 import re
 import subprocess
 import sys

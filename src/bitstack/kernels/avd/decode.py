@@ -1,6 +1,6 @@
 """Codec ``avd``, decode kernel (few tokens): y = Σ_i Σ_r u_i[:, r] ⊙ (S_i · (v_i[r] ⊙ x)) — no weight is rebuilt.
 
-Imports Triton at module level: import this module lazily (``bitstack.kernels`` does).
+Imports Triton at module level: import this module lazily (``bitstack.kernels.api`` does).
 
 Per program: a tile of ``BN`` output rows and a range of column groups (split-K).  For each block
 ``i`` and each group of ``8G`` columns it loads the ``BN × G`` sign bytes once, and for each bit

@@ -6,8 +6,8 @@ without rewriting the artifact.  Used for issue 7's table (benchmarks/RESULTS.md
 """
 import torch, math, sys, json
 from pathlib import Path
-from bitstack.evaluation.stack_eval import StackEvaluator
-from bitstack.artifact.resort import stack_order
+from bitstack.sorting.measure import StackEvaluator
+from bitstack.sorting.resort import stack_order
 from bitstack.evaluation.curve import evaluate_order
 from bitstack.calibration.samples import tokenize_text
 from bitstack.evaluation.perplexity import token_windows
@@ -17,7 +17,7 @@ ev = StackEvaluator(path, device="cpu", batch_size=1)
 tok = load_tokenizer(path)
 win = token_windows(tokenize_text(tok, Path(sys.argv[2] if len(sys.argv) > 2 else "../shared/data/wikitext2_test.txt").read_text(), special_tokens=True), 2048, 4)
 order = stack_order(ev.manifest)
-from bitstack.core.ordering import leveled as make_leveled
+from bitstack.sorting.strategies import leveled as make_leveled
 leveled = make_leveled(order)
 for label, o in (("leveled", leveled),):
     for p in evaluate_order(ev, o, [100446464, 113924864], win, label=label, progress=False):

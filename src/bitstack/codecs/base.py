@@ -26,7 +26,6 @@ from __future__ import annotations
 import abc
 import dataclasses
 from dataclasses import dataclass, field
-from types import MappingProxyType
 from typing import Any, Callable, Mapping, Sequence
 
 import torch
@@ -39,22 +38,20 @@ Parts = tuple[tuple[str, torch.dtype, tuple[int, ...]], ...]
 class Block:
     """One residual block of one weight: named tensors (its *parts*) in on-disk order.
 
-    Which parts a block has is its codec's (:meth:`Codec.block_parts`); each is reached as an
-    attribute (``block.signs``).  A block is immutable; its tensors may be views of one buffer (a
-    block read from an artifact: its resident size is that buffer's) or of packed tensors.
+    Which parts a block has is its codec's (:meth:`Codec.block_parts`); each is an attribute
+    (``block.signs``), so part names must not be those of the attributes below.  A block is
+    immutable; its tensors may be views of one buffer (a block read from an artifact: its resident
+    size is that buffer's) or of packed tensors.
     """
 
-    __slots__ = ("parts",)
     stored_layout = True  # the parts are in the stored (on-disk) layout; False for views of a kernel layout
 
     def __init__(self, **parts: torch.Tensor):
-        object.__setattr__(self, "parts", MappingProxyType(dict(parts)))
-
-    def __getattr__(self, name: str) -> torch.Tensor:
-        try:
-            return object.__getattribute__(self, "parts")[name]
-        except (KeyError, AttributeError):
-            raise AttributeError(f"{type(self).__name__} has no part {name!r}") from None
+        for name, tensor in parts.items():
+            if hasattr(type(self), name):
+                raise ValueError(f"{name!r} cannot name a block part")
+            object.__setattr__(self, name, tensor)
+        object.__setattr__(self, "_names", tuple(parts))
 
     def __setattr__(self, name: str, value: Any) -> None:
         raise AttributeError("a block is immutable")
@@ -64,13 +61,18 @@ class Block:
         return f"{type(self).__name__}({shapes})"
 
     @property
+    def parts(self) -> dict[str, torch.Tensor]:
+        """{name: tensor} of the parts, in on-disk order."""
+        return {name: self.__dict__[name] for name in self._names}
+
+    @property
     def tensors(self) -> tuple[torch.Tensor, ...]:
         """The parts' tensors, in on-disk order."""
-        return tuple(self.parts.values())
+        return tuple(self.__dict__[name] for name in self._names)
 
     @property
     def nbytes(self) -> int:
-        return sum(t.numel() * t.element_size() for t in self.parts.values())
+        return sum(t.numel() * t.element_size() for t in self.tensors)
 
     def map(self, fn: Callable[[torch.Tensor], torch.Tensor]) -> "Block":
         """A block of the same parts, each passed through ``fn`` (e.g. moved to a device)."""

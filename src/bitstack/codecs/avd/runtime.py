@@ -59,7 +59,6 @@ class PackedBlockView(Block):
     (the stored factors; ``input_scale`` is not folded in).
     """
 
-    __slots__ = ("group",)
     stored_layout = False
 
     def __init__(self, signs: torch.Tensor, u: torch.Tensor, v: torch.Tensor, group: int = DEFAULT_GROUP):

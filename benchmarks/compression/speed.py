@@ -17,8 +17,8 @@ import time
 
 import torch
 
-from bitstack.core.avd import avd_decompose
-from bitstack.core.lowrank import truncated_svd
+from bitstack.codecs.avd.decompose import avd_decompose, block_dense
+from bitstack.codecs.avd.lowrank import truncated_svd
 
 SHAPES = {  # name: (out, in) per layer
     "q_proj": (4096, 4096), "k_proj": (1024, 4096), "v_proj": (1024, 4096), "o_proj": (4096, 4096),
@@ -60,7 +60,7 @@ def main() -> None:
             print(f"  {name} {out}x{inp} iteration {it}: ratio {float(err / optimal):.5f}  (full svdvals {full_time:.2f} s)")
             rows.append([name, f"{out}x{inp}", it, f"{float(err / optimal):.5f}", round(full_time, 2)])
             dec = avd_decompose(residual, 1, args.rank, oversample=args.oversample, power_iters=args.power_iters, seed=it)
-            residual = residual - dec.blocks[0].dense().to(device)
+            residual = residual - block_dense(dec.blocks[0]).to(device)
         del w, residual, a
 
     # ---- all linears of the model ------------------------------------------------------------

@@ -41,10 +41,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
     args = parser.parse_args(argv)
 
-    from bitstack.artifact.resort import stack_order
+    from bitstack.sorting.resort import stack_order
     from bitstack.evaluation.curve import _prefix_for
     from bitstack.evaluation.perplexity import perplexity
-    from bitstack.evaluation.stack_eval import StackEvaluator
+    from bitstack.sorting.measure import StackEvaluator
     from bitstack.evaluation.zeroshot import evaluate_tasks
     from bitstack.runtime.loader import load_tokenizer
 

@@ -24,7 +24,7 @@ import torch
 def feedback_synthetic() -> None:
     """Signs 'nearest' vs 'hessian' on a random 256 x 384 weight with correlated inputs (seeded):
     the output error tr(R H Rᵀ) after j blocks, as a ratio hessian / nearest."""
-    from bitstack.core.planes import plane_decompose
+    from bitstack.codecs.planes.decompose import plane_decompose
 
     torch.manual_seed(0)
     w = torch.randn(256, 384)
@@ -53,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     from bitstack.calibration.samples import tokenize_text
     from bitstack.config import CompressConfig
     from bitstack.evaluation.perplexity import token_windows
-    from bitstack.evaluation.stack_eval import StackEvaluator
+    from bitstack.sorting.measure import StackEvaluator
 
     kinds = {f.name: type(f.default) for f in dataclasses.fields(CompressConfig)}
     overrides = {}

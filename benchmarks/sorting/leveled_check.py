@@ -26,12 +26,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args(argv)
 
-    from bitstack.artifact.resort import stack_order
+    from bitstack.sorting.resort import stack_order
     from bitstack.calibration.samples import tokenize_text
     from bitstack.core.ordering import leveled
     from bitstack.evaluation.curve import evaluate_order
     from bitstack.evaluation.perplexity import token_windows
-    from bitstack.evaluation.stack_eval import StackEvaluator
+    from bitstack.sorting.measure import StackEvaluator
     from bitstack.runtime.loader import load_tokenizer
 
     evaluator = StackEvaluator(args.artifact, device=args.device, batch_size=1)

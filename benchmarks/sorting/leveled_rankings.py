@@ -42,10 +42,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     from bitstack.calibration.samples import tokenize_text
-    from bitstack.core.ordering import leveled, order_from_scores, proxy_scores
+    from bitstack.sorting.strategies import leveled, order_from_scores, proxy_scores
     from bitstack.evaluation.curve import evaluate_order
     from bitstack.evaluation.perplexity import token_windows
-    from bitstack.evaluation.stack_eval import StackEvaluator
+    from bitstack.sorting.measure import StackEvaluator
     from bitstack.runtime.loader import load_tokenizer
     from bitstack.sorting import SortSettings, energy_stats, fisher_diagonal, validation_windows
 

@@ -83,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     from bitstack.calibration.samples import tokenize_text
     from bitstack.evaluation.curve import evaluate_order, spread_budgets
     from bitstack.evaluation.perplexity import token_windows
-    from bitstack.evaluation.stack_eval import StackEvaluator
+    from bitstack.sorting.measure import StackEvaluator
     from bitstack.memory import parse_memory
     from bitstack.runtime.loader import load_tokenizer
     from bitstack.sorting import SortSettings, compute_order, validation_windows

@@ -30,7 +30,7 @@ def info_dict(path: str) -> dict:
             "floor_bits_per_param": round(8 * (m.floor_bytes - m.base_bytes) / params, 4),
             "full_bits_per_param": round(8 * (m.full_bytes - m.base_bytes) / params, 4),
             "disk_bytes": artifact_size_on_disk(path),
-            "codec": "planes" if any(w.group_size for w in m.weights) else "avd",
+            "codec": ", ".join(m.codecs),
             "niter": m.compression.get("niter"),
             "rank": m.compression.get("rank"),
             "group_size": m.compression.get("group_size"),

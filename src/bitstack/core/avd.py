@@ -1,120 +1,14 @@
-"""Iterated absolute-value decomposition (AVD) of one weight matrix.
-
-Each iteration splits the current residual R into its sign matrix and a rank-k model of its
-magnitude:  S = sign(R) (0 -> +1),  |R| ≈ U_k Σ_k V_kᵀ,  u = U_k √Σ_k,  v = √Σ_k V_kᵀ,  then
-R <- R - S ⊙ (u v).  One iteration is one :class:`ResidualBlock`.  The factors are rounded to
-float16 *before* the residual update, so what is stored is exactly what inference rebuilds.
-"""
+"""Former path of :mod:`bitstack.codecs.avd.decompose`, kept only while ``bitstack.kernels`` and
+its tests import these names from it; delete this module once they import the new path."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 
-from bitstack.core.lowrank import truncated_svd
-from bitstack.core.packing import pack_signs, signs_to_float
+from bitstack.codecs.avd.decompose import reconstruct  # noqa: F401
+from bitstack.codecs.base import Block
 
 
-@dataclass(frozen=True)
-class ResidualBlock:
-    """One residual block of a weight of shape (out, in).
-
-    signs: uint8 (out, ceil(in / 8)), packed as in :mod:`bitstack.core.packing`.
-    u: float16 (out, r).   v: float16 (r, in).   Dense value: S ⊙ (u v).
-    """
-
-    signs: torch.Tensor
-    u: torch.Tensor
-    v: torch.Tensor
-
-    @property
-    def nbytes(self) -> int:
-        return sum(t.numel() * t.element_size() for t in (self.signs, self.u, self.v))
-
-    def dense(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-        """The block's dense contribution, shape (out, in)."""
-        cols = self.v.shape[1]
-        magnitude = self.u.to(torch.float32) @ self.v.to(torch.float32)  # (out, in)
-        return (signs_to_float(self.signs, cols) * magnitude).to(dtype)
-
-
-def block_nbytes(out_features: int, in_features: int, rank: int) -> int:
-    """Bytes of one stored block: packed signs + float16 u and v."""
-    return out_features * ((in_features + 7) // 8) + 2 * rank * (out_features + in_features)
-
-
-def reconstruct(blocks: list[ResidualBlock], dtype: torch.dtype = torch.float32, *, chunk: int = 4) -> torch.Tensor:
-    """Sum of the blocks' dense contributions, accumulated in float32, shape (out, in).
-
-    Blocks are processed ``chunk`` at a time: one batched matmul for the magnitudes and one
-    table lookup for the signs, so the transient memory is about ``chunk`` dense float32 copies.
-    """
-    if not blocks:
-        raise ValueError("reconstruct needs at least one block")
-    cols = blocks[0].v.shape[1]
-    total = None
-    for start in range(0, len(blocks), chunk):
-        part = blocks[start : start + chunk]
-        u = torch.stack([b.u for b in part]).to(torch.float32)  # (c, out, r)
-        v = torch.stack([b.v for b in part]).to(torch.float32)  # (c, r, in)
-        signs = signs_to_float(torch.stack([b.signs for b in part]), cols)  # (c, out, in)
-        contribution = (signs * torch.bmm(u, v)).sum(dim=0)  # (out, in)
-        total = contribution if total is None else total + contribution
-    return total.to(dtype)
-
-
-@dataclass(frozen=True)
-class Decomposition:
-    """Result of :func:`avd_decompose`.
-
-    blocks: ``niter`` blocks in load order.
-    residual_sq: ``niter + 1`` floats, ``residual_sq[i]`` = ||R_i||_F² after i blocks
-    (``residual_sq[0]`` = ||W||_F²), measured on the float16-rounded factors.
-    """
-
-    blocks: list[ResidualBlock]
-    residual_sq: list[float]
-
-
-def avd_decompose(
-    weight: torch.Tensor,
-    niter: int,
-    rank: int,
-    *,
-    oversample: int = 8,
-    power_iters: int = 4,
-    seed: int = 0,
-) -> Decomposition:
-    """Decompose ``weight`` into ``niter`` residual blocks of rank ``rank``.
-
-    Args:
-        weight: float32, shape (out, in) — already multiplied by the activation scale if any.
-        niter: number of blocks (iterations), >= 1.
-        rank: rank of each block's magnitude model, 1 <= rank <= min(out, in).
-        oversample, power_iters: truncated-SVD settings (:func:`truncated_svd`).
-        seed: seeds the truncated SVD; the result is a pure function of the inputs.
-    """
-    if weight.dim() != 2 or weight.dtype != torch.float32:
-        raise ValueError(f"avd_decompose expects a float32 matrix, got {weight.dtype} of shape {tuple(weight.shape)}")
-    if niter < 1:
-        raise ValueError(f"niter must be >= 1, got {niter}")
-    if not torch.isfinite(weight).all():
-        raise ValueError("weight has NaN or infinite entries")
-    generator = torch.Generator(device=weight.device).manual_seed(seed)
-    residual = weight.clone()
-    residual_sq = [float(residual.square().sum())]
-    blocks: list[ResidualBlock] = []
-    for _ in range(niter):
-        positive = residual >= 0  # (out, in), sign 0 -> +1
-        u_full, sigma, vh = truncated_svd(
-            residual.abs(), rank, oversample=oversample, power_iters=power_iters, generator=generator
-        )
-        root = sigma.sqrt()
-        u = (u_full * root).to(torch.float16)  # (out, r)
-        v = (root[:, None] * vh).to(torch.float16)  # (r, in)
-        magnitude = u.to(torch.float32) @ v.to(torch.float32)  # (out, in)
-        residual -= torch.where(positive, magnitude, -magnitude)
-        blocks.append(ResidualBlock(signs=pack_signs(positive), u=u, v=v))
-        residual_sq.append(float(residual.square().sum()))
-    return Decomposition(blocks=blocks, residual_sq=residual_sq)
+def ResidualBlock(signs: torch.Tensor, u: torch.Tensor, v: torch.Tensor) -> Block:  # noqa: N802 (the former class)
+    """The block of parts u, v, signs (the former dataclass's field order: signs, u, v)."""
+    return Block(u=u, v=v, signs=signs)

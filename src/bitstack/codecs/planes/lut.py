@@ -1,6 +1,6 @@
 """``y = x · Ŵᵀ`` for a planes weight without rebuilding Ŵ: byte lookup tables (the CPU decode path).
 
-A planes weight of J blocks is Ŵ = C + Σ_{i<J} S_i ⊙ expand(step)·2^-i (:mod:`bitstack.core.planes`).
+A planes weight of J blocks is Ŵ = C + Σ_{i<J} S_i ⊙ expand(step)·2^-i (:mod:`bitstack.codecs.planes.grid`).
 For one group g of input columns and S_i = 2·B_i − 1 (B_i the stored bits),
 
     Σ_{k∈g} Ŵ[n, k] x_k = (C − c_J·step)[n, g] · X_g + 2 · step[n, g] · Σ_i 2^-i (B_i x)_{n,g}
@@ -26,7 +26,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from bitstack.core.planes import num_groups
+from bitstack.codecs.planes.grid import num_groups
 
 
 def supports_lut(in_features: int, group_size: int) -> bool:

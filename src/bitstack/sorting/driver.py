@@ -2,7 +2,7 @@
 
 Strategies (:data:`bitstack.config.SORT_STRATEGIES`):
 
-- ``proxy``: activation-scaled residual energy per byte (:mod:`bitstack.core.ordering`).  The
+- ``proxy``: activation-scaled residual energy per byte (:mod:`bitstack.sorting.strategies`).  The
   order ``compress`` wrote is kept (it used the exact energies); on an artifact re-sorted since,
   the energies are recomputed from the blocks with the full stack standing in for the original
   weight (:func:`is_compress_time_proxy`).  No forward pass.
@@ -15,7 +15,7 @@ Strategies (:data:`bitstack.config.SORT_STRATEGIES`):
   validation loss measured with every weight at i blocks except that one at i + 1.
   Cost: one full forward per level plus one partial forward per block.
 - ``greedy``: batched lazy greedy on measured loss reduction per byte
-  (:class:`bitstack.core.ordering.GreedySorter`).
+  (:class:`bitstack.sorting.strategies.GreedySorter`).
 - ``random``: a seeded ablation.
 
 Measurements of ``average`` and ``greedy`` go to ``<artifact>.sortcache/<strategy>-<key>.json``
@@ -34,15 +34,20 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from bitstack.artifact.atomic import atomic_write_bytes
-from bitstack.artifact.resort import resort_artifact
+from bitstack.artifact.reader import open_artifact
+from bitstack.calibration.samples import calibration_samples, check_source
 from bitstack.config import SORT_STRATEGIES
-from bitstack.core.ordering import GreedySorter, WeightStats, level_order, residual_energies, universal_order
 from bitstack.errors import InputError
+from bitstack.runtime.loader import load_tokenizer
+from bitstack.sorting.measure import StackEvaluator
+from bitstack.sorting.resort import resort_artifact, stack_order
+from bitstack.sorting.strategies import (GreedySorter, WeightStats, level_order, random_order, residual_energies,
+                                         universal_order)
 
-MEASURED = ("average", "greedy")
 NEEDS_MODEL = ("fisher", "leveled", "average", "greedy")
 
 
@@ -54,7 +59,7 @@ class SortSettings:
         fallback) or a Hugging Face dataset id — calibration-style text, not the test set.
     val_windows, val_seqlen: how many windows of how many tokens (seeded by ``seed``).
     batch_size: windows per forward pass.
-    greedy_step, greedy_max_age: see :class:`~bitstack.core.ordering.GreedySorter`.
+    greedy_step, greedy_max_age: see :class:`~bitstack.sorting.strategies.GreedySorter`.
     seed: validation windows and the ``random`` strategy.
     """
 
@@ -92,7 +97,7 @@ def is_compress_time_proxy(manifest) -> bool:
 
     Only then are the exact residual energies of the decomposition behind it; once re-sorted,
     ``proxy`` recomputes them from the blocks with the full stack standing in for the original
-    weight (:func:`~bitstack.core.ordering.residual_energies`), which moves late blocks: the
+    weight (:func:`~bitstack.sorting.strategies.residual_energies`), which moves late blocks: the
     drops E[i] − E[i+1] of the last blocks are of the order of the final residual E[n] that the
     approximation sets to 0.
     """
@@ -162,9 +167,6 @@ def validation_windows(evaluator, settings: SortSettings) -> torch.Tensor:
     A file or dataset gives seeded random windows (seed + 1, so that they differ from the
     calibration windows of the same seed); ``"self"`` samples text from the full-stack model.
     """
-    from bitstack.calibration.samples import calibration_samples, check_source
-    from bitstack.runtime.loader import load_tokenizer
-
     check_source(settings.val)
     tokenizer = load_tokenizer(evaluator.path)
     evaluator.set_counts(evaluator.num_blocks)
@@ -188,8 +190,6 @@ def fisher_diagonal(evaluator, windows: torch.Tensor, progress: bool = True) -> 
     At the full stack; one forward + backward per window (per-window gradients, squared and
     averaged).  Returns float32 (out, in) per weight, in manifest order.
     """
-    import torch.nn.functional as F
-
     evaluator.set_counts(evaluator.num_blocks)
     params = []
     for module in evaluator.modules:
@@ -281,21 +281,15 @@ def compute_order(path: str | Path, strategy: str, settings: SortSettings | None
     """The universal order of ``strategy`` for the artifact at ``path`` (nothing is written but
     the measurement cache).
 
-    ``evaluator`` (a :class:`~bitstack.evaluation.stack_eval.StackEvaluator` of ``path``) and
+    ``evaluator`` (a :class:`~bitstack.sorting.measure.StackEvaluator` of ``path``) and
     ``windows`` may be passed to share them between strategies; ``use_cache=False`` neither reads
     nor writes ``<artifact>.sortcache``.
     """
-    from bitstack.evaluation.stack_eval import StackEvaluator
-
     _check_strategy(strategy)
     settings = settings or SortSettings()
     began = time.perf_counter()
     if strategy in ("random", "proxy"):
-        from bitstack.artifact.reader import ArtifactReader
-        from bitstack.artifact.resort import stack_order
-        from bitstack.core.ordering import random_order
-
-        with ArtifactReader(path, verify=False) as reader:
+        with open_artifact(path, verify=False) as reader:
             manifest = reader.manifest
         info: dict[str, Any] = {"strategy": strategy, "forwards": 0, "forward_equivalents": 0}
         if strategy == "random":

@@ -1,10 +1,10 @@
-"""Fast evaluation of many per-weight block-count configurations of one artifact.
+"""Measuring the loss of many per-weight block-count configurations of one artifact (fast).
 
 :class:`StackEvaluator` loads the whole stack once and replaces every ``BitStackLinear`` by a
 :class:`DenseStackLinear` that keeps its Ŵ built from the first ``count`` blocks.  Its output is
-bit-for-bit that of ``BitStackLinear`` with the same blocks: Ŵ is accumulated in float32 in block
-order (:func:`bitstack.core.avd.reconstruct`), cast to the compute dtype, and applied with the
-same ``F.linear`` — it is only rebuilt when the count changes rather than in every forward.
+that of ``BitStackLinear`` with the same blocks: Ŵ is its codec's terms (``Codec.contribution``)
+accumulated in float32 in block order, cast to the compute dtype, and applied with the same
+``F.linear`` — it is only rebuilt when the count changes rather than in every forward.
 
 Changing the counts of some weights and re-scoring a set of token windows is what ``curve``
 (one configuration per budget) and the ``average``/``greedy`` sorting strategies (one
@@ -16,7 +16,6 @@ cached output), which halves the cost on average.
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,15 +25,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bitstack.core.avd import ResidualBlock
+from bitstack.codecs.base import Block
 from bitstack.errors import InputError
+from bitstack.runtime.loader import load
 
 
 class DenseStackLinear(nn.Module):
     """A linear layer whose weight is the sum of the first ``count`` of its residual blocks.
 
     Attributes:
-        blocks: all residual blocks of the weight (uint8 signs, float16 u/v), in order.
+        blocks: all residual blocks of the weight, in order (the codec's parts).
         count: how many are in use (1 … len(blocks)).
         weight: Ŵ in the compute dtype, shape (out, in); ``acc`` is its float32 accumulator.
         bias: (out,) or None; input_scale: (in,) or None (shared with the loaded module).
@@ -44,11 +44,10 @@ class DenseStackLinear(nn.Module):
         super().__init__()
         self.in_features = source.in_features
         self.out_features = source.out_features
-        self.blocks: list[ResidualBlock] = list(source.blocks)
+        self.blocks: list[Block] = list(source.blocks)
         self.bias = source.bias
         self.input_scale = source.input_scale
-        self.group_size = getattr(source, "group_size", 0)
-        self.plane_grid = (source.plane_offset, source.plane_step) if self.group_size else None
+        self.codec, self.params, self.base = source.codec, source.params, source.codec_base()
         self.dtype = dtype
         self.count = 0
         self.acc: torch.Tensor | None = None
@@ -60,7 +59,7 @@ class DenseStackLinear(nn.Module):
             raise ValueError(f"block count must be in 1 … {len(self.blocks)}, got {count}")
         if count == self.count:
             return
-        if self.acc is None or count < self.count:  # same float32 summation order as reconstruct()
+        if self.acc is None or count < self.count:  # the summation order of Codec.dense_weight
             self.acc = self.contribution(0)
             start = 1
         else:  # growing: add the new blocks to the running sum, in the same order
@@ -71,12 +70,8 @@ class DenseStackLinear(nn.Module):
         self.weight = self.acc.to(self.dtype)
 
     def contribution(self, index: int) -> torch.Tensor:
-        """Block ``index``'s dense term of Ŵ, float32 (out, in) (codec planes: block 0 includes C)."""
-        if self.group_size:
-            from bitstack.core.planes import plane_block_contribution
-
-            return plane_block_contribution(self.blocks[index], index, *self.plane_grid, self.group_size)
-        return self.blocks[index].dense()
+        """Block ``index``'s dense term of Ŵ, float32 (out, in) (``Codec.contribution``)."""
+        return self.codec.contribution(self, self.blocks[index], index, self.base)
 
     def next_weight(self) -> torch.Tensor:
         """Ŵ with ``count + 1`` blocks, in the compute dtype (not stored)."""
@@ -130,8 +125,6 @@ class StackEvaluator:
 
     def __init__(self, path: str | Path, *, device: torch.device | str | None = "cpu",
                  dtype: torch.dtype | str | None = None, batch_size: int = 4, verify: bool = True):
-        from bitstack.runtime.loader import load
-
         if batch_size < 1:
             raise InputError(f"batch size must be positive, got {batch_size}")
         self.path = Path(path)
@@ -285,6 +278,3 @@ class StackEvaluator:
         finally:
             module.weight = saved
 
-
-def ppl(nll: float) -> float:
-    return math.exp(nll) if nll < 700 else math.inf

@@ -9,12 +9,12 @@ import torch
 
 import bitstack
 from bitstack.artifact.reader import ArtifactReader
-from bitstack.artifact.resort import resort_artifact, resort_dir, stack_order
 from bitstack.config import SORT_STRATEGIES, CompressConfig
-from bitstack.core.ordering import check_head_first, check_order
 from bitstack.errors import InputError
-from bitstack.evaluation.stack_eval import StackEvaluator
 from bitstack.sorting import SortSettings, cache_dir, compute_order, sort_artifact
+from bitstack.sorting.measure import StackEvaluator
+from bitstack.sorting.resort import resort_artifact, resort_dir, stack_order
+from bitstack.sorting.strategies import check_head_first, check_order
 
 CONFIG = dict(nsamples=2, seqlen=16, niter=4, rank=2, dtype="float32", batch_size=2, shard_mb=0.02)
 _CANDIDATE_LOSS = StackEvaluator.candidate_loss
@@ -132,7 +132,7 @@ def test_sort_failure_leaves_the_original_intact(artifact, monkeypatch):
 
 
 def test_swap_failure_restores_the_original(artifact, monkeypatch):
-    import bitstack.artifact.resort as resort
+    import bitstack.sorting.resort as resort
 
     before = _digests(artifact)
     real_finish = resort.finish

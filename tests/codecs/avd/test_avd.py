@@ -2,7 +2,9 @@ import pytest
 import torch
 from conftest import sqnr_db
 
-from bitstack.core.avd import avd_decompose, block_nbytes, reconstruct
+from bitstack.codecs import get_codec
+from bitstack.codecs.avd.decompose import avd_decompose, reconstruct
+from bitstack.codecs.base import WeightShape
 
 
 @pytest.mark.parametrize("shape", [(32, 48), (50, 21), (7, 9)])
@@ -30,7 +32,7 @@ def test_block_layout_and_size():
     assert block.signs.dtype == torch.uint8 and block.signs.shape == (10, 2)
     assert block.u.dtype == torch.float16 and block.u.shape == (10, 3)
     assert block.v.dtype == torch.float16 and block.v.shape == (3, 13)
-    assert block.nbytes == block_nbytes(10, 13, 3) == 10 * 2 + 2 * 3 * 23
+    assert block.nbytes == get_codec("avd").block_nbytes(WeightShape(10, 13, {"rank": 3})) == 10 * 2 + 2 * 3 * 23
 
 
 def test_zero_residual_sign_is_plus_one():

@@ -3,8 +3,8 @@ import torch
 from conftest import sqnr_db
 
 from bitstack.core.packing import unpack_signs
-from bitstack.core.planes import (expand_groups, num_groups, plane_block_contribution, plane_decompose, plane_grid,
-                                  planes_reconstruct)
+from bitstack.codecs.planes.decompose import plane_decompose
+from bitstack.codecs.planes.grid import expand_groups, num_groups, plane_block_contribution, plane_grid, planes_reconstruct
 
 SHAPES = [(1, 1), (3, 7), (16, 16), (17, 33), (40, 130), (8, 257)]
 
@@ -151,7 +151,7 @@ def test_bad_input():
 
 
 def test_scale_power_search():
-    from bitstack.core.planes import nearest_energies, search_scale_power
+    from bitstack.codecs.planes.decompose import nearest_energies, search_scale_power
 
     torch.manual_seed(2)
     w = torch.randn(64, 128)

@@ -2,7 +2,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bitstack.core.ordering import WeightStats, check_order, proxy_scores, universal_order
+from bitstack.sorting.strategies import WeightStats, check_order, proxy_scores, universal_order
 
 
 def _stats(energies, nbytes):
@@ -44,7 +44,7 @@ import random as _random
 
 import torch
 
-from bitstack.core.ordering import (
+from bitstack.sorting.strategies import (
     GreedySorter,
     check_head_first,
     level_order,
@@ -190,7 +190,7 @@ def test_check_head_first():
 
 
 def test_leveled_keeps_the_ranking_inside_each_level():
-    from bitstack.core.ordering import leveled
+    from bitstack.sorting.strategies import leveled
 
     order = [(0, 0), (1, 0), (1, 1), (1, 2), (0, 1), (0, 2)]
     assert leveled(order) == [(0, 0), (1, 0), (1, 1), (0, 1), (1, 2), (0, 2)]

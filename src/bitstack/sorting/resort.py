@@ -15,9 +15,9 @@ from pathlib import Path
 from typing import Sequence
 
 from bitstack.artifact.manifest import Manifest
-from bitstack.artifact.reader import ArtifactReader
+from bitstack.artifact.reader import open_artifact
 from bitstack.artifact.writer import finish, write_shards
-from bitstack.core.ordering import check_head_first, check_order
+from bitstack.sorting.strategies import check_head_first, check_order
 from bitstack.errors import ArtifactError, InputError
 
 
@@ -58,7 +58,7 @@ def resort_artifact(
     """
     path = Path(path)
     work = resort_dir(path)
-    with ArtifactReader(path, verify=True) as reader:
+    with open_artifact(path, verify=True) as reader:
         manifest = reader.manifest
         num_blocks = [w.num_blocks for w in manifest.weights]
         order = [(int(w), int(i)) for w, i in order]

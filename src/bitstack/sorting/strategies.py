@@ -180,7 +180,7 @@ class GreedySorter:
         if not pending:
             return "done", []
 
-        def rank(w: int) -> tuple[float, int]:
+        def best_first(w: int) -> tuple[float, int]:
             known = self.gains.get(w)
             return (-math.inf if known is None else -known[0], w)
 
@@ -189,7 +189,7 @@ class GreedySorter:
         expired = [w for w in pending if w in self.gains and self.accepted - self.gains[w][1] > self.max_age]
         if expired:
             return "measure", expired
-        top = sorted(pending, key=rank)[: self.step]
+        top = sorted(pending, key=best_first)[: self.step]
         stale = [w for w in top if w not in self.gains]
         if stale:
             return "measure", stale

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from bitstack.core.lowrank import truncated_svd
+from bitstack.codecs.avd.lowrank import truncated_svd
 
 
 def _optimal_error(a, k):

@@ -4,8 +4,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from bitstack.core.planes import plane_decompose, planes_reconstruct
-from bitstack.core.planes_lut import planes_linear_lut, supports_lut
+from bitstack.codecs.planes.decompose import plane_decompose
+from bitstack.codecs.planes.grid import planes_reconstruct
+from bitstack.codecs.planes.lut import planes_linear_lut, supports_lut
 
 
 @pytest.mark.parametrize("out_features,in_features,group_size,blocks", [

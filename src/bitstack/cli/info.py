@@ -31,9 +31,9 @@ def info_dict(path: str) -> dict:
             "full_bits_per_param": round(8 * (m.full_bytes - m.base_bytes) / params, 4),
             "disk_bytes": artifact_size_on_disk(path),
             "codec": ", ".join(m.codecs),
+            "codec_params": {w.codec: w.params for w in reversed(m.weights)},
+            "codec_summary": m.codec_summary(),
             "niter": m.compression.get("niter"),
-            "rank": m.compression.get("rank"),
-            "group_size": m.compression.get("group_size"),
             "compression": m.compression,
         }
 
@@ -46,9 +46,8 @@ def run(args: argparse.Namespace) -> int:
     from bitstack.memory import format_bytes
 
     print(f"{info['path']}: {info['model_type']} from {info['model_source']} (format v{info['format_version']})")
-    shape = f"groups of {info['group_size']}" if info["codec"] == "planes" else f"rank {info['rank']}"
-    print(f"  {info['num_weights']} decomposed weights, {info['num_blocks']} blocks (codec {info['codec']}, "
-          f"niter {info['niter']}, {shape})")
+    print(f"  {info['num_weights']} decomposed weights, {info['num_blocks']} blocks ({info['codec_summary']}, "
+          f"niter {info['niter']})")
     print(f"  floor {format_bytes(info['floor_bytes'])} ({info['floor_bits_per_param']} bits/param), "
           f"full {format_bytes(info['full_bytes'])} ({info['full_bits_per_param']} bits/param), "
           f"non-decomposed {format_bytes(info['base_bytes'])}")

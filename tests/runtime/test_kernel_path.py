@@ -218,7 +218,7 @@ def test_planes_kernel_mode_survives_a_device_round_trip_and_new_grids(tiny_arti
 def test_planes_more_blocks_than_the_kernels_take_use_the_pure_path(tiny_artifact):
     """A planes weight with more than 16 blocks (the kernels' limit) stays packed and computes on
     the pure path, with the same result."""
-    from bitstack.kernels.planes_layout import KERNEL_MAX_BLOCKS
+    from bitstack.kernels.dispatch import KERNEL_MAX_BLOCKS
 
     path, _, _ = tiny_artifact
     model = bitstack.load(path, device="cpu", dtype="float16")

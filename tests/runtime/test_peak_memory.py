@@ -255,10 +255,10 @@ def test_kernel_mode_load_transient_is_one_weight_part(artifact):
 @pytest.mark.skipif(not _kernel_mode_available(), reason="kernel mode on the CPU needs Triton's interpreter")
 def test_repack_in_parts_equals_an_all_at_once_pack(artifact):
     """After grows and shrinks in kernel mode, every weight's packed tensors are exactly those that
-    ``bitstack.kernels.layout.repack`` (codec avd) or ``pack_planes`` (codec planes) builds at once
+    ``bitstack.kernels.avd.layout.repack`` (codec avd) or ``pack_planes`` (codec planes) builds at once
     from freshly loaded stored blocks."""
     from bitstack.kernels import pack_planes
-    from bitstack.kernels.layout import repack
+    from bitstack.kernels.avd.layout import repack
     from bitstack.runtime.linear import set_kernels
 
     path = artifact

@@ -8,7 +8,8 @@ import sys
 import pytest
 import torch
 
-from bitstack.core.avd import ResidualBlock, reconstruct
+from bitstack.codecs.avd.decompose import reconstruct
+from bitstack.codecs.base import Block
 from bitstack.core.packing import pack_signs
 from bitstack.kernels import PackedBitStack, packed_nbytes, repack
 from bitstack.kernels.avd.layout import bitplane_from_standard, standard_from_bitplane, unpack_bitplane
@@ -17,9 +18,9 @@ from bitstack.kernels.avd.reference import bitstack_linear_reference, dense_weig
 
 def _blocks(N, K, k, J, seed=0):
     g = torch.Generator().manual_seed(seed)
-    return [ResidualBlock(pack_signs(torch.rand(N, K, generator=g) > 0.5),
-                          (torch.randn(N, k, generator=g) * 0.3).half(),
-                          (torch.randn(k, K, generator=g) * 0.3).half()) for _ in range(J)]
+    return [Block(signs=pack_signs(torch.rand(N, K, generator=g) > 0.5),
+                  u=(torch.randn(N, k, generator=g) * 0.3).half(),
+                  v=(torch.randn(k, K, generator=g) * 0.3).half()) for _ in range(J)]
 
 
 @pytest.mark.parametrize("K", [1, 7, 8, 9, 37, 128, 129, 300, 513, 1030])

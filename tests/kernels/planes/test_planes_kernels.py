@@ -16,9 +16,9 @@ import importlib.util
 import pytest
 import torch
 
-from bitstack.core.avd import ResidualBlock
+from bitstack.codecs.base import Block
 from bitstack.core.packing import pack_signs
-from bitstack.core.planes import planes_reconstruct
+from bitstack.codecs.planes.grid import planes_reconstruct
 from bitstack.kernels import (
     PackedPlanes,
     pack_planes,
@@ -250,13 +250,13 @@ def test_group_sizes_the_kernels_take():
 
 
 def test_reference_is_planes_reconstruct():
-    """The reference's Ŵ is core.planes' reconstruction of the same sign blocks, and its output
+    """The reference's Ŵ is codecs.planes.grid's reconstruction of the same sign blocks, and its output
     that of F.linear in float32; the naive baseline rounds Ŵ to x's dtype first."""
     g = torch.Generator().manual_seed(9)
     N, K, group = 11, 45, 16
     packed = _packed(N, K, 3, group, seed=9)
     empty_u, empty_v = torch.zeros(N, 0).half(), torch.zeros(0, K).half()
-    blocks = [ResidualBlock(packed.signs[i].clone(), empty_u, empty_v) for i in range(3)]
+    blocks = [Block(signs=packed.signs[i].clone(), u=empty_u, v=empty_v) for i in range(3)]
     w = planes_reconstruct(blocks, packed.offset, packed.step, group)
     x = torch.randn(2, 4, K, generator=g).half()
     b = torch.randn(N, generator=g)

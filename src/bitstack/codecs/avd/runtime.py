@@ -4,7 +4,7 @@ Storage in kernel mode ("packed")
 ---------------------------------
 The packed tensors *are* the storage: ``module.packed`` is one
 :class:`~bitstack.kernels.PackedBitStack` holding signs uint8 (J, N, ceil(K/8)) in the kernels'
-bit-plane layout (:mod:`bitstack.kernels.layout`), u float16 (J, N, k) and v float16 (J, k, K),
+bit-plane layout (:mod:`bitstack.kernels.avd.layout`), u float16 (J, N, k) and v float16 (J, k, K),
 and ``module.blocks[i]`` is a :class:`PackedBlockView` whose ``signs``/``u``/``v`` are the views
 ``packed.signs[i]``/``packed.u[i]``/``packed.v[i]``.  The signs of a view are in the bit-plane
 layout, not the stored one (``view.stored()`` converts).  ``u`` and ``v`` are the stored factors
@@ -44,9 +44,9 @@ import torch
 from bitstack.codecs.base import Block, kernel_input_ok, stacked
 from bitstack.codecs.avd.decompose import block_dense, reconstruct
 from bitstack.kernels import bitstack_linear
-from bitstack.kernels.layout import (DEFAULT_GROUP, PackedBitStack, bitplane_from_standard, standard_from_bitplane,
+from bitstack.kernels.avd.layout import (DEFAULT_GROUP, PackedBitStack, bitplane_from_standard, standard_from_bitplane,
                                      unpack_bitplane)
-from bitstack.kernels.reference import dense_weight as packed_dense_weight
+from bitstack.kernels.avd.reference import dense_weight as packed_dense_weight
 
 SIGN_CHUNK_BYTES = 8 << 20  # rows of stored signs converted to the bit-plane layout at a time
 
@@ -55,7 +55,7 @@ class PackedBlockView(Block):
     """Block ``i`` of a module's :class:`~bitstack.kernels.PackedBitStack`, as views.
 
     signs: uint8 (out, ceil(in/8)) in the kernels' **bit-plane** layout with ``group`` bytes per
-    full group (see :mod:`bitstack.kernels.layout`).  u: float16 (out, k).  v: float16 (k, in)
+    full group (see :mod:`bitstack.kernels.avd.layout`).  u: float16 (out, k).  v: float16 (k, in)
     (the stored factors; ``input_scale`` is not folded in).
     """
 
@@ -161,7 +161,7 @@ def part_bytes(out_features: int, in_features: int, rank: int) -> tuple[int, int
 def sign_scratch_bytes(out_features: int, in_features: int, group: int) -> int:
     """Peak bytes of the uint8 scratch that converting one block's signs to the bit-plane layout
     of ``group`` holds (:func:`bitplane_signs`: ``SIGN_CHUNK_BYTES`` of rows at a time, through
-    ``bitstack.kernels.layout.bitplane_from_standard``), counted from that function's tensors.
+    ``bitstack.kernels.avd.layout.bitplane_from_standard``), counted from that function's tensors.
 
     With r rows converted at once, c = r × ceil(K/8) bytes of them and c_g = r × (the bytes of
     the widest group): unpacking to bits holds a shift table (8 bytes) and two (r, ceil(K/8), 8)

@@ -16,7 +16,7 @@ from bitstack.codecs.planes import runtime
 from bitstack.codecs.planes.decompose import plane_decompose, search_scale_power
 from bitstack.codecs.planes.grid import CLIP_RATIOS, num_groups, plane_block_contribution
 from bitstack.codecs.planes.settings import AUTO_SCALE_POWERS, FEEDBACK_TOKENS_PER_INPUT, PlanesSettings
-from bitstack.kernels.planes_layout import planes_group_supported
+from bitstack.kernels.planes.layout import planes_group_supported
 
 
 class PlanesCodec(Codec):

@@ -25,7 +25,8 @@ from bitstack.codecs.base import kernel_input_ok, stacked
 from bitstack.codecs.planes.grid import sign_only_blocks
 from bitstack.codecs.planes.lut import planes_linear_lut, supports_lut
 from bitstack.kernels import planes_linear
-from bitstack.kernels.planes_layout import KERNEL_MAX_BLOCKS, PackedPlanes
+from bitstack.kernels.dispatch import KERNEL_MAX_BLOCKS
+from bitstack.kernels.planes.layout import PackedPlanes
 
 
 def pack(module: Any) -> None:

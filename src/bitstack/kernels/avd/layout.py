@@ -218,7 +218,7 @@ def repack(blocks: Sequence[Any], input_scale: torch.Tensor | None = None,
 
     Args:
         blocks: sequence of ``j >= 1`` blocks, each a ``(signs, u, v)`` tuple or an object with
-            ``.signs/.u/.v`` (e.g. ``bitstack.core.avd.ResidualBlock``):
+            ``.signs/.u/.v`` (e.g. ``bitstack.codecs.base.Block``):
             signs uint8 (N, ceil(K/8)) in the stored layout, u float16 (N, k), v float16 (k, K),
             all on one device, same N, K, k for every block.
         input_scale: optional (K,) tensor (any float dtype): when given, ``v`` is replaced by

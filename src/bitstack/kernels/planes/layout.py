@@ -5,7 +5,7 @@ A ``planes`` weight of ``J`` loaded blocks is
 
     Ŵ = C + Σ_{i<J} S_i ⊙ expand(step) · 2^-i
 
-(:mod:`bitstack.core.planes`): ``C`` = ``offset`` and ``step`` are float16 (N, G) per (row, group
+(:mod:`bitstack.codecs.planes.grid`): ``C`` = ``offset`` and ``step`` are float16 (N, G) per (row, group
 of ``group_size`` input columns), G = ceil(K / group_size), the last group possibly shorter, and
 ``expand`` repeats each group's value over its columns.  ``S_i`` is block i's sign matrix.
 

@@ -5,7 +5,7 @@
     y = x · Ŵᵀ + bias,   Ŵ = C + Σ_{i<J} S_i ⊙ expand(step) · 2^-i
 
 from a :class:`~bitstack.kernels.planes.layout.PackedPlanes` (Ŵ rebuilt by
-:func:`bitstack.core.planes.planes_reconstruct`, the runtime's pure path) and returns it in
+:func:`bitstack.codecs.planes.grid.planes_reconstruct`, the runtime's pure path) and returns it in
 ``x.dtype``.  ``planes_linear_naive`` is the "reconstruct, then matmul" baseline of the benchmarks:
 Ŵ rebuilt densely in ``x.dtype``, then ``F.linear``.
 """
@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from bitstack.core.planes import planes_reconstruct, sign_only_blocks
+from bitstack.codecs.planes.grid import planes_reconstruct, sign_only_blocks
 from bitstack.kernels._linear import linear_float32
 from bitstack.kernels.planes.layout import PackedPlanes, check_planes_args
 

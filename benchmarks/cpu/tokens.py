@@ -27,7 +27,7 @@ import torch.nn.functional as F
 
 from benchmarks.cpu.common import interleaved, load_average, median_call_s, threads_note
 from benchmarks.resultfile import write_result
-from bitstack.core.planes_lut import planes_linear_lut
+from bitstack.codecs.planes.lut import planes_linear_lut
 from bitstack.native.planes import native_isa, planes_dense, planes_lut_linear
 from bitstack.runtime.linear import LUT_MAX_TOKENS
 

@@ -37,7 +37,7 @@ def test_concurrent_first_builds_then_the_cache(tmp_path):
 def test_no_compiler_falls_back_with_one_warning_line(tmp_path):
     code = """
 import json, torch
-from bitstack.core.planes_lut import planes_linear_lut
+from bitstack.codecs.planes.lut import planes_linear_lut
 from bitstack.native.planes import planes_lut_linear, planes_dense, native_isa
 signs = torch.randint(0, 256, (3, 10, 13), dtype=torch.uint8)
 offset, step = torch.randn(10, 4).half(), torch.rand(10, 4).half()
@@ -70,7 +70,7 @@ def test_other_backends_match_the_reference(isa):
 import torch
 from bitstack.native.build import load_library
 from bitstack.native.planes import planes_lut_linear_reference
-from bitstack.core.planes import planes_reconstruct, sign_only_blocks
+from bitstack.codecs.planes.grid import planes_reconstruct, sign_only_blocks
 assert load_library(isa={isa!r}) == {isa!r}
 worst = 0.0
 for n, k, g, j, t in [(37, 200, 64, 3, 1), (9, 100, 8, 5, 7), (33, 576, 128, 16, 16), (17, 1100, 32, 2, 3)]:

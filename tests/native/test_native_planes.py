@@ -5,8 +5,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from bitstack.core.planes import planes_reconstruct, sign_only_blocks
-from bitstack.core.planes_lut import planes_linear_lut
+from bitstack.codecs.planes.grid import planes_reconstruct, sign_only_blocks
+from bitstack.codecs.planes.lut import planes_linear_lut
 from bitstack.native.build import NativeBuildError, find_compiler
 from bitstack.native.planes import (native_isa, planes_dense, planes_lut_linear, planes_lut_linear_reference)
 

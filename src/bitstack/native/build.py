@@ -35,7 +35,6 @@ from bitstack.errors import BitstackError
 
 CACHE_ENV = "BITSTACK_NATIVE_CACHE"
 CSRC = Path(__file__).resolve().parent / "csrc"
-SOURCES = ("planes_ops.cpp", "planes_lut.h", "planes_dense.h", "simd.h")
 ISA_FLAGS = {
     "native": ["-march=native"],
     "avx2": ["-mavx2", "-mfma", "-mf16c"],
@@ -55,6 +54,11 @@ def default_cache_dir() -> Path:
         return Path(os.environ[CACHE_ENV])
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     return Path(base) / "bitstack" / "native"
+
+
+def sources() -> list[Path]:
+    """Every file the library is compiled from (``csrc/*.cpp`` and ``csrc/*.h``), sorted by name."""
+    return sorted(p for p in CSRC.iterdir() if p.suffix in (".cpp", ".h"))
 
 
 def find_compiler() -> str:
@@ -102,8 +106,8 @@ def compile_command(compiler: str, isa: str, source: Path, output: Path) -> list
 def library_key(compiler: str, isa: str) -> str:
     """Hash of the sources, torch, compiler (path and version), flags and (isa native) the CPU."""
     digest = hashlib.sha256()
-    for name in SOURCES:
-        digest.update(name.encode() + b"\0" + (CSRC / name).read_bytes() + b"\0")
+    for path in sources():
+        digest.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
     parts = [torch.__version__, str(getattr(torch.version, "git_version", "")), compiler,
              _compiler_version(compiler), " ".join(_BASE_FLAGS + ISA_FLAGS.get(isa, [])), isa,
              _cpu_signature() if isa == "native" else platform.machine()]

@@ -1,14 +1,14 @@
 """Planes weights on the CPU through the native kernels, with their pure-PyTorch references.
 
-A planes weight of J blocks is Ŵ = C + Σ_{i<J} S_i ⊙ expand(step)·2^-i (:mod:`bitstack.core.planes`).
+A planes weight of J blocks is Ŵ = C + Σ_{i<J} S_i ⊙ expand(step)·2^-i (:mod:`bitstack.codecs.planes.grid`).
 Layouts: signs J uint8 tensors (N, ceil(K/8)) in the stored layout (bit j of byte c is column
-8c + j, 1 = +1; :mod:`bitstack.core.packing`), or one stacked (J, N, ceil(K/8)) tensor;
+8c + j, 1 = +1; the stored layout), or one stacked (J, N, ceil(K/8)) tensor;
 offset, step float16 (N, G), G = ceil(K / group_size).
 
 * :func:`planes_lut_linear` — y = x · Ŵᵀ (+ bias) from the packed signs, Ŵ never formed
   (``torch.ops.bitstack.planes_lut_linear``, lookup tables shared by all rows and planes; see
   docs/cpu.md).  For few tokens (decode).
-* :func:`planes_dense` — Ŵ rebuilt natively, bit for bit :func:`~bitstack.core.planes.planes_reconstruct`
+* :func:`planes_dense` — Ŵ rebuilt natively, bit for bit :func:`~bitstack.codecs.planes.grid.planes_reconstruct`
   (``torch.ops.bitstack.planes_dense``).  For many tokens (prefill): rebuild, then one matmul.
 
 Each takes ``native``: None (the native op when it is available and ``BITSTACK_NATIVE`` does not
@@ -26,8 +26,8 @@ import warnings
 import torch
 import torch.nn.functional as F
 
-from bitstack.core.planes import planes_reconstruct, sign_only_blocks
-from bitstack.core.planes_lut import planes_linear_lut
+from bitstack.codecs.planes.grid import planes_reconstruct, sign_only_blocks
+from bitstack.codecs.planes.lut import planes_linear_lut
 from bitstack.native.build import NativeBuildError, load_library
 
 NATIVE_ENV = "BITSTACK_NATIVE"  # "0", "off", "false" or "no": never build or use the native kernels
@@ -97,7 +97,7 @@ def planes_lut_linear(x: torch.Tensor, signs, offset: torch.Tensor, step: torch.
 
     x: float32, bfloat16 or float16 (..., K) on the CPU; group_size a multiple of 8 (4 natively);
     bias: optional (N,).  Returns (..., N) in x's dtype, computed in float32.  Without the native
-    op: :func:`bitstack.core.planes_lut.planes_linear_lut` (the same product through
+    op: :func:`bitstack.codecs.planes.lut.planes_linear_lut` (the same product through
     ``embedding_bag``)."""
     planes = _as_list(signs)
     if native_applies(x, native):
@@ -108,7 +108,7 @@ def planes_lut_linear(x: torch.Tensor, signs, offset: torch.Tensor, step: torch.
 def planes_lut_linear_reference(x: torch.Tensor, signs, offset: torch.Tensor, step: torch.Tensor, group_size: int,
                                 bias: torch.Tensor | None = None) -> torch.Tensor:
     """Reference of :func:`planes_lut_linear` (same signature): Ŵ rebuilt in float32 by
-    :func:`~bitstack.core.planes.planes_reconstruct`, the product and bias in float32, cast to x's dtype."""
+    :func:`~bitstack.codecs.planes.grid.planes_reconstruct`, the product and bias in float32, cast to x's dtype."""
     planes = _as_list(signs)
     weight = planes_reconstruct(list(sign_only_blocks(planes, x.shape[-1])), offset, step, group_size)
     y = F.linear(x.to(torch.float32), weight, None if bias is None else bias.to(torch.float32))
@@ -118,7 +118,7 @@ def planes_lut_linear_reference(x: torch.Tensor, signs, offset: torch.Tensor, st
 def planes_dense(signs, offset: torch.Tensor, step: torch.Tensor, in_features: int, group_size: int,
                  dtype: torch.dtype = torch.float32, *, native: bool | None = None) -> torch.Tensor:
     """Ŵ (N, in_features) as ``dtype``, accumulated in float32 in block order: equal bit for bit to
-    :func:`~bitstack.core.planes.planes_reconstruct` (which it calls without the native op)."""
+    :func:`~bitstack.codecs.planes.grid.planes_reconstruct` (which it calls without the native op)."""
     planes = _as_list(signs)
     if dtype in _NATIVE_DTYPES and native_applies(offset, native):
         return torch.ops.bitstack.planes_dense(planes, offset, step, in_features, group_size, dtype)

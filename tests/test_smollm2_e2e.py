@@ -57,3 +57,19 @@ def test_budgets_on_the_real_model(smol):
     ids = tokenizer("The capital of France is", return_tensors="pt")
     out = full.generate(**ids, max_new_tokens=5, do_sample=False)
     assert out.shape[1] == ids.input_ids.shape[1] + 5
+
+
+def test_demo_shows_progress_while_it_evaluates(smol, capsys):
+    """``bitstack demo`` on a compressed artifact: one phase line per evaluation phase on stderr
+    (held-out sampling, the float model, each budget), then the table on stdout."""
+    from bitstack.demo import DEMO_BITS, run_demo
+
+    path, _ = smol
+    rows = run_demo(output=str(path), eval_windows=1, eval_seqlen=32, device="cpu", progress=True)
+    out, err = capsys.readouterr()
+    phases = [line for line in err.splitlines() if line.startswith("[")]
+    total = 3 + len(DEMO_BITS)
+    assert [p.split("]")[0] for p in phases] == [f"[{k}/{total}" for k in range(1, total + 1)], err
+    assert "evaluating float" in phases[1] and "evaluating full stack" in phases[2]
+    assert "demo finished in" in err
+    assert len(rows) >= 3 and "| float (bf16) |" in out and "| full stack |" in out

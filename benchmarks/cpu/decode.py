@@ -1,7 +1,7 @@
 """SmolLM2-135M on the CPU end to end: greedy decode tokens/s and prefill time, BitStack against float.
 
     python -m benchmarks.cpu.decode ARTIFACT [--bits 3,4] [--dtypes bfloat16,float32]
-        [--paths native] [--threads 2] [--tokens 32] [--prefill 64] [--rounds 3]
+        [--paths native] [--threads 2] [--batch 1] [--tokens 32] [--prefill 64] [--rounds 3]
         [--out benchmarks/results/cpu/decode.json]
 
 Contenders, all in memory at once and measured in interleaved rounds (each round runs every
@@ -14,7 +14,8 @@ each of ``--paths``:
 * ``lut``: the PyTorch lookup tables through embedding_bag (``BITSTACK_NATIVE=0`` while it runs);
 * ``rebuild``: every call rebuilds Ŵ (natively) and calls F.linear (``lut_max_tokens = 0``).
 
-Decode: greedy generation after a 9-token prompt, batch 1.  "decode tok/s" is the steady state:
+Decode: greedy generation after a 9-token prompt, ``--batch`` copies of it at once (each decode
+step then computes ``--batch`` tokens per linear; tok/s counts every sequence's tokens).  "decode tok/s" is the steady state:
 (time to generate 1 + ``--tokens`` tokens − time to generate 1) / ``--tokens``, so the prompt's
 forward and what a generate call does once (e.g. the first step's logits) cancel out;
 "generate tok/s" is ``--tokens`` / the time of one whole generate call.  Prefill: one forward of a
@@ -86,6 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dtypes", default="bfloat16,float32", help="compute dtypes of float and BitStack models")
     parser.add_argument("--paths", default="native", help="native, lut and/or rebuild (module docstring)")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--batch", type=int, default=1, help="sequences decoded at once")
     parser.add_argument("--tokens", type=int, default=32)
     parser.add_argument("--prefill", type=int, default=64, help="prompt length of the prefill measurement (0: none)")
     parser.add_argument("--rounds", type=int, default=3)
@@ -101,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     isa = native_isa()
     tokenizer = bitstack.load_tokenizer(args.artifact)
-    ids = tokenizer(PROMPT, return_tensors="pt").input_ids
+    ids = tokenizer(PROMPT, return_tensors="pt").input_ids.repeat(args.batch, 1)
     long_ids = torch.randint(100, 20000, (1, args.prefill), generator=torch.Generator().manual_seed(0))
     dtypes = [getattr(torch, d) for d in args.dtypes.split(",")]
     contenders = {}  # name -> (model, path, memory MB, bits/param)
@@ -134,8 +136,8 @@ def main(argv: list[str] | None = None) -> int:
         for name, (model, path, _, _) in contenders.items():
             with _path(model, path) if path else _nullpath():
                 one, more = generate_s(model, ids, 1), generate_s(model, ids, 1 + args.tokens)
-                decode[name].append(args.tokens / (more - one))
-                whole[name].append((1 + args.tokens) / more)
+                decode[name].append(args.batch * args.tokens / (more - one))
+                whole[name].append(args.batch * (1 + args.tokens) / more)
                 if args.prefill:
                     prefill[name].append(prefill_s(model, long_ids))
     floats = [n for n in contenders if n.startswith("float")]
@@ -158,14 +160,14 @@ def main(argv: list[str] | None = None) -> int:
         print("| " + " | ".join(str(c) for c in row) + " |")
     print(f"load average before {load_before}, after {load_after}")
     if args.out:
-        notes = (f"SmolLM2-135M, greedy, batch 1, {args.tokens} new tokens after a {ids.shape[1]}-token prompt; prefill: one "
+        notes = (f"SmolLM2-135M, greedy, batch {args.batch}, {args.tokens} new tokens after a {ids.shape[1]}-token prompt; prefill: one "
                  f"forward of {args.prefill} tokens. Native kernel {isa}; {threads_note(args.threads)}. Median of "
                  f"{args.rounds} interleaved rounds. Load average before {load_before}, after {load_after}. Decode speed "
                  f"depends on the artifact's shapes and block counts, not on its calibration.")
         write_result(args.out, title="CPU: SmolLM2-135M decode and prefill, BitStack vs float", topic="cpu",
                      columns=columns, rows=rows, notes=notes,
-                     extra={"decode_tps": decode, "generate_tps": whole, "prefill_s": prefill, "isa": isa,
-                            "load_before": load_before,
+                     extra={"decode_tps": decode, "generate_tps": whole, "prefill_s": prefill, "isa": isa, "batch": args.batch,
+                            "threads": args.threads, "load_before": load_before,
                             "load_after": load_after})
     return 0
 

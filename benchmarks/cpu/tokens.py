@@ -1,4 +1,4 @@
-"""CPU time of one planes linear by token count: which path wins where (the LUT_MAX_TOKENS evidence).
+"""CPU time of one planes linear by token count: which path wins where (the native_max_tokens evidence).
 
     python -m benchmarks.cpu.tokens [--shapes 576x576,192x576,1536x576,576x1536] [--blocks 3]
         [--tokens 1,4,8,16,32,64] [--threads 2] [--rounds 5] [--calls 15] [--dtype bfloat16]
@@ -9,11 +9,11 @@ For each shape (default: SmolLM2's linears), random weights in ``--blocks`` plan
 
 * ``native lut``: the native lookup-table kernel (bitstack.native, torch.ops.bitstack.planes_lut_linear);
 * ``native rebuild``: Ŵ rebuilt natively in the activation dtype, then F.linear (the runtime's
-  path above ``LUT_MAX_TOKENS``);
+  path above ``native_max_tokens``);
 * ``embedding_bag lut``: the PyTorch lookup tables (the path without the native library);
 * ``float``: F.linear with a dense weight of the activation dtype (reference).
 
-The runtime takes the lookup tables up to ``LUT_MAX_TOKENS`` tokens (bitstack.runtime.linear)
+The runtime takes the native lookup tables up to ``native_max_tokens`` tokens (bitstack.kernels.dispatch)
 and rebuilds above: the crossover of the first two columns is where that threshold belongs.
 """
 
@@ -29,7 +29,7 @@ from benchmarks.cpu.common import interleaved, load_average, median_call_s, thre
 from benchmarks.resultfile import write_result
 from bitstack.codecs.planes.lut import planes_linear_lut
 from bitstack.native.planes import native_isa, planes_dense, planes_lut_linear
-from bitstack.runtime.linear import LUT_MAX_TOKENS
+from bitstack.kernels.dispatch import DEFAULT_TABLE
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     isa = native_isa(True)
     load_before = load_average()
     print(f"native kernel: {isa}; {threads_note(args.threads)}; {args.blocks} blocks, groups of 128, {args.dtype} x; "
-          f"LUT_MAX_TOKENS = {LUT_MAX_TOKENS}; load {load_before}")
+          f"native_max_tokens = {DEFAULT_TABLE.native_max_tokens}; load {load_before}")
     columns = ["out×in", "tokens", "float F.linear µs", "native lut µs", "native rebuild + F.linear µs",
                "embedding_bag lut µs", "rebuild / native lut"]
     print("| " + " | ".join(columns) + " |\n|" + "---|" * len(columns))
@@ -81,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.out:
         notes = (f"Native kernel {isa}; {args.blocks} blocks, groups of 128, {args.dtype} activations, random weights; "
                  f"{threads_note(args.threads)}; median over {args.rounds} interleaved rounds of the median of "
-                 f"{args.calls} calls. LUT_MAX_TOKENS = {LUT_MAX_TOKENS}. Load average before {load_before}, after "
+                 f"{args.calls} calls. native_max_tokens = {DEFAULT_TABLE.native_max_tokens}. Load average before {load_before}, after "
                  f"{load_after}.")
         write_result(args.out, title="CPU: one planes linear by token count (lookup tables vs rebuild)", topic="cpu",
                      columns=columns, rows=rows, notes=notes, extra={"isa": isa, "raw": raw})

@@ -8,6 +8,7 @@ stack and the float model.
 
 from __future__ import annotations
 
+import sys
 import time
 from pathlib import Path
 
@@ -29,6 +30,19 @@ def _greedy(model, tokenizer, device, tokens: int = 12) -> str:
         out = model.generate(**ids, max_new_tokens=tokens, do_sample=False, top_p=None, top_k=None, temperature=None,
                              pad_token_id=tokenizer.eos_token_id)
     return tokenizer.decode(out[0, ids.input_ids.shape[1]:], skip_special_tokens=True).replace("\n", " ").strip()
+
+
+class _Phases:
+    """One line per evaluation phase on stderr (``[k/n] what ... (elapsed since the demo began)``),
+    so that the minutes of evaluation are never silent; nothing when ``enabled`` is False."""
+
+    def __init__(self, total: int, enabled: bool, began: float):
+        self.total, self.enabled, self.began, self.done = total, enabled, began, 0
+
+    def step(self, what: str) -> None:
+        self.done += 1
+        if self.enabled:
+            print(f"[{self.done}/{self.total}] {what} ({time.time() - self.began:.0f} s)", file=sys.stderr, flush=True)
 
 
 def _read_ppl_text(ppl_file: str | None) -> str | None:
@@ -54,6 +68,7 @@ def run_demo(*, output: str = "smollm2-135m.bstk", ppl_file: str | None = None, 
     from bitstack.runtime.loader import load, load_tokenizer
     from bitstack.runtime.report import memory_report
 
+    began = time.time()
     dev = resolve_device(device)
     text = _read_ppl_text(ppl_file)  # fail fast, before the long compression
     torch.set_grad_enabled(False)
@@ -69,25 +84,31 @@ def run_demo(*, output: str = "smollm2-135m.bstk", ppl_file: str | None = None, 
         manifest = reader.manifest
     tokenizer = load_tokenizer(path)
 
+    budgets = [("full stack", None)] + [(f"{bits:g} bits/param", manifest.base_bytes + int(bits * manifest.decomposed_params() / 8))
+                                        for bits in DEMO_BITS]
+    phases = _Phases(2 + len(budgets), progress, began)
+    phases.step(f"sampling {eval_windows} held-out sequences of {eval_seqlen} tokens from the float model")
     float_model = load_float_model(DEMO_MODEL).model.to(dev, torch.bfloat16).eval()
     held_out = self_samples(float_model, tokenizer, eval_windows, eval_seqlen, EVAL_SEED, progress=progress)
 
     def score(model) -> dict:
-        row = {"self_ppl": window_perplexity(model, held_out, progress=False).ppl}
+        row = {"self_ppl": window_perplexity(model, held_out, progress=progress).ppl}
         if text is not None:
-            row["text_ppl"] = perplexity(model, tokenizer, text, seqlen=eval_seqlen, max_windows=eval_windows, progress=False).ppl
+            row["text_ppl"] = perplexity(model, tokenizer, text, seqlen=eval_seqlen, max_windows=eval_windows,
+                                         progress=progress).ppl
         row["sample"] = _greedy(model, tokenizer, dev)
         return row
 
-    params = manifest.decomposed_params()
     dense_bytes = sum(p.numel() * p.element_size() for p in float_model.parameters())
+    phases.step("evaluating float (bf16): perplexity, greedy sample")
     rows = [{"setting": "float (bf16)", "memory_bytes": dense_bytes, "bits_per_param": 16.0, **score(float_model)}]
     del float_model
-    budgets = [("full stack", None)] + [(f"{bits:g} bits/param", manifest.base_bytes + int(bits * params / 8)) for bits in DEMO_BITS]
     for label, budget in budgets:
         if budget is not None and budget < manifest.floor_bytes:
+            phases.step(f"skipping {label}")
             print(f"skipping {label}: {format_bytes(budget)} is below the floor {format_bytes(manifest.floor_bytes)}")
             continue
+        phases.step(f"evaluating {label}: load, perplexity, greedy sample")
         model = load(path, budget, device=dev)
         report = memory_report(model)
         rows.append({"setting": label, "memory_bytes": report["memory_bytes"], "bits_per_param": report["bits_per_param"], **score(model)})
@@ -104,4 +125,6 @@ def run_demo(*, output: str = "smollm2-135m.bstk", ppl_file: str | None = None, 
             cells.append(f"{row['text_ppl']:.2f}")
         cells.append(row["sample"][:60])
         print("| " + " | ".join(cells) + " |")
+    if progress:
+        print(f"demo finished in {time.time() - began:.0f} s", file=sys.stderr, flush=True)
     return rows

@@ -16,15 +16,20 @@ def load_average() -> str:
         return "unknown"
 
 
-def median_call_s(fn: Callable[[], object], calls: int) -> float:
-    """Median wall time in seconds of ``calls`` calls of ``fn`` (after one warm-up call)."""
+STATS = {"median": statistics.median, "min": min}  # --stat: min is the load-robust estimate on a shared machine
+STAT_HELP = ("median (default) or min of the calls of a round and of the rounds: on a shared, loaded machine the "
+             "minimum approximates the time without preemption")
+
+
+def median_call_s(fn: Callable[[], object], calls: int, stat: str = "median") -> float:
+    """The ``stat`` (median or min) wall time in seconds of ``calls`` calls of ``fn`` (after one warm-up call)."""
     fn()
     times = []
     for _ in range(calls):
         began = time.perf_counter()
         fn()
         times.append(time.perf_counter() - began)
-    return statistics.median(times)
+    return STATS[stat](times)
 
 
 def interleaved(fns: dict[str, Callable[[], float]], rounds: int) -> dict[str, list[float]]:

@@ -1,7 +1,7 @@
 """SmolLM2-135M on the CPU end to end: greedy decode tokens/s and prefill time, BitStack against float.
 
     python -m benchmarks.cpu.decode ARTIFACT [--bits 3,4] [--dtypes bfloat16,float32]
-        [--paths native] [--threads 2] [--batch 1] [--tokens 32] [--prefill 64] [--rounds 3]
+        [--paths native] [--threads 2] [--batch 1] [--tokens 32] [--prefill 64] [--rounds 3] [--stat median]
         [--out benchmarks/results/cpu/decode.json]
 
 Contenders, all in memory at once and measured in interleaved rounds (each round runs every
@@ -20,7 +20,7 @@ step then computes ``--batch`` tokens per linear; tok/s counts every sequence's 
 forward and what a generate call does once (e.g. the first step's logits) cancel out;
 "generate tok/s" is ``--tokens`` / the time of one whole generate call.  Prefill: one forward of a
 ``--prefill``-token prompt.  The table
-shows medians over rounds and ratios against each float dtype.  Decode speed does not depend on
+shows the median (``--stat min``: minimum) over rounds and ratios against each float dtype.  Decode speed does not depend on
 the artifact's calibration (only on its shapes and block counts), so a quickly compressed
 artifact is as good as a carefully calibrated one here.
 """
@@ -30,13 +30,12 @@ from __future__ import annotations
 import argparse
 import copy
 import os
-import statistics
 import time
 from contextlib import contextmanager
 
 import torch
 
-from benchmarks.cpu.common import load_average, threads_note
+from benchmarks.cpu.common import STAT_HELP, STATS, load_average, threads_note
 from benchmarks.resultfile import write_result
 
 PROMPT = "The history of the river valley begins"
@@ -91,6 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tokens", type=int, default=32)
     parser.add_argument("--prefill", type=int, default=64, help="prompt length of the prefill measurement (0: none)")
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--stat", choices=sorted(STATS), default="median", help=STAT_HELP)
     parser.add_argument("--out", default=None)
     args = parser.parse_args(argv)
 
@@ -144,15 +144,21 @@ def main(argv: list[str] | None = None) -> int:
     columns = ["setting", "memory (MB)", "bits/param", "decode tok/s"] + [f"vs {f}" for f in floats]
     columns += ["generate tok/s"] + [f"generate vs {f}" for f in floats]
     columns += ([f"prefill {args.prefill} tok (ms)"] + [f"prefill time / {f}" for f in floats]) if args.prefill else []
+    def rate(values):  # the stat of the times, as a rate (min time = max rate)
+        return 1.0 / STATS[args.stat]([1.0 / v for v in values])
+
+    def time_of(values):
+        return STATS[args.stat](values)
+
     rows = []
     for name, (_, _, size, bpp) in contenders.items():
-        tps = statistics.median(decode[name])
-        row = [name, round(size, 1), bpp, round(tps, 2)] + [round(tps / statistics.median(decode[f]), 2) for f in floats]
-        gen = statistics.median(whole[name])
-        row += [round(gen, 2)] + [round(gen / statistics.median(whole[f]), 2) for f in floats]
+        tps = rate(decode[name])
+        row = [name, round(size, 1), bpp, round(tps, 2)] + [round(tps / rate(decode[f]), 2) for f in floats]
+        gen = rate(whole[name])
+        row += [round(gen, 2)] + [round(gen / rate(whole[f]), 2) for f in floats]
         if args.prefill:
-            ms = statistics.median(prefill[name]) * 1e3
-            row += [round(ms, 1)] + [round(ms / (statistics.median(prefill[f]) * 1e3), 2) for f in floats]
+            ms = time_of(prefill[name]) * 1e3
+            row += [round(ms, 1)] + [round(ms / (time_of(prefill[f]) * 1e3), 2) for f in floats]
         rows.append(row)
     load_after = load_average()
     print("| " + " | ".join(columns) + " |\n|" + "---|" * len(columns))
@@ -161,8 +167,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"load average before {load_before}, after {load_after}")
     if args.out:
         notes = (f"SmolLM2-135M, greedy, batch {args.batch}, {args.tokens} new tokens after a {ids.shape[1]}-token prompt; prefill: one "
-                 f"forward of {args.prefill} tokens. Native kernel {isa}; {threads_note(args.threads)}. Median of "
-                 f"{args.rounds} interleaved rounds. Load average before {load_before}, after {load_after}. Decode speed "
+                 f"forward of {args.prefill} tokens. Native kernel {isa}; {threads_note(args.threads)}. "
+                 f"{args.stat.capitalize()} (of times) over {args.rounds} interleaved rounds. Load average before {load_before}, after {load_after}. Decode speed "
                  f"depends on the artifact's shapes and block counts, not on its calibration.")
         write_result(args.out, title="CPU: SmolLM2-135M decode and prefill, BitStack vs float", topic="cpu",
                      columns=columns, rows=rows, notes=notes,

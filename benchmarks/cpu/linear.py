@@ -1,13 +1,13 @@
 """One planes linear on the CPU: the native lookup-table kernel against F.linear in bfloat16 and float32.
 
     python -m benchmarks.cpu.linear [--shapes 8192x2048,2048x8192] [--blocks 3,4] [--tokens 1]
-        [--threads 2] [--rounds 7] [--calls 20] [--out benchmarks/results/cpu/linear.json]
+        [--threads 2] [--rounds 7] [--calls 20] [--stat median] [--out benchmarks/results/cpu/linear.json]
 
 Random weights (sign planes, float16 grids in groups of 128), bfloat16 activations.  Every
 contender streams its weights from memory: each call uses the next of several copies whose total
 is several times the last-level cache (``--stream-mb``), as a decode step touches each layer's
 weights once.  Rounds are interleaved (bf16, float32, native, ... in turn), each round takes the
-median of ``--calls`` calls, the table shows the median over rounds.  The machine's memory
+median (``--stat min``: minimum) of ``--calls`` calls, the table shows the same statistic over rounds.  The machine's memory
 bandwidth is measured in the same run (a large copy: read + write; a large sum: read), and each
 contender's achieved read bandwidth (its weight bytes / time) is given as a share of the read
 bandwidth.
@@ -17,12 +17,11 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import statistics
 
 import torch
 import torch.nn.functional as F
 
-from benchmarks.cpu.common import interleaved, load_average, median_call_s, memory_bandwidth_gbs, threads_note
+from benchmarks.cpu.common import STAT_HELP, STATS, interleaved, load_average, median_call_s, memory_bandwidth_gbs, threads_note
 from benchmarks.resultfile import write_result
 from bitstack.native.planes import native_isa, planes_lut_linear
 
@@ -66,9 +65,9 @@ def bench_shape(out_features: int, in_features: int, blocks: int, tokens: int, a
     fns = {"bf16": _rotating(lambda: dense(torch.bfloat16), sizes["bf16"], args.stream_mb),
            "f32": _rotating(lambda: dense(torch.float32), sizes["f32"], args.stream_mb),
            "native": _rotating(planes, sizes["native"], args.stream_mb)}
-    timed = {name: (lambda fn=fn: median_call_s(fn, args.calls)) for name, fn in fns.items()}
+    timed = {name: (lambda fn=fn: median_call_s(fn, args.calls, args.stat)) for name, fn in fns.items()}
     rounds = interleaved(timed, args.rounds)
-    med = {name: statistics.median(values) for name, values in rounds.items()}
+    med = {name: STATS[args.stat](values) for name, values in rounds.items()}
     return {"shape": f"{out_features}x{in_features}", "blocks": blocks, "tokens": tokens, "median_s": med,
             "rounds_s": rounds, "bytes": sizes}
 
@@ -82,6 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--calls", type=int, default=20, help="calls per round (their median is the round's)")
+    parser.add_argument("--stat", choices=sorted(STATS), default="median", help=STAT_HELP)
     parser.add_argument("--stream-mb", type=int, default=256, help="weight copies of each contender total this much")
     parser.add_argument("--out", default=None, help="write the result file here (benchmarks/resultfile.py)")
     args = parser.parse_args(argv)
@@ -114,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.out:
         notes = (f"Native kernel {isa}, bfloat16 activations, random weights, groups of 128; {threads_note(args.threads)}. "
                  f"Weights streamed from memory (copies totalling {args.stream_mb} MB per contender, cycled). "
-                 f"Median over {args.rounds} interleaved rounds of the median of {args.calls} calls. Measured memory "
+                 f"{args.stat.capitalize()} over {args.rounds} interleaved rounds of the {args.stat} of {args.calls} calls. Measured memory "
                  f"bandwidth: copy {copy_bw:.1f} GB/s (read + write), read {read_bw:.1f} GB/s. "
                  f"Load average before {load_before}, after {load_after}.")
         write_result(args.out, title="CPU: one planes linear, native kernel vs F.linear", topic="cpu", columns=columns,

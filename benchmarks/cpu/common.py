@@ -42,14 +42,15 @@ def interleaved(fns: dict[str, Callable[[], float]], rounds: int) -> dict[str, l
     return out
 
 
-def memory_bandwidth_gbs(megabytes: int = 512, repeats: int = 7) -> float:
+def memory_bandwidth_gbs(megabytes: int = 512, repeats: int = 7, stat: str = "median") -> float:
     """This machine's copy bandwidth in GB/s (bytes read + written per second), the median of
-    ``repeats`` copies of a ``megabytes`` MB buffer (far larger than the caches)."""
+    ``repeats`` copies of a ``megabytes`` MB buffer (far larger than the caches); ``stat`` as in
+    :func:`median_call_s`."""
     import torch
 
     src = torch.ones(megabytes << 20, dtype=torch.uint8)
     dst = torch.empty_like(src)
-    seconds = median_call_s(lambda: dst.copy_(src), repeats)
+    seconds = median_call_s(lambda: dst.copy_(src), repeats, stat)
     return 2 * src.numel() / seconds / 1e9
 
 

@@ -26,10 +26,10 @@ from benchmarks.resultfile import write_result
 from bitstack.native.planes import native_isa, planes_lut_linear
 
 
-def read_bandwidth_gbs(megabytes: int = 512, repeats: int = 7) -> float:
-    """GB/s of reading a ``megabytes`` MB float32 tensor once (a sum)."""
+def read_bandwidth_gbs(megabytes: int = 512, repeats: int = 7, stat: str = "median") -> float:
+    """GB/s of reading a ``megabytes`` MB float32 tensor once (a sum); ``stat`` of the repeats."""
     big = torch.ones((megabytes << 20) // 4)
-    return big.numel() * 4 / median_call_s(lambda: big.sum(), repeats) / 1e9
+    return big.numel() * 4 / median_call_s(lambda: big.sum(), repeats, stat) / 1e9
 
 
 def _copies(nbytes: int, stream_mb: int) -> int:
@@ -89,7 +89,8 @@ def main(argv: list[str] | None = None) -> int:
     torch.manual_seed(0)
     isa = native_isa(True)
     load_before = load_average()
-    copy_bw, read_bw = memory_bandwidth_gbs(), read_bandwidth_gbs()
+    copy_bw, read_bw = (memory_bandwidth_gbs(repeats=15, stat=args.stat),
+                       read_bandwidth_gbs(repeats=15, stat=args.stat))
     print(f"native kernel: {isa}; {threads_note(args.threads)}; load {load_before}")
     print(f"memory bandwidth: copy {copy_bw:.1f} GB/s (read + write), read {read_bw:.1f} GB/s")
     columns = ["out×in", "J", "tokens", "bf16 F.linear µs", "float32 F.linear µs", "native µs", "vs bf16", "vs float32",

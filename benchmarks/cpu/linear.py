@@ -8,7 +8,8 @@ contender streams its weights from memory: each call uses the next of several co
 is several times the last-level cache (``--stream-mb``), as a decode step touches each layer's
 weights once.  Rounds are interleaved (bf16, float32, native, ... in turn), each round takes the
 median (``--stat min``: minimum) of ``--calls`` calls, the table shows the same statistic over rounds.  The machine's memory
-bandwidth is measured in the same run (a large copy: read + write; a large sum: read), and each
+bandwidth is measured in the same run (a large copy: read + write; the faster of a large sum and a
+large bfloat16 matrix-vector product: read), and each
 contender's achieved read bandwidth (its weight bytes / time) is given as a share of the read
 bandwidth.
 """
@@ -27,9 +28,16 @@ from bitstack.native.planes import native_isa, planes_lut_linear
 
 
 def read_bandwidth_gbs(megabytes: int = 512, repeats: int = 7, stat: str = "median") -> float:
-    """GB/s of reading a ``megabytes`` MB float32 tensor once (a sum); ``stat`` of the repeats."""
+    """GB/s of reading ``megabytes`` MB once, the faster of two pure reads: a sum of a float32
+    tensor, and a bfloat16 matrix-vector product (one token through a (megabytes/4 K, 2 K) weight);
+    ``stat`` of the repeats."""
     big = torch.ones((megabytes << 20) // 4)
-    return big.numel() * 4 / median_call_s(lambda: big.sum(), repeats, stat) / 1e9
+    by_sum = big.numel() * 4 / median_call_s(lambda: big.sum(), repeats, stat) / 1e9
+    del big
+    weight = torch.ones((megabytes << 20) // 2 // 2048, 2048, dtype=torch.bfloat16)
+    x = torch.ones(1, 2048, dtype=torch.bfloat16)
+    by_gemv = weight.numel() * 2 / median_call_s(lambda: F.linear(x, weight), repeats, stat) / 1e9
+    return max(by_sum, by_gemv)
 
 
 def _copies(nbytes: int, stream_mb: int) -> int:

@@ -1,7 +1,7 @@
 """CPU time of one planes linear by token count: which path wins where (the native_max_tokens evidence).
 
     python -m benchmarks.cpu.tokens [--shapes 576x576,192x576,1536x576,576x1536] [--blocks 3]
-        [--tokens 1,4,8,16,32,64] [--threads 2] [--rounds 5] [--calls 15] [--dtype bfloat16]
+        [--tokens 1,4,8,16,32,64] [--threads 2] [--rounds 5] [--calls 15] [--stat median] [--dtype bfloat16]
         [--out benchmarks/results/cpu/tokens.json]
 
 For each shape (default: SmolLM2's linears), random weights in ``--blocks`` planes (groups of
@@ -20,12 +20,11 @@ and rebuilds above: the crossover of the first two columns is where that thresho
 from __future__ import annotations
 
 import argparse
-import statistics
 
 import torch
 import torch.nn.functional as F
 
-from benchmarks.cpu.common import interleaved, load_average, median_call_s, threads_note
+from benchmarks.cpu.common import STAT_HELP, STATS, interleaved, load_average, median_call_s, threads_note
 from benchmarks.resultfile import write_result
 from bitstack.codecs.planes.lut import planes_linear_lut
 from bitstack.native.planes import native_isa, planes_dense, planes_lut_linear
@@ -42,6 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--calls", type=int, default=15)
     parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"])
+    parser.add_argument("--stat", choices=sorted(STATS), default="median", help=STAT_HELP)
     parser.add_argument("--out", default=None)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -69,18 +69,18 @@ def main(argv: list[str] | None = None) -> int:
                 "native rebuild": lambda: F.linear(x, planes_dense(signs, offset, step, k, 128, dtype, native=True)),
                 "embedding_bag lut": lambda: planes_linear_lut(x, signs, offset, step, 128),
             }
-            timed = {name: (lambda fn=fn: median_call_s(fn, args.calls)) for name, fn in fns.items()}
-            med = {name: statistics.median(v) * 1e6 for name, v in interleaved(timed, args.rounds).items()}
+            timed = {name: (lambda fn=fn: median_call_s(fn, args.calls, args.stat)) for name, fn in fns.items()}
+            med = {name: STATS[args.stat](v) * 1e6 for name, v in interleaved(timed, args.rounds).items()}
             row = [shape, tokens, round(med["float"], 1), round(med["native lut"], 1), round(med["native rebuild"], 1),
                    round(med["embedding_bag lut"], 1), round(med["native rebuild"] / med["native lut"], 2)]
             rows.append(row)
-            raw.append({"shape": shape, "tokens": tokens, "median_us": med})
+            raw.append({"shape": shape, "tokens": tokens, "us": med, "stat": args.stat})
             print("| " + " | ".join(str(c) for c in row) + " |", flush=True)
     load_after = load_average()
     print(f"load average before {load_before}, after {load_after}")
     if args.out:
         notes = (f"Native kernel {isa}; {args.blocks} blocks, groups of 128, {args.dtype} activations, random weights; "
-                 f"{threads_note(args.threads)}; median over {args.rounds} interleaved rounds of the median of "
+                 f"{threads_note(args.threads)}; {args.stat} over {args.rounds} interleaved rounds of the {args.stat} of "
                  f"{args.calls} calls. native_max_tokens = {DEFAULT_TABLE.native_max_tokens}. Load average before {load_before}, after "
                  f"{load_after}.")
         write_result(args.out, title="CPU: one planes linear by token count (lookup tables vs rebuild)", topic="cpu",

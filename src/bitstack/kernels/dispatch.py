@@ -9,7 +9,7 @@ other thresholds, pass ``dataclasses.replace(DEFAULT_TABLE, ...)``.
 The module constants below are hard limits of the kernels' code (what they can compute at all),
 not tunable; a table's thresholds are checked against them.  Measurements: H100 80GB HBM3, Triton
 3.6, CUDA-graph replay with the L2 flushed (benchmarks/kernels/NOTES.md, benchmarks/RESULTS.md);
-CPU: the 2-core development machine (benchmarks/RESULTS.md, "CPU decode").
+CPU: the 2-core development machine (docs/cpu.md, benchmarks/results/cpu/).
 """
 
 from __future__ import annotations
@@ -42,12 +42,17 @@ class DispatchTable:
             shapes (RESULTS.md, "Kernels for the default codec").  At most ``BATCH_MAX_TOKENS``.
         planes_max_blocks: codec planes on the GPU: weights with more loaded blocks take the
             pure-PyTorch path.  The kernels' limit, ``KERNEL_MAX_BLOCKS``.
-        lut_max_tokens: codec planes on the CPU: up to this many tokens the lookup-table product
-            (no Ŵ rebuilt), rebuilding Ŵ above.  Faster on every SmolLM2 shape up to 16 tokens;
-            at 32 tokens slower on one shape, at 64 on three (RESULTS.md, "CPU decode",
-            ``planes_lut_speed.py``).  0: never.
-        native_max_tokens: codec planes on the CPU: up to this many tokens the native CPU kernel
-            where it is built.  Not measured yet: the lookup table's threshold.  0: never.
+        lut_max_tokens: codec planes on the CPU without the native library (the PyTorch
+            reference path): up to this many tokens the ``embedding_bag`` lookup tables (no Ŵ
+            rebuilt), rebuilding Ŵ above.  Faster on every SmolLM2 shape up to 16 tokens; at 32
+            tokens slower on one shape, at 64 on three.  0: never.
+        native_max_tokens: codec planes on the CPU with the native library (bitstack.native):
+            up to this many tokens its lookup-table kernel, above it the native rebuild of Ŵ and
+            one F.linear.  On SmolLM2's four shapes with 3 planes (bfloat16, 2-core EPYC) the
+            lookup tables took 1.8-8.7x less time than the rebuild up to 16 tokens and 1.1-1.6x
+            less at 32, and at 64 were slower on 576x1536 (benchmarks/results/cpu/tokens.json,
+            ``python -m benchmarks.cpu.tokens``).  A module's ``lut_max_tokens`` caps it too.
+            0: never.
     """
 
     avd_decode_max_width: int = 64

@@ -1,0 +1,176 @@
+"""Exporting an artifact at a budget: :func:`export` (the library call) and ``bitstack export`` (the
+command, whose options are the fields of :class:`ExportConfig`).
+
+Formats:
+
+* ``hf``: a plain float transformers folder (``config.json``, ``model.safetensors``, the
+  tokenizer): the model that ``bitstack.load`` gives at that budget, with every decomposed linear
+  made dense: W = Ŵ · diag(input_scale) (Ŵ the sum of the loaded blocks, computed in float32,
+  then cast to ``dtype``), so ``y = x Wᵀ + b`` is the BitStack layer's ``(x ⊙ input_scale) Ŵᵀ + b``.
+  Loads anywhere transformers does, without bitstack; its size is the dense model's.
+* ``bitstack-hf``: the artifact itself (every block, any budget) plus transformers' files, whose
+  ``quantization_config`` records the budget: ``from_pretrained`` after
+  ``import bitstack.integrations.hf`` (:mod:`bitstack.runtime.save`).
+* ``gguf``: a GGUF file for llama.cpp (:mod:`bitstack.integrations.gguf`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from bitstack.artifact.atomic import fsync_dir
+from bitstack.errors import InputError
+
+FORMATS = ("hf", "bitstack-hf", "gguf")
+
+
+@dataclass(frozen=True)
+class ExportConfig:
+    """What ``bitstack export`` writes; each field is one option of the command."""
+
+    format: str = field(default="hf", metadata={"choices": FORMATS, "help": "hf: a plain float transformers folder; "
+                        "bitstack-hf: the artifact with transformers' files (from_pretrained at any budget); "
+                        "gguf: a GGUF file for llama.cpp"})
+    memory: str | None = field(default=None, metadata={"help": "budget, e.g. 120MB (default: the whole stack)"})
+    dtype: str | None = field(default=None, metadata={"choices": ("bfloat16", "float16", "float32"),
+                              "help": "float type of the exported weights (default: the artifact's; gguf: float16)"})
+    overwrite: bool = field(default=False, metadata={"help": "replace an existing output of the same format"})
+
+    def __post_init__(self):
+        if self.format not in FORMATS:
+            raise InputError(f"unknown export format {self.format!r}: use one of {', '.join(FORMATS)}")
+        if self.dtype not in (None, "bfloat16", "float16", "float32"):
+            raise InputError(f"--dtype must be bfloat16, float16 or float32, got {self.dtype!r}")
+        if self.memory is not None:
+            from bitstack.memory import parse_memory
+
+            parse_memory(self.memory)
+
+
+def export(artifact: str | Path, output: str | Path, config: ExportConfig = ExportConfig()) -> dict[str, Any]:
+    """Write ``artifact`` at ``config.memory`` to ``output`` in ``config.format``; returns a
+    report (``format``, ``output``, ``blocks``, ``resident_bytes``, and per format its details)."""
+    output = Path(output)
+    _check_output(output, config)
+    if config.format == "bitstack-hf":
+        return _export_bitstack_hf(artifact, output, config)
+    from bitstack.runtime.loader import load
+
+    model = load(artifact, config.memory, device="cpu", dtype=config.dtype if config.format == "hf" else "float32")
+    reader = model.bitstack.reader
+    try:
+        report = {"format": config.format, "output": str(output), "blocks": model.bitstack.loaded,
+                  "resident_bytes": model.bitstack.resident_bytes}
+        if config.format == "hf":
+            _write_dense_folder(model, artifact, output, config)
+        else:
+            from bitstack.integrations.gguf import write_gguf
+
+            report["tensors"] = write_gguf(model, artifact, output, dtype=config.dtype or "float16")
+    finally:
+        reader.close()
+    return report
+
+
+def dense_linear(module) -> nn.Linear:
+    """The ``nn.Linear`` computing what the :class:`~bitstack.runtime.linear.BitStackLinear`
+    ``module`` computes with its loaded blocks: weight Ŵ · diag(input_scale) (float32 math, cast to
+    the dtype of the module's float tensors)."""
+    weight = module.dense_weight(torch.float32)
+    if module.input_scale is not None:
+        weight = weight * module.input_scale.to(torch.float32)[None, :]
+    dtype = module.bias.dtype if module.bias is not None else (
+        module.input_scale.dtype if module.input_scale is not None else None)
+    linear = nn.Linear(module.in_features, module.out_features, bias=module.bias is not None,
+                       device=weight.device, dtype=dtype or weight.dtype)
+    with torch.no_grad():
+        linear.weight.copy_(weight)
+        if module.bias is not None:
+            linear.bias.copy_(module.bias)
+    return linear
+
+
+def densify(model: nn.Module, dtype: torch.dtype) -> nn.Module:
+    """Replace, in place, every BitStackLinear of a loaded model by its :func:`dense_linear` in
+    ``dtype``; the model no longer follows its artifact (no ``bitstack``, transformers'
+    ``save_pretrained``)."""
+    from bitstack.runtime.linear import BitStackLinear
+
+    for name, module in list(model.named_modules()):
+        if isinstance(module, BitStackLinear):
+            parent_name, _, child = name.rpartition(".")
+            setattr(model.get_submodule(parent_name), child, dense_linear(module).to(dtype))
+    for handle in model.bitstack._handles:
+        handle.remove()
+    model.__dict__.pop("save_pretrained", None)
+    del model.bitstack
+    return model
+
+
+def _check_output(output: Path, config: ExportConfig) -> None:
+    if output.exists() and not config.overwrite:
+        raise InputError(f"{output} exists: pass --overwrite to replace it, or choose another output")
+    if output.exists() and config.format == "gguf" and not output.is_file():
+        raise InputError(f"{output} is a folder: a GGUF export writes one file")
+    if output.exists() and config.format != "gguf" and not (output / "config.json").is_file():
+        raise InputError(f"{output} exists and is not a transformers folder: choose another output")
+    if not output.parent.is_dir():
+        raise InputError(f"the folder of {output} does not exist: create {output.parent} first")
+
+
+def _export_bitstack_hf(artifact, output: Path, config: ExportConfig) -> dict[str, Any]:
+    from bitstack.artifact.reader import open_artifact
+    from bitstack.runtime.budget import blocks_for_budget, prefix_bytes_at
+    from bitstack.runtime.save import write_artifact_folder
+    from bitstack.config import resolve_dtype
+
+    with open_artifact(artifact, verify=False) as reader:
+        manifest = reader.manifest
+        dtype = resolve_dtype(config.dtype, manifest.compression.get("dtype", "bfloat16"))
+        budget = None if config.memory is None else config.memory
+        from bitstack.memory import parse_memory
+
+        blocks = blocks_for_budget(manifest, None if budget is None else parse_memory(budget), dtype)
+        write_artifact_folder(reader.path, output, manifest, memory=budget, dtype=str(dtype).removeprefix("torch."),
+                              overwrite=config.overwrite)
+    return {"format": config.format, "output": str(output), "blocks": blocks,
+            "resident_bytes": prefix_bytes_at(manifest, dtype)[blocks]}
+
+
+def _write_dense_folder(model, artifact, output: Path, config: ExportConfig) -> None:
+    from bitstack.artifact.reader import open_artifact
+
+    dtype = model.bitstack.dtype
+    with open_artifact(artifact, verify=True) as reader:
+        tokenizer = reader.load_tokenizer()
+    densify(model, dtype)
+    work = output.with_name(f".{output.name}.partial-{os.getpid()}")
+    shutil.rmtree(work, ignore_errors=True)
+    try:
+        model.config.dtype = str(dtype).removeprefix("torch.")
+        model.save_pretrained(work)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(work)
+        if output.exists():
+            shutil.rmtree(output)
+        os.replace(work, output)
+    except OSError as err:
+        shutil.rmtree(work, ignore_errors=True)
+        raise InputError(f"cannot write {output}: {err.strerror or err}") from err
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+    fsync_dir(output.parent)
+
+
+def config_fields() -> tuple[dataclasses.Field, ...]:
+    """The fields of :class:`ExportConfig`, one command-line option each."""
+    return dataclasses.fields(ExportConfig)

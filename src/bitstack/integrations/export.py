@@ -11,7 +11,8 @@ Formats:
 * ``bitstack-hf``: the artifact itself (every block, any budget) plus transformers' files, whose
   ``quantization_config`` records the budget: ``from_pretrained`` after
   ``import bitstack.integrations.hf`` (:mod:`bitstack.runtime.save`).
-* ``gguf``: a GGUF file for llama.cpp (:mod:`bitstack.integrations.gguf`).
+* ``gguf``: refused with the reason (:mod:`bitstack.integrations.gguf`): export ``hf`` and
+  convert that folder with llama.cpp's ``convert_hf_to_gguf.py``.
 """
 
 from __future__ import annotations
@@ -38,10 +39,10 @@ class ExportConfig:
 
     format: str = field(default="hf", metadata={"choices": FORMATS, "help": "hf: a plain float transformers folder; "
                         "bitstack-hf: the artifact with transformers' files (from_pretrained at any budget); "
-                        "gguf: a GGUF file for llama.cpp"})
+                        "gguf: refused with the reason (export hf, then convert it with llama.cpp)"})
     memory: str | None = field(default=None, metadata={"help": "budget, e.g. 120MB (default: the whole stack)"})
     dtype: str | None = field(default=None, metadata={"choices": ("bfloat16", "float16", "float32"),
-                              "help": "float type of the exported weights (default: the artifact's; gguf: float16)"})
+                              "help": "float type of the exported weights (default: the artifact's)"})
     overwrite: bool = field(default=False, metadata={"help": "replace an existing output of the same format"})
 
     def __post_init__(self):
@@ -59,22 +60,21 @@ def export(artifact: str | Path, output: str | Path, config: ExportConfig = Expo
     """Write ``artifact`` at ``config.memory`` to ``output`` in ``config.format``; returns a
     report (``format``, ``output``, ``blocks``, ``resident_bytes``, and per format its details)."""
     output = Path(output)
+    if config.format == "gguf":
+        from bitstack.integrations.gguf import REASON
+
+        raise InputError(REASON)
     _check_output(output, config)
     if config.format == "bitstack-hf":
         return _export_bitstack_hf(artifact, output, config)
     from bitstack.runtime.loader import load
 
-    model = load(artifact, config.memory, device="cpu", dtype=config.dtype if config.format == "hf" else "float32")
+    model = load(artifact, config.memory, device="cpu", dtype=config.dtype)
     reader = model.bitstack.reader
     try:
         report = {"format": config.format, "output": str(output), "blocks": model.bitstack.loaded,
                   "resident_bytes": model.bitstack.resident_bytes}
-        if config.format == "hf":
-            _write_dense_folder(model, artifact, output, config)
-        else:
-            from bitstack.integrations.gguf import write_gguf
-
-            report["tensors"] = write_gguf(model, artifact, output, dtype=config.dtype or "float16")
+        _write_dense_folder(model, artifact, output, config)
     finally:
         reader.close()
     return report
@@ -118,9 +118,7 @@ def densify(model: nn.Module, dtype: torch.dtype) -> nn.Module:
 def _check_output(output: Path, config: ExportConfig) -> None:
     if output.exists() and not config.overwrite:
         raise InputError(f"{output} exists: pass --overwrite to replace it, or choose another output")
-    if output.exists() and config.format == "gguf" and not output.is_file():
-        raise InputError(f"{output} is a folder: a GGUF export writes one file")
-    if output.exists() and config.format != "gguf" and not (output / "config.json").is_file():
+    if output.exists() and not (output / "config.json").is_file():
         raise InputError(f"{output} exists and is not a transformers folder: choose another output")
     if not output.parent.is_dir():
         raise InputError(f"the folder of {output} does not exist: create {output.parent} first")

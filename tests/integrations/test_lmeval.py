@@ -1,0 +1,45 @@
+"""The bitstack model of lm-eval: registered by the adapter, scores what the model scores.
+No task data is downloaded: requests are built here."""
+
+import pytest
+import torch
+
+import bitstack
+
+pytest.importorskip("lm_eval")
+
+
+def test_registered_model_scores_what_the_model_scores(tiny_artifact):
+    from lm_eval.api.instance import Instance
+    from lm_eval.api.registry import get_model
+
+    from bitstack.evaluation.lm_eval_adapter import register
+
+    register()
+    path = tiny_artifact[0]
+    lm = get_model("bitstack").create_from_arg_string(f"artifact={path},memory=50kB", {"batch_size": 2, "device": None})
+    pairs = [("the cat", " sat on"), ("a dog", " ran to the house")]
+    requests = [Instance(request_type="loglikelihood", doc={}, arguments=pair, idx=i) for i, pair in enumerate(pairs)]
+    scores = [score for score, _ in lm.loglikelihood(requests)]
+    model, tokenizer = bitstack.load(path, "50kB", device="cpu"), bitstack.load_tokenizer(path)
+    assert lm.model.bitstack.loaded == model.bitstack.loaded
+    for (context, continuation), score in zip(pairs, scores):
+        ctx = tokenizer(context, add_special_tokens=False).input_ids
+        cont = tokenizer(continuation, add_special_tokens=False).input_ids
+        with torch.no_grad():
+            logprobs = torch.log_softmax(model(torch.tensor([ctx + cont])).logits.float(), -1)[0]
+        expected = sum(float(logprobs[len(ctx) - 1 + i, t]) for i, t in enumerate(cont))
+        assert score == pytest.approx(expected, abs=1e-4)
+
+
+def test_hf_model_loads_an_exported_folder(tiny_artifact, tmp_path):
+    """``--model hf --model_args pretrained=FOLDER`` goes through the transformers quantizer."""
+    from lm_eval.api.registry import get_model
+
+    from bitstack.evaluation.lm_eval_adapter import register
+    from bitstack.integrations.export import ExportConfig, export
+
+    register()
+    export(tiny_artifact[0], tmp_path / "art", ExportConfig(format="bitstack-hf", memory="50kB"))
+    lm = get_model("hf").create_from_arg_string(f"pretrained={tmp_path / 'art'},device=cpu", {"batch_size": 1})
+    assert lm.model.bitstack.loaded == bitstack.load(tiny_artifact[0], "50kB", device="cpu").bitstack.loaded

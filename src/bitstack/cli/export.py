@@ -1,5 +1,5 @@
-"""``bitstack export``: an artifact at a budget as a plain transformers folder, or the artifact as
-a transformers folder.  Its options are the fields of
+"""``bitstack export``: an artifact at a budget as a plain transformers folder or a GGUF file, or
+the artifact as a transformers folder.  Its options are the fields of
 :class:`bitstack.integrations.export.ExportConfig`, so the command and :func:`export` agree."""
 
 from __future__ import annotations
@@ -27,16 +27,18 @@ def run(args: argparse.Namespace) -> int:
     else:
         print(f"wrote {report['output']} ({report['format']}): {report['blocks']} blocks, "
               f"{format_bytes(report['resident_bytes'])} resident as a BitStack model")
+        for tensor in report.get("tensors", []):
+            print(f"  {tensor['name']}: {tensor['type']}, relative error {tensor['rel_error']:.3g}")
     return 0
 
 
 def register(sub) -> None:
     from bitstack.integrations.export import ExportConfig
 
-    p = sub.add_parser("export", help="write an artifact at a budget as a transformers folder",
+    p = sub.add_parser("export", help="write an artifact at a budget as a transformers folder or a GGUF file",
                        description="Export an artifact at a memory budget (docs/transformers.md).")
     p.add_argument("artifact", help="artifact directory")
-    p.add_argument("-o", "--output", required=True, help="folder to write")
+    p.add_argument("-o", "--output", required=True, help="folder (hf, bitstack-hf) or file (gguf) to write")
     for f in dataclasses.fields(ExportConfig):
         option = "--" + f.name.replace("_", "-")
         if f.type in (bool, "bool"):

@@ -11,8 +11,9 @@ Formats:
 * ``bitstack-hf``: the artifact itself (every block, any budget) plus transformers' files, whose
   ``quantization_config`` records the budget: ``from_pretrained`` after
   ``import bitstack.integrations.hf`` (:mod:`bitstack.runtime.save`).
-* ``gguf``: refused with the reason (:mod:`bitstack.integrations.gguf`): export ``hf`` and
-  convert that folder with llama.cpp's ``convert_hf_to_gguf.py``.
+* ``gguf``: one GGUF file for llama.cpp (llama architecture), each weight exactly a Q4_1/Q5_1
+  grid where its prefix is one, else float16, with the error of every tensor in the report
+  (:mod:`bitstack.integrations.gguf`).
 """
 
 from __future__ import annotations
@@ -39,10 +40,11 @@ class ExportConfig:
 
     format: str = field(default="hf", metadata={"choices": FORMATS, "help": "hf: a plain float transformers folder; "
                         "bitstack-hf: the artifact with transformers' files (from_pretrained at any budget); "
-                        "gguf: refused with the reason (export hf, then convert it with llama.cpp)"})
-    memory: str | None = field(default=None, metadata={"help": "budget, e.g. 120MB (default: the whole stack)"})
+                        "gguf: one GGUF file for llama.cpp (llama architecture)"})
+    memory: str | None = field(default=None, metadata={"help": "budget, e.g. 120MB: the prefix bitstack.load holds "
+                               "at the artifact's dtype (default: the whole stack)"})
     dtype: str | None = field(default=None, metadata={"choices": ("bfloat16", "float16", "float32"),
-                              "help": "float type of the exported weights (default: the artifact's)"})
+                              "help": "float type of the exported weights (default: the artifact's; gguf: float16)"})
     overwrite: bool = field(default=False, metadata={"help": "replace an existing output of the same format"})
 
     def __post_init__(self):
@@ -60,21 +62,23 @@ def export(artifact: str | Path, output: str | Path, config: ExportConfig = Expo
     """Write ``artifact`` at ``config.memory`` to ``output`` in ``config.format``; returns a
     report (``format``, ``output``, ``blocks``, ``resident_bytes``, and per format its details)."""
     output = Path(output)
-    if config.format == "gguf":
-        from bitstack.integrations.gguf import REASON
-
-        raise InputError(REASON)
     _check_output(output, config)
     if config.format == "bitstack-hf":
         return _export_bitstack_hf(artifact, output, config)
     from bitstack.runtime.loader import load
 
-    model = load(artifact, config.memory, device="cpu", dtype=config.dtype)
+    gguf = config.format == "gguf"
+    blocks, resident, at = _prefix(artifact, config.memory, "float32" if gguf else config.dtype)
+    model = load(artifact, at, device="cpu", dtype="float32" if gguf else config.dtype)
     reader = model.bitstack.reader
     try:
-        report = {"format": config.format, "output": str(output), "blocks": model.bitstack.loaded,
-                  "resident_bytes": model.bitstack.resident_bytes}
-        _write_dense_folder(model, artifact, output, config)
+        if model.bitstack.loaded != blocks:
+            raise RuntimeError(f"export loaded {model.bitstack.loaded} blocks, the budget holds {blocks}")
+        report = {"format": config.format, "output": str(output), "blocks": blocks, "resident_bytes": resident}
+        if gguf:
+            report["tensors"] = _write_gguf_file(model, reader, output, config)
+        else:
+            _write_dense_folder(model, artifact, output, config)
     finally:
         reader.close()
     return report
@@ -115,10 +119,30 @@ def densify(model: nn.Module, dtype: torch.dtype) -> nn.Module:
     return model
 
 
+def _prefix(artifact, memory, dtype) -> tuple[int, int, int | None]:
+    """(blocks, resident bytes) of the prefix ``memory`` holds at the artifact's storage dtype (what
+    the budget of ``bitstack.load`` means by default), and the budget selecting the same prefix
+    when loaded in ``dtype``."""
+    from bitstack.artifact.reader import open_artifact
+    from bitstack.config import resolve_dtype
+    from bitstack.memory import parse_memory
+    from bitstack.runtime.budget import blocks_for_budget, prefix_bytes_at
+
+    with open_artifact(artifact, verify=False) as reader:
+        manifest = reader.manifest
+    stored = resolve_dtype(None, manifest.compression.get("dtype", "bfloat16"))
+    blocks = blocks_for_budget(manifest, None if memory is None else parse_memory(memory), stored)
+    target = resolve_dtype(dtype, manifest.compression.get("dtype", "bfloat16"))
+    at = None if memory is None else prefix_bytes_at(manifest, target)[blocks]
+    return blocks, prefix_bytes_at(manifest, stored)[blocks], at
+
+
 def _check_output(output: Path, config: ExportConfig) -> None:
     if output.exists() and not config.overwrite:
         raise InputError(f"{output} exists: pass --overwrite to replace it, or choose another output")
-    if output.exists() and not (output / "config.json").is_file():
+    if output.exists() and config.format == "gguf" and not output.is_file():
+        raise InputError(f"{output} is a folder: a GGUF export writes one file")
+    if output.exists() and config.format != "gguf" and not (output / "config.json").is_file():
         raise InputError(f"{output} exists and is not a transformers folder: choose another output")
     if not output.parent.is_dir():
         raise InputError(f"the folder of {output} does not exist: create {output.parent} first")
@@ -126,21 +150,15 @@ def _check_output(output: Path, config: ExportConfig) -> None:
 
 def _export_bitstack_hf(artifact, output: Path, config: ExportConfig) -> dict[str, Any]:
     from bitstack.artifact.reader import open_artifact
-    from bitstack.runtime.budget import blocks_for_budget, prefix_bytes_at
-    from bitstack.runtime.save import write_artifact_folder
     from bitstack.config import resolve_dtype
+    from bitstack.runtime.save import write_artifact_folder
 
+    blocks, resident, at = _prefix(artifact, config.memory, config.dtype)
     with open_artifact(artifact, verify=False) as reader:
-        manifest = reader.manifest
-        dtype = resolve_dtype(config.dtype, manifest.compression.get("dtype", "bfloat16"))
-        budget = None if config.memory is None else config.memory
-        from bitstack.memory import parse_memory
-
-        blocks = blocks_for_budget(manifest, None if budget is None else parse_memory(budget), dtype)
-        write_artifact_folder(reader.path, output, manifest, memory=budget, dtype=str(dtype).removeprefix("torch."),
+        dtype = resolve_dtype(config.dtype, reader.manifest.compression.get("dtype", "bfloat16"))
+        write_artifact_folder(reader.path, output, reader.manifest, memory=at, dtype=str(dtype).removeprefix("torch."),
                               overwrite=config.overwrite)
-    return {"format": config.format, "output": str(output), "blocks": blocks,
-            "resident_bytes": prefix_bytes_at(manifest, dtype)[blocks]}
+    return {"format": config.format, "output": str(output), "blocks": blocks, "resident_bytes": resident}
 
 
 def _write_dense_folder(model, artifact, output: Path, config: ExportConfig) -> None:
@@ -167,6 +185,25 @@ def _write_dense_folder(model, artifact, output: Path, config: ExportConfig) -> 
         shutil.rmtree(work, ignore_errors=True)
         raise
     fsync_dir(output.parent)
+
+
+def _write_gguf_file(model, reader, output: Path, config: ExportConfig) -> list[dict]:
+    from bitstack.integrations.gguf import write_gguf
+
+    float_type = "float32" if config.dtype == "float32" else "float16"
+    if config.dtype == "bfloat16":
+        raise InputError("GGUF export writes float16 or float32 tensors: pass --dtype float16 or float32")
+    tokenizer = reader.load_tokenizer()
+    work = output.with_name(f".{output.name}.partial-{os.getpid()}")
+    try:
+        report = write_gguf(model, tokenizer, work, float_type=float_type)
+        os.replace(work, output)
+    except OSError as err:
+        raise InputError(f"cannot write {output}: {err.strerror or err}") from err
+    finally:
+        work.unlink(missing_ok=True)
+    fsync_dir(output.parent)
+    return report
 
 
 def config_fields() -> tuple[dataclasses.Field, ...]:

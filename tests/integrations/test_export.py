@@ -81,9 +81,3 @@ def test_bad_exports_are_one_line_errors(tiny_artifact, tmp_path, capsys):
     with pytest.raises(BitstackError, match="overwrite"):
         export(path, tmp_path / "taken", ExportConfig(overwrite=False))
 
-
-def test_gguf_is_refused_with_the_reason(tiny_artifact, tmp_path, capsys):
-    assert main(["export", str(tiny_artifact[0]), "--format", "gguf", "-o", str(tmp_path / "m.gguf")]) == 2
-    err = capsys.readouterr().err
-    assert "GGUF export is not supported" in err and "convert_hf_to_gguf" in err and err.count("\n") == 1
-    assert not (tmp_path / "m.gguf").exists()

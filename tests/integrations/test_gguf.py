@@ -106,3 +106,18 @@ def test_pack_affine_matches_gguf_dequantize():
         data = pack_affine(weight, d, m, bits)
         restored = gguf.quants.dequantize(data, qtype).reshape(out, inp)
         np.testing.assert_array_equal(restored, weight.numpy())
+
+
+def test_a_planes_prefix_is_its_uniform_grid(llama32):
+    """Codec.uniform_grid of planes: every prefix of J blocks is m + d·q with integer q in [0, 2^J)."""
+    model = bitstack.load(llama32, device="cpu", dtype="float32")
+    module = model.get_submodule("model.layers.0.mlp.up_proj")
+    blocks = list(module.blocks)
+    for j in range(1, 6):
+        module.set_blocks(blocks[:j])
+        d, m, bits = module.codec.uniform_grid(module, 32)
+        assert bits == j
+        weight = module.dense_weight(torch.float32)
+        q = (weight - m.repeat_interleave(32, 1)) / d.repeat_interleave(32, 1)
+        assert float((q - q.round()).abs().max()) < 1e-3 and q.round().min() >= 0 and q.round().max() <= 2**j - 1
+    assert module.codec.uniform_grid(module, 48) is None  # runs that cross groups of 32

@@ -134,3 +134,11 @@ def test_a_device_map_across_devices_is_refused(tiny_artifact, tmp_path):
     with pytest.raises(BitstackError, match="one device"):
         AutoModelForCausalLM.from_pretrained(folder, device_map={"model.embed_tokens": "cpu", "model.layers": "meta",
                                                                  "model.norm": "cpu", "lm_head": "cpu"})
+
+
+def test_config_keys_are_checked():
+    assert hf.BitstackConfig.from_dict({"quant_method": "bitstack", "memory": "1MB"}).budget == 1_000_000
+    with pytest.raises(BitstackError, match="memroy"):
+        hf.BitstackConfig.from_dict({"quant_method": "bitstack", "memroy": "1MB"})
+    with pytest.raises(BitstackError):
+        hf.BitstackConfig(memory="lots")

@@ -55,20 +55,17 @@ def permute_rows(weight: torch.Tensor, heads: int) -> torch.Tensor:
 
 
 def grid_of(module) -> tuple[torch.Tensor, torch.Tensor, int] | None:
-    """(d, m, J) of a weight that is exactly a Q4_1/Q5_1 grid (module docstring), else None.
-    d, m: float16 (out, in / 32)."""
-    blocks = len(module.blocks)
-    group = module.params.get("group_size", 0)
-    if (module.codec.name != "planes" or not 1 <= blocks <= 5 or module.input_scale is not None
-            or group % BLOCK or module.in_features % BLOCK):
+    """(d, m, J) of a weight whose loaded prefix is exactly a Q4_1/Q5_1 grid (its codec's
+    ``uniform_grid`` on blocks of 32 inputs, at most 5 bits, no run-time input scale, d exact in
+    float16), else None.  d, m: float16 (out, in / 32)."""
+    grid = module.codec.uniform_grid(module, BLOCK) if module.input_scale is None else None
+    if grid is None or grid[2] > 5:
         return None
-    step = module.plane_step.float().repeat_interleave(group // BLOCK, dim=1)[:, : module.in_features // BLOCK]
-    offset = module.plane_offset.float().repeat_interleave(group // BLOCK, dim=1)[:, : module.in_features // BLOCK]
-    d = (step * 2.0 ** (2 - blocks)).to(torch.float16)
-    m = (offset - step * (2 - 2.0 ** (1 - blocks))).to(torch.float16)
-    if not torch.isfinite(d).all() or not torch.equal(d.float(), step * 2.0 ** (2 - blocks)):
+    d, m, bits = grid
+    d16 = d.to(torch.float16)
+    if not torch.isfinite(d16).all() or not torch.equal(d16.float(), d):
         return None  # d out of float16's range: not exact
-    return d, m, blocks
+    return d16, m.to(torch.float16), bits
 
 
 def pack_affine(weight: torch.Tensor, d: torch.Tensor, m: torch.Tensor, bits: int) -> np.ndarray:

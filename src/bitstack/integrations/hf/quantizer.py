@@ -52,6 +52,9 @@ class BitstackConfig(QuantizationConfigMixin):
     """
 
     def __init__(self, memory: int | str | None = None, verify: bool = True, **kwargs: Any):
+        unknown = sorted(set(kwargs) - {"quant_method"})
+        if unknown:
+            raise InputError(f"unknown bitstack quantization_config key(s) {', '.join(unknown)}: the keys are memory and verify")
         self.quant_method = QUANT_METHOD
         self.memory = memory
         self.verify = bool(verify)

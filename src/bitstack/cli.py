@@ -14,6 +14,7 @@ from pathlib import Path
 
 from bitstack.config import CompressConfig
 from bitstack.errors import BitstackError, InputError
+from bitstack.remote.cli_options import add_remote_options, progress_printer, remote_options
 
 
 def _config_options(parser: argparse.ArgumentParser) -> None:
@@ -64,10 +65,10 @@ def cmd_compress(args: argparse.Namespace) -> int:
     return 0
 
 
-def info_dict(path: str) -> dict:
-    from bitstack.artifact.reader import ArtifactReader, artifact_size_on_disk
+def info_dict(path: str, remote=None) -> dict:
+    from bitstack.artifact.reader import artifact_size_on_disk, open_artifact
 
-    with ArtifactReader(path, verify=False) as reader:
+    with open_artifact(path, verify=False, remote=remote) as reader:
         m = reader.manifest
         params = m.decomposed_params()
         return {
@@ -85,7 +86,7 @@ def info_dict(path: str) -> dict:
             "full_bytes": m.full_bytes,
             "floor_bits_per_param": round(8 * (m.floor_bytes - m.base_bytes) / params, 4),
             "full_bits_per_param": round(8 * (m.full_bytes - m.base_bytes) / params, 4),
-            "disk_bytes": artifact_size_on_disk(path),
+            "disk_bytes": reader.cached_bytes() if remote is not None else artifact_size_on_disk(path),
             "codec": "planes" if any(w.group_size for w in m.weights) else "avd",
             "niter": m.compression.get("niter"),
             "rank": m.compression.get("rank"),
@@ -95,7 +96,7 @@ def info_dict(path: str) -> dict:
 
 
 def cmd_info(args: argparse.Namespace) -> int:
-    info = info_dict(args.artifact)
+    info = info_dict(args.artifact, remote_options(args))
     if args.json:
         _print_json(info)
         return 0
@@ -126,8 +127,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
             tasks = parse_task_spec(args.tasks)
         except ValueError as err:
             raise InputError(str(err)) from err
-    model = load(args.artifact, args.memory, device=args.device, dtype=args.dtype)
-    tokenizer = load_tokenizer(args.artifact)
+    model = load(args.artifact, args.memory, device=args.device, dtype=args.dtype, remote=remote_options(args))
+    tokenizer = load_tokenizer(args.artifact, remote=remote_options(args))
     result = {"artifact": str(args.artifact), **memory_report(model)}
     if text is not None:
         from bitstack.evaluation.perplexity import perplexity
@@ -155,10 +156,13 @@ def _load_live(args: argparse.Namespace):
     from bitstack.runtime.loader import load, load_tokenizer
 
     auto = None
+    remote = remote_options(args)
     if args.memory == "auto":
         from bitstack.runtime.auto import AutoResizer
 
-        model = load(args.artifact, _floor(args.artifact), device=args.device, dtype=args.dtype)
+        if args.progressive:
+            raise InputError("--progressive needs a fixed --memory: --memory auto already starts at the floor")
+        model = load(args.artifact, _floor(args.artifact, remote), device=args.device, dtype=args.dtype, remote=remote)
 
         def report(event) -> None:
             r = event.report
@@ -167,14 +171,16 @@ def _load_live(args: argparse.Namespace):
 
         auto = AutoResizer(model, reserve=args.reserve, hysteresis=args.hysteresis, on_change=report).start()
     else:
-        model = load(args.artifact, args.memory, device=args.device, dtype=args.dtype)
-    return model, load_tokenizer(args.artifact), auto
+        model = load(args.artifact, args.memory, device=args.device, dtype=args.dtype, remote=remote,
+                     progressive=args.progressive, on_progress=progress_printer if args.progressive else None)
+        auto = getattr(model.bitstack, "progressive", None)  # stopped like an AutoResizer when done
+    return model, load_tokenizer(args.artifact, remote=remote), auto
 
 
-def _floor(path: str) -> int:
-    from bitstack.artifact.reader import ArtifactReader
+def _floor(path: str, remote=None) -> int:
+    from bitstack.artifact.reader import open_artifact
 
-    with ArtifactReader(path, verify=False) as reader:
+    with open_artifact(path, verify=False, remote=remote) as reader:
         return reader.manifest.floor_bytes
 
 
@@ -259,6 +265,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_sort(args: argparse.Namespace) -> int:
     from bitstack.sorting import SortSettings, sort_artifact
 
+    if remote_options(args) is not None:
+        raise InputError("sort rewrites an artifact in place: give a local artifact directory, not a URL")
+
     settings = SortSettings(val=args.val, val_windows=args.val_windows, val_seqlen=args.val_seqlen, batch_size=args.batch_size,
                             greedy_step=args.greedy_step, greedy_max_age=args.greedy_max_age, seed=args.seed,
                             device=args.device, dtype=args.dtype)
@@ -333,7 +342,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def common(p: argparse.ArgumentParser, *, memory: bool = True) -> None:
-        p.add_argument("artifact", help="artifact directory")
+        p.add_argument("artifact", help="artifact directory, or its URL: https://HOST/PATH/ART, hf://ORG/REPO[@REV][/DIR]")
+        add_remote_options(p)
         if memory:
             p.add_argument("--memory", default=None, help="budget for resident weight bytes, e.g. 120MB, 1.5GiB, 123456; "
                            "'auto' (generate, chat) follows free memory (default: whole stack)")
@@ -371,6 +381,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
         p.add_argument("--reserve", default="512MB", help="with --memory auto: memory to leave free (default: 512MB)")
         p.add_argument("--hysteresis", default="16MB", help="with --memory auto: dead band against resize churn (default: 16MB)")
+        p.add_argument("--progressive", action="store_true", help="start generating at the floor; attach the rest of the "
+                       "budget as it arrives (remote artifacts)")
 
     p = sub.add_parser("generate", help="generate text at a budget", description="Generate text from an artifact at a memory budget "
                        "(--memory auto: follow the device's free memory while generating).")

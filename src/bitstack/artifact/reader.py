@@ -27,6 +27,7 @@ from bitstack.artifact.manifest import MANIFEST_NAME, MAX_MANIFEST_BYTES, BlockE
 from bitstack.artifact.safetensors_io import DTYPES, SafetensorsHeader, read_header, read_into, sha256_file
 from bitstack.core.avd import ResidualBlock
 from bitstack.errors import ArtifactError, InputError
+from bitstack.remote.urls import is_remote
 
 
 _MAX_IOV = 1024  # buffers per preadv call (Linux IOV_MAX)
@@ -346,6 +347,18 @@ def _read_converted(handle: BinaryIO, offset: int, nbytes: int, stored: torch.dt
 def _check_digest(buffer: torch.Tensor, expected: str, what: str) -> None:
     if xxhash.xxh3_128(buffer.numpy()).hexdigest() != expected:
         raise ArtifactError(f"{what} is corrupted: its checksum does not match the manifest")
+
+
+def open_artifact(path: str | Path, *, verify: bool = True, remote=None) -> ArtifactReader:
+    """An open artifact: an :class:`ArtifactReader` for a local folder, a
+    :class:`~bitstack.remote.reader.RemoteReader` (fetching through the local cache) for an
+    ``https://``, ``http://`` or ``hf://`` location; ``remote``: its
+    :class:`~bitstack.remote.urls.RemoteOptions`."""
+    if is_remote(path):
+        from bitstack.remote.reader import RemoteReader  # only remote artifacts need it
+
+        return RemoteReader(path, verify=verify, options=remote)
+    return ArtifactReader(path, verify=verify)
 
 
 def artifact_size_on_disk(path: str | Path) -> int:

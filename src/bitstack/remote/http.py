@@ -138,7 +138,7 @@ class HttpClient:
             if status in _TRANSIENT_STATUS:
                 raise Transient(f"HTTP {status} {response.reason}")
             if status == 404:
-                raise RemoteError(f"{what} was not found at {url} (HTTP 404): check the URL")
+                raise RemoteError(f"{url} was not found (HTTP 404): check the artifact's URL")
             if status in (401, 403):
                 raise RemoteError(f"access to {url} was denied (HTTP {status}){self.hint}")
             if status == 416:

@@ -52,6 +52,7 @@ class RemoteReader(ArtifactReader):
         self.client = HttpClient(self.location.headers, self.location.hint, self.options)
         self.entry = None
         self.fetcher = None
+        self._handles = {}  # ArtifactReader's, set again by its __init__ (close() may run before it)
         self._header_lock = threading.Lock()
         try:
             self._open(verify)

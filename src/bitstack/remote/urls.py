@@ -12,7 +12,7 @@ path.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from urllib.parse import quote, urlsplit
 
@@ -87,6 +87,13 @@ class RemoteOptions:
             raise InputError(f"remote option retries must be an integer >= 0, got {self.retries!r}")
         self.resolved_cache_limit()
         return self
+
+
+def with_cache_dir(options: RemoteOptions | None, cache_dir: str | Path | None) -> RemoteOptions | None:
+    """``options`` (default ones if None) with ``cache_dir`` when it is given; else ``options`` as is."""
+    if cache_dir is None:
+        return options
+    return replace(options if options is not None else RemoteOptions(), cache_dir=cache_dir)
 
 
 @dataclass(frozen=True)

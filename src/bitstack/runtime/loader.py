@@ -12,10 +12,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from bitstack.artifact.reader import CONVERT_CHUNK_BYTES, ArtifactReader
+from bitstack.artifact.reader import CONVERT_CHUNK_BYTES, open_artifact
 from bitstack.devices import resolve_device
 from bitstack.errors import ArtifactError, InputError
 from bitstack.memory import parse_memory
+from bitstack.remote.urls import with_cache_dir
 from bitstack.runtime.budget import blocks_for_budget, memory_bytes, prefix_bytes_at
 from bitstack.runtime.linear import BitStackLinear, append_blocks, packed_groups
 from bitstack.runtime.stack import LiveStack
@@ -85,7 +86,8 @@ def _share(model: nn.Module, alias: str, target: str) -> None:
 
 
 def load(path: str | Path, memory: str | int | None = None, *, device: torch.device | str | None = None,
-         dtype: torch.dtype | str | None = None, verify: bool = True) -> nn.Module:
+         dtype: torch.dtype | str | None = None, verify: bool = True, progressive: bool = False,
+         on_progress=None, cache_dir: str | Path | None = None, remote=None) -> nn.Module:
     """Load a BitStack artifact as a transformers ``PreTrainedModel`` within ``memory``.
 
     Args:
@@ -100,13 +102,20 @@ def load(path: str | Path, memory: str | int | None = None, *, device: torch.dev
         dtype: dtype of the non-decomposed weights and of computation (default: the artifact's
             storage dtype).  Blocks always keep uint8 signs and float16 u, v.
         verify: check every tensor read against the manifest's sha256.
+        progressive: return the model at the floor at once, then grow it to ``memory`` in the
+            background as blocks arrive (``model.bitstack.progressive``, a
+            :class:`~bitstack.remote.progressive.ProgressiveLoader`; ``on_progress(Progress)`` is
+            called on its thread after each step).
+        cache_dir, remote: for an ``https://``/``hf://`` location, the cache folder and the
+            :class:`~bitstack.remote.urls.RemoteOptions` (docs/remote.md).
     Returns:
         The model in eval mode; ``model.bitstack`` describes the loaded stack, and
         :func:`bitstack.memory_bytes` gives its resident bytes (always ≤ ``memory``).
     """
     budget = None if memory is None else parse_memory(memory)
     device = resolve_device(device)
-    reader = ArtifactReader(path, verify=verify)
+    remote = with_cache_dir(remote, cache_dir)
+    reader = open_artifact(path, verify=verify, remote=remote)
     try:
         manifest = reader.manifest
         dtype = resolve_dtype(dtype, manifest.compression.get("dtype", "bfloat16"))
@@ -130,6 +139,7 @@ def load(path: str | Path, memory: str | int | None = None, *, device: torch.dev
         packed = packed_groups(modules, device)
         if packed:  # kernel mode: leave room for the repacks (budget.repack_reserve)
             count = blocks_for_budget(manifest, budget, dtype, packed=packed)
+        final, count = count, (min(count, manifest.floor_blocks) if progressive else count)
         # Converting a base tensor to ``dtype`` holds one chunk of its stored bytes on top of the
         # base read so far: a chunk no larger than the blocks still to be read (at least the
         # floor's, one per weight) keeps the peak within the final resident bytes, so within the
@@ -156,12 +166,17 @@ def load(path: str | Path, memory: str | int | None = None, *, device: torch.dev
     expected = model.bitstack.prefix_bytes[count]
     if resident != expected:
         raise ArtifactError(f"loaded model holds {resident} bytes, the manifest predicts {expected}")
+    if progressive:
+        from bitstack.remote.progressive import ProgressiveLoader
+
+        model.bitstack.progressive = ProgressiveLoader(model, budget, final, on_progress).start()
     return model
 
 
-def load_tokenizer(path: str | Path):
-    """The tokenizer stored in an artifact."""
-    with ArtifactReader(path, verify=True) as reader:
+def load_tokenizer(path: str | Path, *, cache_dir: str | Path | None = None, remote=None):
+    """The tokenizer stored in an artifact (a folder, or a URL as for :func:`load`)."""
+    remote = with_cache_dir(remote, cache_dir)
+    with open_artifact(path, verify=True, remote=remote) as reader:
         tokenizer = reader.load_tokenizer()
     if tokenizer is None:
         raise InputError(f"artifact {path} has no tokenizer")

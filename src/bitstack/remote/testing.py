@@ -23,10 +23,12 @@ _RANGE = re.compile(r"^bytes=(\d+)-(\d*)$")
 _CHUNK = 64 * 1024
 
 
-@dataclass(frozen=True)
+@dataclass
 class Served:
     """One response: the file it was for (relative to the served folder), the byte range sent
-    ``[start, start + sent)`` of the ``[start, end)`` promised, its status and request headers."""
+    ``[start, start + sent)`` of the ``[start, end)`` promised, its status and request headers.
+    Logged when the response starts; ``sent`` counts each chunk before it is written (and is
+    taken back if the write fails), so a client never holds a byte the log does not count."""
 
     path: str
     status: int
@@ -177,8 +179,8 @@ def _handler(server: ArtifactServer):
             rel, redirect = server._resolve(self.path)
             headers = dict(self.headers.items())
             if redirect is not None:
-                self._reply(302, {"Location": redirect, "Content-Length": "0"})
                 server._record(Served(self.path, 302, 0, 0, 0, headers))
+                self._reply(302, {"Location": redirect, "Content-Length": "0"})
                 return
             file = (server.root / rel).resolve() if rel else None
             if rel in server.status:
@@ -194,8 +196,8 @@ def _handler(server: ArtifactServer):
                 start = int(match.group(1))
                 end = min(size, int(match.group(2)) + 1) if match.group(2) else size
                 if start >= size or end <= start:
-                    self._reply(416, {"Content-Range": f"bytes */{size}", "Content-Length": "0"})
                     server._record(Served(rel, 416, start, start, 0, headers))
+                    self._reply(416, {"Content-Range": f"bytes */{size}", "Content-Length": "0"})
                     return
                 status = 206
             reply = {"Content-Length": str(end - start), "Accept-Ranges": "none" if server.ignore_range else "bytes"}
@@ -205,6 +207,8 @@ def _handler(server: ArtifactServer):
             limit = server._take_drop(end - start)
             bad = server._corruptions(rel, start, end)
             sent = 0
+            served = Served(rel, status, start, end, 0, headers)
+            server._record(served)
             try:
                 with open(file, "rb") as handle:
                     handle.seek(start)
@@ -215,7 +219,12 @@ def _handler(server: ArtifactServer):
                             if start + sent <= offset < start + sent + len(data):
                                 data[offset - start - sent] ^= 0xFF
                         server.pace.take(len(data))
-                        self.wfile.write(data)
+                        served.sent += len(data)
+                        try:
+                            self.wfile.write(data)
+                        except OSError:
+                            served.sent -= len(data)
+                            raise
                         sent += len(data)
                 if limit is not None:
                     self.wfile.flush()
@@ -223,7 +232,6 @@ def _handler(server: ArtifactServer):
                     self.close_connection = True
             except OSError:  # the client went away
                 self.close_connection = True
-            server._record(Served(rel, status, start, end, sent, headers))
 
         def _reply(self, status: int, headers: dict) -> None:
             self.send_response(status)
@@ -233,9 +241,9 @@ def _handler(server: ArtifactServer):
 
         def _error(self, status: int, rel: str, headers: dict) -> None:
             body = f'{{"error": "HTTP {status}"}}'.encode()
+            server._record(Served(rel, status, 0, 0, 0, headers))
             self._reply(status, {"Content-Type": "application/json", "Content-Length": str(len(body))})
             self.wfile.write(body)
-            server._record(Served(rel, status, 0, 0, 0, headers))
 
     return Handler
 

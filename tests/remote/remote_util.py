@@ -1,0 +1,68 @@
+"""Helpers of the remote tests: what a prefix's bytes are, and model equality."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from bitstack.artifact.reader import ArtifactReader
+from bitstack.artifact.safetensors_io import read_header
+
+
+def manifest_of(path):
+    with ArtifactReader(path) as reader:
+        return reader.manifest
+
+
+def block_ranges(folder: Path, start: int, stop: int, first_shard_header: bool = True) -> dict[str, list[tuple[int, int]]]:
+    """{shard file: merged byte ranges} that fetching stack positions [start, stop) reads: the
+    blocks, plus the header of every shard they touch (and of the stack's first shard)."""
+    manifest = manifest_of(folder)
+    spans: dict[str, list[tuple[int, int]]] = {}
+    shards = {manifest.stack[0].shard} if first_shard_header else set()
+    for p in range(start, stop):
+        shards.add(manifest.stack[p].shard)
+    for number in shards:
+        file = manifest.shards[number].file
+        spans.setdefault(file, []).append((0, read_header(folder / file).data_start))
+    for p in range(start, stop):
+        e = manifest.stack[p]
+        file = manifest.shards[e.shard].file
+        data_start = read_header(folder / file).data_start
+        spans[file].append((data_start + e.offset, data_start + e.offset + e.bytes))
+    out = {}
+    for file, pieces in spans.items():
+        merged: list[tuple[int, int]] = []
+        for a, b in sorted(pieces):
+            if merged and a <= merged[-1][1]:
+                merged[-1] = (merged[-1][0], max(merged[-1][1], b))
+            else:
+                merged.append((a, b))
+        out[file] = merged
+    return out
+
+
+def shard_ranges_sent(server, artifact: str) -> dict[str, list[tuple[int, int]]]:
+    """{shard file: merged byte ranges the server sent} for the shards of ``artifact``."""
+    files = {s.path for s in server.served() if s.path.startswith(artifact + "/blocks-")}
+    return {f.split("/", 1)[1]: server.ranges_sent(f) for f in files}
+
+
+def block_bytes_sent(server, artifact: str) -> int:
+    return sum(s.sent for s in server.served() if s.path.startswith(artifact + "/blocks-"))
+
+
+def same_model(a, b) -> bool:
+    """Identical blocks (signs, u, v) and identical other tensors."""
+    if a.bitstack.loaded != b.bitstack.loaded:
+        return False
+    for name, module in a.bitstack.modules.items():
+        other = b.bitstack.modules[name].blocks
+        if len(module.blocks) != len(other):
+            return False
+        for x, y in zip(module.blocks, other):
+            if not (torch.equal(x.signs, y.signs) and torch.equal(x.u, y.u) and torch.equal(x.v, y.v)):
+                return False
+    sa, sb = a.state_dict(), b.state_dict()
+    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)

@@ -15,14 +15,16 @@ def manifest_of(path):
         return reader.manifest
 
 
-def block_ranges(folder: Path, start: int, stop: int, first_shard_header: bool = True) -> dict[str, list[tuple[int, int]]]:
-    """{shard file: merged byte ranges} that fetching stack positions [start, stop) reads: the
-    blocks, plus the header of every shard they touch (and of the stack's first shard)."""
+def block_ranges(folder: Path, start: int, stop: int) -> dict[str, list[tuple[int, int]]]:
+    """{shard file: merged byte ranges} that fetching stack positions [start, stop) reads when
+    [0, start) is in the cache: the blocks, plus the header of every shard they touch that no
+    block before ``start`` (nor the stack's first block) is in."""
     manifest = manifest_of(folder)
     spans: dict[str, list[tuple[int, int]]] = {}
-    shards = {manifest.stack[0].shard} if first_shard_header else set()
-    for p in range(start, stop):
-        shards.add(manifest.stack[p].shard)
+    known = {manifest.stack[p].shard for p in range(0, max(start, 1))}
+    shards = {manifest.stack[p].shard for p in range(start, stop)} - known
+    if start == 0:
+        shards.add(manifest.stack[0].shard)
     for number in shards:
         file = manifest.shards[number].file
         spans.setdefault(file, []).append((0, read_header(folder / file).data_start))
@@ -30,7 +32,7 @@ def block_ranges(folder: Path, start: int, stop: int, first_shard_header: bool =
         e = manifest.stack[p]
         file = manifest.shards[e.shard].file
         data_start = read_header(folder / file).data_start
-        spans[file].append((data_start + e.offset, data_start + e.offset + e.bytes))
+        spans.setdefault(file, []).append((data_start + e.offset, data_start + e.offset + e.bytes))
     out = {}
     for file, pieces in spans.items():
         merged: list[tuple[int, int]] = []

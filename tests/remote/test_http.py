@@ -33,11 +33,14 @@ def test_whole_and_ranged_gets(server, served_root):
     raw = (served_root / SHARD).read_bytes()
     http = client()
     assert http.get_bytes(f"{server.url}/{SHARD}", limit=10**6, what="x") == raw
+    server.drop_after, server.drops = 5000, 2
+    assert http.get_bytes(f"{server.url}/{SHARD}", limit=10**6, what="x") == raw  # resumed
+    assert [s.start for s in server.served(SHARD)] == [0, 0, 5000, 10000]
     sink = Collect(100)
     http.stream(f"{server.url}/{SHARD}", 100, 5000, sink, what="x")
     assert bytes(sink.data) == raw[100:5000]
     assert server.served(SHARD)[-1].headers["x-token"] == "t"
-    assert http.requests == 2 and http.bytes_received == len(raw) + 4900
+    assert http.requests == 5 and http.bytes_received == 2 * len(raw) + 4900
     with pytest.raises(ArtifactError, match="implausibly large"):
         http.get_bytes(f"{server.url}/{SHARD}", limit=100, what="x")
 
@@ -56,11 +59,11 @@ def test_download_resumes_a_partial_file(server, served_root, tmp_path):
     raw = (served_root / SHARD).read_bytes()
     part = tmp_path / "part"
     part.write_bytes(raw[:1000])
-    client().download(f"{server.url}/{SHARD}", part, size=None, what="x")
+    client().download(f"{server.url}/{SHARD}", part, what="x")
     assert part.read_bytes() == raw and server.served(SHARD)[0].start == 1000
     server.drop_after, server.drops = 2000, 2
     part.unlink()
-    client().download(f"{server.url}/{SHARD}", part, size=None, what="x")
+    client().download(f"{server.url}/{SHARD}", part, what="x")
     assert part.read_bytes() == raw and server.bytes_sent(SHARD) == 2 * len(raw) - 1000
 
 

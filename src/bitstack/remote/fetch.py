@@ -300,7 +300,7 @@ def fetch_file(entry: Entry, client: HttpClient, location: Location, name: str, 
         part = entry.part_path(name)
         part.parent.mkdir(parents=True, exist_ok=True)
         for _ in range(2):
-            client.download(url, part, size=None, what=what)
+            client.download(url, part, what=what)
             if sha256_file(part) == sha256:
                 entry.install(part, name)
                 return

@@ -17,11 +17,12 @@ What fails how:
 from __future__ import annotations
 
 import http.client
+import io
 import re
 import threading
 import time
 from pathlib import Path
-from typing import Protocol
+from typing import BinaryIO, Protocol
 from urllib.parse import urljoin, urlsplit
 
 from bitstack.errors import ArtifactError, RemoteError
@@ -180,72 +181,55 @@ class HttpClient:
     # ---- whole bodies ---------------------------------------------------------------------
     def get_bytes(self, url: str, *, limit: int, what: str) -> bytes:
         """The whole body at ``url`` (at most ``limit`` bytes, else :class:`ArtifactError`)."""
+        store = io.BytesIO()
+        self._whole(url, store, what, limit)
+        return store.getvalue()
 
-        def attempt() -> bytes:
-            response, key = self._open(url, None, None, what)
-            if response.length is not None and response.length > limit:
-                self._finish(response, key)
-                raise ArtifactError(f"{what} at {url} is implausibly large ({response.length} bytes)")
-            expected = response.length
-            try:
-                body = response.read(limit + 1)
-            except (OSError, http.client.HTTPException) as err:
-                self._drop(*key)
-                raise Transient(f"{type(err).__name__}: {err}") from err
-            if len(body) > limit:
-                self._drop(*key)
-                raise ArtifactError(f"{what} at {url} is implausibly large")
-            if expected is not None and len(body) != expected:
-                self._drop(*key)
-                raise Transient(f"connection ended after {len(body)} of {expected} bytes")
-            self._count(len(body))
-            return body
+    def download(self, url: str, part: Path, *, what: str, limit: int | None = None) -> None:
+        """Append the body at ``url`` to the file ``part`` until it is complete, resuming at its size.
 
-        return self._retrying(attempt, what, url)
-
-    def download(self, url: str, part: Path, *, size: int | None, what: str) -> None:
-        """Append the body at ``url`` to ``part`` until it is complete, resuming at ``part``'s size.
-
-        ``size``: the expected length, when known (a longer file is refused).  The caller verifies
-        the result; bytes already in ``part`` are taken on trust until then.
+        The caller verifies the result; bytes already in ``part`` are taken on trust until then.
         """
+        with open(part, "ab") as store:
+            self._whole(url, store, what, limit)
+
+    def _whole(self, url: str, store: BinaryIO, what: str, limit: int | None) -> None:
+        """Append the body at ``url`` to ``store`` (positioned at its end): a plain GET, or a Range
+        GET from ``store``'s size when it holds a part already (a 200 answer restarts it)."""
+
+        def size() -> int:
+            return store.seek(0, io.SEEK_END)
 
         def attempt() -> None:
-            have = part.stat().st_size if part.exists() else 0
-            if size is not None and have >= size:
-                if have > size:
-                    part.unlink()
-                    raise Transient("partial download longer than the file: restarted")
-                return
-            response, key = self._open(url, have if have else None, None, what)
-            mode = "ab"
+            have = size()
+            response, key = self._open(url, have or None, None, what)
             if have and response.status == 200:  # the server ignored Range: take the whole body
-                mode = "wb"
+                store.seek(0)
+                store.truncate()
+                have = 0
             elif have:
                 self._check_range(response, key, have, None, url)
-            try:
-                with open(part, mode) as handle:
-                    while True:
-                        data = response.read(CHUNK)
-                        if not data:
-                            break
-                        handle.write(data)
-                        self._count(len(data))
-                        if size is not None and handle.tell() > size:
-                            break
-            except (OSError, http.client.HTTPException) as err:
+            if limit is not None and response.length is not None and have + response.length > limit:
+                self._finish(response, key)
+                raise ArtifactError(f"{what} at {url} is implausibly large ({have + response.length} bytes)")
+            while True:
+                try:
+                    data = response.read(CHUNK)
+                except (OSError, http.client.HTTPException) as err:
+                    self._drop(*key)
+                    raise Transient(f"{type(err).__name__}: {err}") from err
+                if not data:
+                    break
+                store.write(data)
+                self._count(len(data))
+                if limit is not None and store.tell() > limit:
+                    self._drop(*key)
+                    raise ArtifactError(f"{what} at {url} is implausibly large")
+            if response.length:  # bytes promised but not received: the connection ended early
                 self._drop(*key)
-                raise Transient(f"{type(err).__name__}: {err}") from err
-            got = part.stat().st_size
-            if size is not None and got > size:
-                self._drop(*key)
-                part.unlink()
-                raise ArtifactError(f"{what} at {url} is longer than the manifest says ({size} bytes)")
-            if response.length or (size is not None and got < size):  # the connection ended early
-                self._drop(*key)
-                raise Transient(f"connection ended after {got} bytes")
+                raise Transient(f"connection ended after {size()} bytes")
 
-        self._retrying(attempt, what, url, lambda: part.stat().st_size if part.exists() else 0)
+        self._retrying(attempt, what, url, size)
 
     # ---- ranges ---------------------------------------------------------------------------
     def stream(self, url: str, start: int, end: int, sink: Sink, *, what: str) -> None:

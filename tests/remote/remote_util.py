@@ -68,3 +68,24 @@ def same_model(a, b) -> bool:
                 return False
     sa, sb = a.state_dict(), b.state_dict()
     return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def data_bytes_sent(server, folder: Path, artifact: str) -> int:
+    """Bytes of shard data sections (blocks, not headers) that the server sent for ``artifact``."""
+    total = 0
+    for s in server.served():
+        if s.path.startswith(artifact + "/blocks-") and s.sent:
+            data_start = read_header(folder / s.path.split("/", 1)[1]).data_start
+            total += max(0, s.start + s.sent - max(s.start, data_start))
+    return total
+
+
+def blocks_digest(reader, stop: int) -> str:
+    """sha256 over the bytes of blocks [0, stop) as ``reader`` returns them."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for _, block in reader.read_blocks(0, stop):
+        for t in (block.signs, block.u, block.v):
+            digest.update(t.contiguous().view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()

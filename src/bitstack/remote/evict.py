@@ -46,8 +46,8 @@ def make_room(cache: Cache, need: int, keep: Entry) -> None:
                     fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
                 except OSError:
                     continue  # open in some process: never evicted
-                shrink_tail(entry, usage + need - cache.limit)
-                usage = cache.disk_bytes()
+                while usage + need > cache.limit and shrink_tail(entry, usage + need - cache.limit):
+                    usage = cache.disk_bytes()  # cut blocks free whole pages only: measure again
                 if usage + need <= cache.limit:
                     return
                 entry.remove_data()

@@ -214,13 +214,14 @@ class HttpClient:
                 raise ArtifactError(f"{what} at {url} is implausibly large ({have + response.length} bytes)")
             while True:
                 try:
-                    data = response.read(CHUNK)
+                    data = response.read1(CHUNK)  # what has arrived: kept even if the connection drops next
                 except (OSError, http.client.HTTPException) as err:
                     self._drop(*key)
                     raise Transient(f"{type(err).__name__}: {err}") from err
                 if not data:
                     break
                 store.write(data)
+                store.flush()
                 self._count(len(data))
                 if limit is not None and store.tell() > limit:
                     self._drop(*key)
@@ -247,7 +248,7 @@ class HttpClient:
                 position = offset
                 try:
                     while position < end:
-                        data = response.read(min(CHUNK, end - position))
+                        data = response.read1(min(CHUNK, end - position))
                         if not data:
                             raise http.client.IncompleteRead(b"", end - position)
                         self._count(len(data))

@@ -213,7 +213,8 @@ def _handler(server: ArtifactServer):
                 with open(file, "rb") as handle:
                     handle.seek(start)
                     while start + sent < end and (limit is None or sent < limit):
-                        n = min(_CHUNK, end - start - sent, (limit - sent) if limit is not None else _CHUNK)
+                        chunk = _CHUNK if not server.rate else max(1024, min(_CHUNK, int(server.rate / 50)))
+                        n = min(chunk, end - start - sent, (limit - sent) if limit is not None else chunk)
                         data = bytearray(handle.read(n))
                         for offset in bad:
                             if start + sent <= offset < start + sent + len(data):

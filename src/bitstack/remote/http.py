@@ -159,6 +159,14 @@ class HttpClient:
         response.close()
         self._drop(*key)
 
+    def _done(self, response: http.client.HTTPResponse, key: tuple) -> None:
+        """Mark a fully read response closed, so that its connection serves the next request."""
+        try:
+            if response.length or response.read():  # more than the Content-Range promised
+                self._drop(*key)
+        except (OSError, http.client.HTTPException):
+            self._drop(*key)
+
     def _retrying(self, attempt, what: str, url: str, progress=lambda: 0):
         """Run ``attempt()`` until it returns, retrying :class:`Transient` failures with backoff.
 
@@ -229,6 +237,7 @@ class HttpClient:
             if response.length:  # bytes promised but not received: the connection ended early
                 self._drop(*key)
                 raise Transient(f"connection ended after {size()} bytes")
+            self._done(response, key)
 
         self._retrying(attempt, what, url, size)
 
@@ -266,6 +275,7 @@ class HttpClient:
                 except BaseException:
                     self._drop(*key)
                     raise
+                self._done(response, key)
                 offset = end
 
         self._retrying(attempt, what, url, sink.resume_at)

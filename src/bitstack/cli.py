@@ -155,13 +155,14 @@ def _load_live(args: argparse.Namespace):
     """Load for generate/chat; with ``--memory auto`` start an AutoResizer that reports to stderr."""
     from bitstack.runtime.loader import load, load_tokenizer
 
+    if args.memory == "auto" and args.progressive:
+        raise InputError("--progressive needs a fixed --memory: --memory auto already starts at the floor")
     auto = None
     remote = remote_options(args)
+    tokenizer = load_tokenizer(args.artifact, remote=remote)  # first: a progressive load's blocks follow on the link
     if args.memory == "auto":
         from bitstack.runtime.auto import AutoResizer
 
-        if args.progressive:
-            raise InputError("--progressive needs a fixed --memory: --memory auto already starts at the floor")
         model = load(args.artifact, _floor(args.artifact, remote), device=args.device, dtype=args.dtype, remote=remote)
 
         def report(event) -> None:
@@ -174,7 +175,7 @@ def _load_live(args: argparse.Namespace):
         model = load(args.artifact, args.memory, device=args.device, dtype=args.dtype, remote=remote,
                      progressive=args.progressive, on_progress=progress_printer if args.progressive else None)
         auto = getattr(model.bitstack, "progressive", None)  # stopped like an AutoResizer when done
-    return model, load_tokenizer(args.artifact, remote=remote), auto
+    return model, tokenizer, auto
 
 
 def _floor(path: str, remote=None) -> int:

@@ -138,3 +138,15 @@ def test_timeouts_are_retried_then_refused():
         listener.close()
         for conn in accepted:
             conn.close()
+
+
+def test_a_kept_alive_connection_closed_by_the_server_is_replaced_at_once(server, served_root):
+    http = HttpClient({}, "", RemoteOptions(backoff=5.0, retries=0))  # a back-off or a retry would show
+    url = f"{server.url}/{SHARD}"
+    assert http.get_bytes(url, limit=10**6, what="x")
+    for conn in http._connections:  # the server closes idle connections: emulate it on its side
+        conn.sock.shutdown(socket.SHUT_RD)
+    started = time.perf_counter()
+    assert http.get_bytes(url, limit=10**6, what="x") == (served_root / SHARD).read_bytes()
+    assert time.perf_counter() - started < 2
+    assert len(server.served(SHARD)) == 3  # the second request was sent twice: the stale path ran

@@ -112,13 +112,7 @@ class HttpClient:
             if start is not None:
                 headers["Range"] = f"bytes={start}-" + ("" if end is None else str(end))
             path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-            try:
-                conn = self._connection(*key)
-                conn.request("GET", path, headers=headers)
-                response = conn.getresponse()
-            except (OSError, http.client.HTTPException) as err:
-                self._drop(*key)
-                raise Transient(f"{type(err).__name__}: {err}") from err
+            response = self._send(key, path, headers)
             with self._lock:
                 self.requests += 1
             status = response.status
@@ -147,6 +141,25 @@ class HttpClient:
                                     "the remote artifact is truncated or changed")
             raise RemoteError(f"{url} answered HTTP {status} {response.reason}")
         raise RemoteError(f"{url} redirects more than 5 times")
+
+    def _send(self, key: tuple, path: str, headers: dict) -> http.client.HTTPResponse:
+        """One request on this thread's connection to ``key``.  A kept-alive connection that the
+        server has closed meanwhile is replaced at once (no back-off); other failures are
+        :class:`Transient`."""
+        for attempt in range(2):
+            conn = self._connection(*key)
+            reused = conn.sock is not None
+            try:
+                conn.request("GET", path, headers=headers)
+                return conn.getresponse()
+            except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError) as err:
+                self._drop(*key)
+                if not reused or attempt:
+                    raise Transient(f"{type(err).__name__}: {err}") from err
+            except (OSError, http.client.HTTPException) as err:
+                self._drop(*key)
+                raise Transient(f"{type(err).__name__}: {err}") from err
+        raise AssertionError("unreachable")
 
     def _finish(self, response: http.client.HTTPResponse, key: tuple) -> None:
         """Drain a small unwanted body so the connection can be reused, or drop the connection."""

@@ -78,7 +78,7 @@ class _BlockSink:
         self.verified_from = start  # first position not yet recorded in the index
         self._at(start)
 
-    def _offset(self, position: int) -> int:
+    def offset_of(self, position: int) -> int:
         """File offset of block ``position`` (of ``stop``: the end of the run)."""
         if position == self.stop:
             last = self.stack[position - 1]
@@ -89,11 +89,11 @@ class _BlockSink:
         self.position, self.filled, self.hasher = position, 0, xxhash.xxh3_128()
 
     def resume_at(self) -> int:
-        return self._offset(self.position)
+        return self.offset_of(self.position)
 
     def write(self, offset: int, data: memoryview) -> None:
-        if offset != self._offset(self.position) + self.filled:  # a resumed request starts at a block
-            self._at(next(p for p in range(self.verified_from, self.stop + 1) if self._offset(p) == offset))
+        if offset != self.offset_of(self.position) + self.filled:  # a resumed request starts at a block
+            self._at(next(p for p in range(self.verified_from, self.stop + 1) if self.offset_of(p) == offset))
         while len(data):
             entry = self.stack[self.position]
             take = min(len(data), entry.bytes - self.filled)
@@ -117,9 +117,9 @@ class _BlockSink:
                                     "artifact is corrupted or was changed")
             self.retried.add(position)
             self._at(position)
-            raise Restart(self._offset(position))
+            raise Restart(self.offset_of(position))
         self._at(position + 1)
-        if self._offset(self.position) - self._offset(self.verified_from) >= FLUSH_BYTES:
+        if self.offset_of(self.position) - self.offset_of(self.verified_from) >= FLUSH_BYTES:
             self.flush()
 
     def flush(self) -> None:
@@ -282,7 +282,7 @@ class BlockFetcher:
         first = stack[start]
         what = f"blocks {start}..{stop - 1} of the stack (from block {first.index} of {first.tensor})"
         try:
-            self.client.stream(self.url_of(shard), sink.resume_at(), sink._offset(stop), sink, what=what)
+            self.client.stream(self.url_of(shard), sink.resume_at(), sink.offset_of(stop), sink, what=what)
         finally:
             sink.flush()  # keep what was verified, even when the request failed
 

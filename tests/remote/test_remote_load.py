@@ -164,3 +164,17 @@ def test_offline_uses_the_cache_only(served_root, server, options, local_models)
     with pytest.raises(RemoteError, match="not in the cache .* offline"):
         bitstack.load(f"{server.url}/other.bstk", device="cpu", remote=offline)
     assert server.served() == []
+
+
+def test_a_shard_header_damaged_in_the_cache_is_fetched_again(served_root, server, options, local_models):
+    m, local = local_models
+    url, n = f"{server.url}/tiny.bstk", m.floor_blocks + 20
+    bitstack.load(url, m.prefix_bytes[n], device="cpu", remote=options)
+    entry = next((options.cache_dir / "artifacts").iterdir())
+    file = m.shards[m.stack[0].shard].file
+    with open(entry / file, "r+b") as handle:
+        handle.seek(12)
+        handle.write(b"\xff")  # inside the header's JSON
+    server.clear()
+    assert same_model(bitstack.load(url, m.prefix_bytes[n], device="cpu", remote=options), local(n))
+    assert server.served(f"tiny.bstk/{file}")  # the header travelled again

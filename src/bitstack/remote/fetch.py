@@ -33,7 +33,7 @@ from typing import Callable
 import xxhash
 
 from bitstack.artifact.manifest import Manifest
-from bitstack.artifact.safetensors_io import SafetensorsHeader, parse_header, sha256_file
+from bitstack.artifact.safetensors_io import MAX_HEADER_BYTES, SafetensorsHeader, parse_header, sha256_file
 from bitstack.errors import ArtifactError
 from bitstack.remote import intervals
 from bitstack.remote.cache import Entry
@@ -175,27 +175,35 @@ class BlockFetcher:
         check it against the manifest and create the sparse shard file of its full length."""
         path = self.entry.path / self.manifest.shards[shard].file
         if in_index and path.is_file():
-            with open(path, "rb") as handle:
-                raw = handle.read(8)
-                raw += handle.read(struct.unpack("<Q", raw)[0] if len(raw) == 8 else 0)
-        else:
-            url, what = self.url_of(shard), f"the header of {self.manifest.shards[shard].file}"
-            raw = self._get(url, 0, 8, what)
-            (length,) = struct.unpack("<Q", raw)
-            if length > 100 * 1000 * 1000:
-                raise ArtifactError(f"{url} has a corrupt safetensors header length ({length})")
-            raw += self._get(url, 8, 8 + length, what)
+            try:
+                with open(path, "rb") as handle:
+                    raw = handle.read(8)
+                    raw += handle.read(min(struct.unpack("<Q", raw)[0], MAX_HEADER_BYTES) if len(raw) == 8 else 0)
+                self.data_start[shard] = self._checked(shard, raw, path).data_start
+                return
+            except ArtifactError:
+                pass  # damaged in the cache: fetched again below
+        url, what = self.url_of(shard), f"the header of {self.manifest.shards[shard].file}"
+        raw = self._get(url, 0, 8, what)
+        (length,) = struct.unpack("<Q", raw)
+        if length > MAX_HEADER_BYTES:
+            raise ArtifactError(f"{url} has a corrupt safetensors header length ({length})")
+        raw += self._get(url, 8, 8 + length, what)
+        header = self._checked(shard, raw, path)
+        fd = self._fd(shard)
+        os.pwrite(fd, raw, 0)
         size = len(raw) + self.manifest.shards[shard].bytes
-        header = parse_header(raw, size, what=str(path))
-        self.check_header(shard, header)
-        if not in_index or not path.is_file():
-            fd = self._fd(shard)
-            os.pwrite(fd, raw, 0)
-            if os.fstat(fd).st_size < size:
-                os.ftruncate(fd, size)
-            os.fsync(fd)
-            self.entry.add_verified([], {shard})
+        if os.fstat(fd).st_size < size:
+            os.ftruncate(fd, size)
+        os.fsync(fd)
+        self.entry.add_verified([], {shard})
         self.data_start[shard] = header.data_start
+
+    def _checked(self, shard: int, raw: bytes, path) -> SafetensorsHeader:
+        """The parsed header ``raw`` of shard ``shard``, checked against the manifest."""
+        header = parse_header(raw, len(raw) + self.manifest.shards[shard].bytes, what=str(path))
+        self.check_header(shard, header)
+        return header
 
     def _get(self, url: str, start: int, stop: int, what: str) -> bytes:
         buffer = bytearray(stop - start)

@@ -178,3 +178,15 @@ def test_a_shard_header_damaged_in_the_cache_is_fetched_again(served_root, serve
     server.clear()
     assert same_model(bitstack.load(url, m.prefix_bytes[n], device="cpu", remote=options), local(n))
     assert server.served(f"tiny.bstk/{file}")  # the header travelled again
+
+
+def test_a_bad_manifest_is_refused_and_not_kept(served_root, server, options, tmp_path):
+    bad = served_root.parent / "bad-served"
+    (bad / "art.bstk").mkdir(parents=True, exist_ok=True)
+    (bad / "art.bstk" / "manifest.json").write_text('{"format": "bitstack", "format_version": 2}')
+    from bitstack.remote.testing import ArtifactServer
+
+    with ArtifactServer(bad) as other:
+        with pytest.raises(ArtifactError, match=f"{other.url}/art.bstk does not hold a usable bitstack manifest: .*missing field"):
+            bitstack.load(f"{other.url}/art.bstk", device="cpu", remote=options)
+    assert not list(options.cache_dir.rglob("manifest.json"))

@@ -23,7 +23,7 @@ import threading
 import torch
 import xxhash
 
-from bitstack.artifact.manifest import MANIFEST_NAME, MAX_MANIFEST_BYTES, BlockEntry, Manifest
+from bitstack.artifact.manifest import MANIFEST_NAME, MAX_MANIFEST_BYTES, BlockEntry
 from bitstack.artifact.reader import ArtifactReader
 from bitstack.artifact.safetensors_io import read_into
 from bitstack.core.avd import ResidualBlock
@@ -68,16 +68,21 @@ class RemoteReader(ArtifactReader):
                 raise RemoteError(f"{self.url} is not in the cache at {self.cache.root}, and remote options say offline")
             entry.open_for_use()
         else:
-            what = f"{self.location.file_url(MANIFEST_NAME)}"
-            raw = self.client.get_bytes(self.location.file_url(MANIFEST_NAME), limit=MAX_MANIFEST_BYTES,
-                                        what=f"the manifest of {self.url}")
-            Manifest.from_json(raw, what=what)  # refuse a bad manifest before it enters the cache
+            url = self.location.file_url(MANIFEST_NAME)
+            raw = self.client.get_bytes(url, limit=MAX_MANIFEST_BYTES, what=f"the manifest of {self.url}")
             entry = self.cache.entry(manifest_key(raw))
             entry.open_for_use()
+            fresh = not entry.has_manifest()
             entry.write_manifest(raw)
-            self.cache.remember(self.url, entry.key)
         self.entry = entry
-        super().__init__(entry.path, verify=verify)
+        try:
+            super().__init__(entry.path, verify=verify)  # parses and validates the manifest
+        except ArtifactError as err:
+            if not self.options.offline and fresh:  # a bad manifest does not stay in the cache
+                (entry.path / MANIFEST_NAME).unlink(missing_ok=True)
+            raise ArtifactError(f"{self.url} does not hold a usable bitstack manifest: {err}") from err
+        if not self.options.offline:
+            self.cache.remember(self.url, entry.key)
         self.fetcher = BlockFetcher(entry, self.client, self.location, self.manifest, self.options.connections,
                                     self.options.request_bytes, self._check_header)
         if self.manifest.stack and not self.options.offline:

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import multiprocessing
+import os
 import statistics
 import tempfile
 import time
@@ -124,6 +125,7 @@ def main(argv: list[str] | None = None) -> None:
     first_token(warm, bitstack.load_tokenizer(artifact), args.prompt)
     manifest = warm.bitstack.manifest
     del warm
+    load_before = os.getloadavg()[0]
     runs: dict[str, list[dict]] = {mode: [] for mode in MODES}
     server = Server(artifact.parent, rate)
     with tempfile.TemporaryDirectory() as scratch:
@@ -162,9 +164,11 @@ def main(argv: list[str] | None = None) -> None:
                  f"{args.repeats} repeats interleaved, each from an empty cache; medians, ratios against whole stack "
                  "first. 'model returned': the fetch and the load (tokenizer first). 'first token' adds one greedy "
                  "step, whose CPU compute grows with the blocks attached (the progressive model computes it with "
-                 "fewer blocks, those attached when the step began).")
+                 "fewer blocks, those attached when the step began). Load average "
+                 f"{load_before:.1f} before, {os.getloadavg()[0]:.1f} after (other jobs share the "
+                 f"{os.cpu_count()} cores).")
         path = write_result(args.out, title="Remote artifacts: time to first token over a rate-limited link",
-                            topic="remote", columns=columns, rows=rows, notes=notes, extra={"runs": runs})
+                            topic="remote", columns=columns, rows=rows, notes=notes, extra={"runs": runs, "load_average": [load_before, os.getloadavg()[0]]})
         print(f"wrote {path}")
 
 

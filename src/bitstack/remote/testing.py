@@ -86,6 +86,7 @@ class ArtifactServer:
         self.hf_redirect = False
         self.log: list[Served] = []
         self._lock = threading.Lock()
+        self._sockets: list[socket.socket] = []  # connections accepted (for close_connections)
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self))
         self._server.daemon_threads = True
         self._thread = threading.Thread(target=self._server.serve_forever, name="artifact-server", daemon=True)
@@ -128,6 +129,16 @@ class ArtifactServer:
             else:
                 out.append((a, b))
         return out
+
+    def close_connections(self) -> None:
+        """Close every connection accepted so far, as a server closes idle kept-alive connections."""
+        with self._lock:
+            sockets, self._sockets = self._sockets, []
+        for sock in sockets:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
 
     def clear(self) -> None:
         with self._lock:
@@ -174,6 +185,11 @@ def _handler(server: ArtifactServer):
 
         def log_message(self, format, *args):  # quiet
             pass
+
+        def setup(self):
+            super().setup()
+            with server._lock:
+                server._sockets.append(self.connection)
 
         def do_GET(self):
             rel, redirect = server._resolve(self.path)

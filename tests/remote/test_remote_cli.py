@@ -2,6 +2,8 @@
 
 import json
 
+import pytest
+
 from remote_util import manifest_of
 
 from bitstack.cli import main
@@ -21,13 +23,24 @@ def test_info_eval_generate_take_urls(served_root, server, options, capsys, tmp_
     assert main(["generate", url, "--cache-dir", cache, "--memory", str(m.prefix_bytes[m.floor_blocks + 50]),
                  "--progressive", "--prompt", "the cat", "--max-new-tokens", "5", "--device", "cpu"]) == 0
     out, err = capsys.readouterr()
-    assert out.startswith("the cat") and "[bitstack] done" in err and f"/{m.floor_blocks + 50} blocks" in err
+    lines = err.splitlines()  # one per step: from the floor on; "stopped" if the text was done first
+    assert out.startswith("the cat") and f"({m.floor_blocks}/{m.floor_blocks + 50} blocks" in lines[0]
+    assert lines[-1].startswith(("[bitstack] done", "[bitstack] stopped")) and "Error" not in err
 
 
 def _error(capsys, argv):
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert err.startswith("bitstack: error: ") and err.count("\n") == 1
+    return err
+
+
+def _usage_error(capsys, argv):
+    """An error found while parsing the command line: argparse's one line, exit 2."""
+    with pytest.raises(SystemExit) as exit_:
+        main(argv)
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and err.startswith(f"bitstack {argv[0]}: error: ") and err.count("\n") == 1
     return err
 
 
@@ -39,7 +52,9 @@ def test_remote_failures_exit_2_with_one_line(served_root, server, options, caps
     server.status.clear()
     server.ignore_range = True
     assert "Range" in _error(capsys, ["generate", f"{server.url}/tiny.bstk", *cache, "--prompt", "a", "--device", "cpu"])
-    assert "local artifact" in _error(capsys, ["sort", f"{server.url}/tiny.bstk", "--strategy", "fisher"])
+    assert "local artifact" in _usage_error(capsys, ["sort", f"{server.url}/tiny.bstk", "--strategy", "fisher"])
+    assert "cache_limit" in _usage_error(capsys, ["info", f"{server.url}/tiny.bstk", "--cache-limit", "lots"])
+    assert "timeout" in _usage_error(capsys, ["info", "--timeout", "0", f"{server.url}/tiny.bstk"])
     assert "--progressive needs a fixed --memory" in _error(
         capsys, ["generate", f"{server.url}/tiny.bstk", *cache, "--memory", "auto", "--progressive", "--prompt", "a"])
     assert "not in the cache" in _error(capsys, ["info", f"{server.url}/other.bstk", *cache, "--offline"])

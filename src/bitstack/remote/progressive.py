@@ -5,7 +5,7 @@ tokenizer-free, first block of every weight) and returns the model with a
 :class:`ProgressiveLoader` running as ``model.bitstack.progressive``.  Its background thread
 fetches the rest of the budget's prefix ahead (for a remote artifact, on a second thread through
 :meth:`RemoteReader.prefetch`), and, as blocks arrive, attaches them with
-``model.bitstack.resize`` — between two forward passes, like any resize — at most every
+``model.bitstack.move_to`` — between two forward passes, like any resize — at most every
 ``interval`` seconds, until the budget is reached.  A local artifact is grown in one resize.
 
 Control: :meth:`ProgressiveLoader.wait` (until done; re-raises a failure), :meth:`~ProgressiveLoader.stop`
@@ -139,7 +139,7 @@ class ProgressiveLoader:
                 if stack.loaded != expected:  # someone else resized: do not fight them
                     stopped = True
                     break
-                stack.resize(stack.prefix_bytes[available] if available < self.target else self.memory)
+                stack.move_to(available, self.memory)  # the prefix the fetch has completed
                 expected = stack.loaded
                 last_attach = time.perf_counter()
                 self._report()

@@ -26,26 +26,26 @@ import xxhash
 from bitstack.artifact.manifest import MANIFEST_NAME, MAX_MANIFEST_BYTES, BlockEntry
 from bitstack.artifact.reader import ArtifactReader
 from bitstack.artifact.safetensors_io import read_into
-from bitstack.core.avd import ResidualBlock
+from bitstack.codecs.base import Block
 from bitstack.errors import ArtifactError, RemoteError
 from bitstack.remote import intervals
 from bitstack.remote.cache import Cache, manifest_key
 from bitstack.remote.evict import make_room
 from bitstack.remote.fetch import BlockFetcher, fetch_file
 from bitstack.remote.http import HttpClient
-from bitstack.remote.urls import RemoteOptions, resolve
+from bitstack.remote.urls import RemoteOptions, options_for, resolve
 
 
 class RemoteReader(ArtifactReader):
     """A remote artifact (``https://``, ``http://``, ``hf://``) read through the local cache.
 
     ``url``: the artifact folder's location; ``options``: :class:`RemoteOptions` (cache folder and
-    limit, connections, timeouts, offline).  Blocks fetched over the network are always verified;
+    limit, connections, timeouts, offline; default: :func:`~bitstack.remote.urls.options_for`).  Blocks fetched over the network are always verified;
     ``verify`` governs the checks of what is read back from the cache, as for a local artifact.
     """
 
     def __init__(self, url: str, *, verify: bool = True, options: RemoteOptions | None = None):
-        self.options = (options if options is not None else RemoteOptions()).check()
+        self.options = options_for(url, options).check()
         self.url = url
         self.location = resolve(url, self.options)
         self.cache = Cache(self.options.resolved_cache_dir(), self.options.resolved_cache_limit())
@@ -101,8 +101,8 @@ class RemoteReader(ArtifactReader):
         """Body bytes received over the network by this reader so far."""
         return self.client.bytes_received
 
-    def cached_bytes(self) -> int:
-        """Bytes this artifact occupies in the cache (allocated on disk)."""
+    def disk_bytes(self) -> int:
+        """Bytes this artifact occupies in the cache (allocated on disk: only what was fetched)."""
         return self.entry.disk_bytes()
 
     def _check_header(self, shard: int, header) -> None:
@@ -165,7 +165,7 @@ class RemoteReader(ArtifactReader):
                 if shard not in self.fetcher.data_start:
                     self.fetcher.ensure_header(shard, shard in in_index)
 
-    def read_blocks(self, start: int, stop: int, device: torch.device | str | None = None) -> list[tuple[BlockEntry, ResidualBlock]]:
+    def read_blocks(self, start: int, stop: int, device: torch.device | str | None = None) -> list[tuple[BlockEntry, Block]]:
         self.prefetch(start, stop)
         try:
             return super().read_blocks(start, stop, device)
@@ -175,7 +175,7 @@ class RemoteReader(ArtifactReader):
         self.prefetch(start, stop)
         return super().read_blocks(start, stop, device)
 
-    def read_block(self, position: int, device: torch.device | str | None = None) -> ResidualBlock:
+    def read_block(self, position: int, device: torch.device | str | None = None) -> Block:
         self.prefetch(position, position + 1)
         return super().read_block(position, device)
 

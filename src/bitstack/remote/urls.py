@@ -85,8 +85,31 @@ class RemoteOptions:
             raise InputError("remote option timeout must be more than 0 seconds")
         if isinstance(self.retries, bool) or not isinstance(self.retries, int) or self.retries < 0:
             raise InputError(f"remote option retries must be an integer >= 0, got {self.retries!r}")
-        self.resolved_cache_limit()
+        try:
+            self.resolved_cache_limit()
+        except InputError as err:
+            raise InputError(f"remote option cache_limit: {err}") from err
         return self
+
+
+class RemoteURL(str):
+    """A remote location that carries the :class:`RemoteOptions` to open it with (what the command
+    line's artifact argument becomes, :mod:`bitstack.remote.cli_options`); otherwise the str."""
+
+    options: RemoteOptions
+
+    def __new__(cls, url: str, options: RemoteOptions) -> "RemoteURL":
+        self = super().__new__(cls, url)
+        self.options = options
+        return self
+
+
+def options_for(url: str, options: RemoteOptions | None) -> RemoteOptions:
+    """The options to open ``url`` with: ``options`` if given, else those a :class:`RemoteURL`
+    carries, else the defaults."""
+    if options is None:
+        options = getattr(url, "options", None)
+    return options if options is not None else RemoteOptions()
 
 
 def with_cache_dir(options: RemoteOptions | None, cache_dir: str | Path | None) -> RemoteOptions | None:

@@ -4,6 +4,7 @@ import pytest
 from remote_util import block_ranges, manifest_of, same_model, shard_ranges_sent
 
 import bitstack
+from bitstack.artifact.safetensors_io import read_header
 from bitstack.errors import ArtifactError, RemoteError
 from bitstack.remote.urls import RemoteOptions
 
@@ -33,6 +34,20 @@ def test_a_budget_fetches_its_prefix_and_nothing_else(served_root, server, optio
         assert server.ranges_sent(f"tiny.bstk/{name}") == [(0, (served_root / "tiny.bstk" / name).stat().st_size)]
     assert not [s for s in server.served() if "tokenizer" in s.path]  # a load needs no tokenizer
     assert model.bitstack.reader.bytes_fetched == server.bytes_sent()
+
+
+def test_blocks_travel_several_per_request_on_parallel_connections(served_root, server, options, local_models):
+    m, local = local_models
+    n = len(m.stack)
+    server.rate = 300_000  # bytes/s: requests last long enough to overlap
+    model = bitstack.load(f"{server.url}/tiny.bstk", None, device="cpu", remote=options)
+    assert model.bitstack.loaded == n and same_model(model, local(n))
+    data_start = {f"tiny.bstk/{s.file}": read_header(served_root / "tiny.bstk" / s.file).data_start for s in m.shards}
+    block_gets = [s for s in server.served() if s.path in data_start and s.start >= data_start[s.path]]  # not headers
+    assert len(block_gets) <= len(m.stack) / 4  # 6000 bytes per request: several blocks each
+    largest = max(b.bytes for b in m.stack)  # a block larger than request_bytes is one request
+    assert max(s.end - s.start for s in block_gets) <= max(options.request_bytes, largest)
+    assert server.max_in_flight == options.connections  # 3 connections at once
 
 
 def test_grow_fetches_only_the_missing_blocks_and_shrink_nothing(served_root, server, options, local_models):
@@ -74,8 +89,6 @@ def test_hf_locations(served_root, server, options, local_models, monkeypatch):
 
 
 def _block_offset(folder, position):
-    from bitstack.artifact.safetensors_io import read_header
-
     m = manifest_of(folder)
     e = m.stack[position]
     file = m.shards[e.shard].file

@@ -5,7 +5,8 @@ support, and can misbehave on purpose: a shared rate limit (the link's bandwidth
 dropped after N body bytes, corrupted bytes at chosen file offsets, Range requests ignored (200
 with the whole file), fixed error statuses for chosen paths.  It also serves Hugging Face style
 URLs, ``/{repo}/resolve/{revision}/{file}``, optionally through a 302 to ``/cdn/…`` like the Hub.
-Every response is logged (:class:`Served`), so that tests can count the bytes of each file sent.
+Every response is logged (:class:`Served`), so that tests can count the bytes of each file sent,
+and ``max_in_flight`` is the most bodies that were being sent at once.
 """
 
 from __future__ import annotations
@@ -85,6 +86,8 @@ class ArtifactServer:
         self.hf_repos: dict[str, str] = {}
         self.hf_redirect = False
         self.log: list[Served] = []
+        self.max_in_flight = 0  # the most response bodies sent at the same time
+        self._in_flight = 0
         self._lock = threading.Lock()
         self._sockets: list[socket.socket] = []  # connections accepted (for close_connections)
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self))
@@ -143,6 +146,12 @@ class ArtifactServer:
     def clear(self) -> None:
         with self._lock:
             self.log.clear()
+            self.max_in_flight = 0
+
+    def _sending(self, change: int) -> None:
+        with self._lock:
+            self._in_flight += change
+            self.max_in_flight = max(self.max_in_flight, self._in_flight)
 
     # ---- serving (called by the handler) ----------------------------------------------------------
     def _resolve(self, raw_path: str) -> tuple[str | None, str | None]:
@@ -225,6 +234,7 @@ def _handler(server: ArtifactServer):
             sent = 0
             served = Served(rel, status, start, end, 0, headers)
             server._record(served)
+            server._sending(+1)
             try:
                 with open(file, "rb") as handle:
                     handle.seek(start)
@@ -249,6 +259,8 @@ def _handler(server: ArtifactServer):
                     self.close_connection = True
             except OSError:  # the client went away
                 self.close_connection = True
+            finally:
+                server._sending(-1)
 
         def _reply(self, status: int, headers: dict) -> None:
             self.send_response(status)

@@ -161,7 +161,7 @@ def main(argv: list[str] | None = None) -> None:
         notes = (f"{artifact.name} ({len(manifest.stack)} blocks, floor {format_bytes(manifest.floor_bytes)}, full "
                  f"{format_bytes(manifest.full_bytes)}) served on 127.0.0.1 at {format_bytes(rate)}/s (all connections "
                  f"together, server in a child process), budget {budget}, {args.connections} connections, CPU, "
-                 f"{args.repeats} repeats interleaved, each from an empty cache; medians, ratios against whole stack "
+                 f"{torch.get_num_threads()} torch threads, {args.repeats} repeats interleaved, each from an empty cache; medians, ratios against whole stack "
                  "first. 'model returned': the fetch and the load (tokenizer first). 'first token' adds one greedy "
                  "step, whose CPU compute grows with the blocks attached (the progressive model computes it with "
                  "fewer blocks, those attached when the step began). Load average "

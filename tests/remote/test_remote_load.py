@@ -1,5 +1,7 @@
 """Loading remote artifacts: only the prefix's bytes travel, the weights are those of a local load."""
 
+import socket
+
 import pytest
 from remote_util import block_ranges, manifest_of, same_model, shard_ranges_sent
 
@@ -143,6 +145,17 @@ def test_errors_are_one_line_remote_errors(served_root, server, options):
     server.status["tiny.bstk/base.safetensors"] = 403
     with pytest.raises(RemoteError, match="denied .HTTP 403."):
         bitstack.load(f"{server.url}/tiny.bstk", device="cpu", remote=options)
+
+
+def test_an_unreachable_host_is_a_one_line_remote_error(options):
+    with socket.socket() as probe:  # a port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    with pytest.raises(RemoteError) as error:
+        bitstack.load(f"http://127.0.0.1:{port}/tiny.bstk", device="cpu", remote=options)
+    message = str(error.value)
+    assert "\n" not in message and f"127.0.0.1:{port}/tiny.bstk" in message and "Connection refused" in message
+    assert not any(options.cache_dir.rglob("manifest.json"))  # nothing kept
 
 
 def test_a_block_damaged_in_the_cache_is_fetched_again(served_root, server, options, local_models):

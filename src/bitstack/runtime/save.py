@@ -150,6 +150,10 @@ def save_loaded(model, save_directory: str | Path, *, memory: int | str | None =
     state = getattr(model, "bitstack", None)
     if not isinstance(state, LiveStack):
         raise InputError("save_loaded() needs a model returned by bitstack.load() or from_pretrained of an artifact")
+    url = getattr(state.reader, "url", None)  # a remote artifact: its local cache holds only what was read
+    if url:
+        raise InputError(f"save_pretrained copies a local artifact, and this model reads {url} through a partial "
+                         "cache: load a local copy of the artifact to save it")
     budget = state.budget if memory is ... else memory
     dtype = str(state.dtype).removeprefix("torch.")
     return write_artifact_folder(state.reader.path, save_directory, state.manifest, memory=budget, dtype=dtype,

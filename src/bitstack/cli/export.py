@@ -8,6 +8,7 @@ import argparse
 import dataclasses
 
 from bitstack.cli.common import print_json
+from bitstack.remote.cli_options import add_artifact_argument
 
 
 def config_from_args(args: argparse.Namespace):
@@ -37,7 +38,7 @@ def register(sub) -> None:
 
     p = sub.add_parser("export", help="write an artifact at a budget as a transformers folder or a GGUF file",
                        description="Export an artifact at a memory budget (docs/transformers.md).")
-    p.add_argument("artifact", help="artifact directory")
+    add_artifact_argument(p, remote=False)  # export reads (and bitstack-hf copies) every file of a local artifact
     p.add_argument("-o", "--output", required=True, help="folder (hf, bitstack-hf) or file (gguf) to write")
     for f in dataclasses.fields(ExportConfig):
         option = "--" + f.name.replace("_", "-")

@@ -74,7 +74,7 @@ def _share(model: nn.Module, alias: str, target: str) -> None:
 
 
 def load(path: str | Path, memory: str | int | None = None, *, device: torch.device | str | None = None,
-         dtype: torch.dtype | str | None = None, verify: bool = True) -> nn.Module:
+         dtype: torch.dtype | str | None = None, verify: bool = True, shard=None) -> nn.Module:
     """Load a BitStack artifact as a transformers ``PreTrainedModel`` within ``memory``.
 
     Args:
@@ -89,6 +89,9 @@ def load(path: str | Path, memory: str | int | None = None, *, device: torch.dev
         dtype: dtype of the non-decomposed weights and of computation (default: the artifact's
             storage dtype).  Blocks and the codecs' base buffers keep their stored dtypes.
         verify: check every tensor read against the manifest's sha256.
+        shard: load one rank's part of the model (a :class:`bitstack.distributed.shard.LayerShard`:
+            its layers' weights, the base tensors it needs, its sub-stack); ``memory`` is then that
+            rank's budget.  The other tensors stay on the meta device.
     Returns:
         The model in eval mode; ``model.bitstack`` describes the loaded stack, and
         :func:`bitstack.memory_bytes` gives its resident bytes (always ≤ ``memory``).
@@ -97,6 +100,8 @@ def load(path: str | Path, memory: str | int | None = None, *, device: torch.dev
     device = resolve_device(device)
     reader = open_artifact(path, verify=verify)
     try:
+        if shard is not None:
+            reader = shard.select(reader)  # the part's manifest and reader: everything below is unchanged
         manifest = reader.manifest
         dtype = resolve_dtype(dtype, manifest.compression.get("dtype", "bfloat16"))
         prefix = prefix_bytes_at(manifest, dtype)
@@ -113,7 +118,8 @@ def load(path: str | Path, memory: str | int | None = None, *, device: torch.dev
             _assign(model, name, tensor.to(device))
         for alias, target in manifest.base["aliases"].items():
             _share(model, alias, target)
-        missing = [n for n, t in list(model.named_parameters()) + list(model.named_buffers()) if t.device.type == "meta"]
+        missing = [n for n, t in list(model.named_parameters()) + list(model.named_buffers())
+                   if t.device.type == "meta" and (shard is None or shard.holds(n))]
         if missing:
             raise ArtifactError(f"the artifact lacks tensors the model needs: {', '.join(missing[:5])}")
         model.eval()

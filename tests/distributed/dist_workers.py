@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime
 import sys
+import time
 import traceback
 from pathlib import Path
 
@@ -16,18 +17,24 @@ import torch
 import torch.distributed as dist
 
 
-def _reference_logits(path, counts: dict[str, int], ids: torch.Tensor) -> torch.Tensor:
-    """Logits of the whole model in one process, each weight holding ``counts`` blocks."""
-    import bitstack
-    from bitstack.runtime.linear import BitStackLinear
+class _Reference:
+    """The whole model in one process, whose weights can be cut to any block counts."""
 
-    model = bitstack.load(path)
-    for name, module in model.named_modules():
-        if isinstance(module, BitStackLinear):
-            del module.blocks[counts[name]:]
+    def __init__(self, path):
+        import bitstack
+        from bitstack.runtime.linear import BitStackLinear
+
+        self.model = bitstack.load(path)
+        self.modules = {n: m for n, m in self.model.named_modules() if isinstance(m, BitStackLinear)}
+        self.full = {n: list(m.blocks) for n, m in self.modules.items()}
+
+    def logits(self, counts: dict[str, int], ids: torch.Tensor) -> torch.Tensor:
+        """Logits with each weight holding ``counts`` blocks."""
+        for name, module in self.modules.items():
+            module.blocks = self.full[name][: counts[name]]
             module.blocks_changed()
-    with torch.no_grad():
-        return model(input_ids=ids, use_cache=False).logits
+        with torch.no_grad():
+            return self.model(input_ids=ids, use_cache=False).logits
 
 
 def _counts(stage) -> dict[str, int]:
@@ -44,7 +51,7 @@ def _error(fn):
     return None
 
 
-def _pipeline(rank: int, path: str, out: dict, key: str) -> None:
+def _pipeline(rank: int, path: str, out: dict, key: str, budgets_too: bool) -> None:
     import bitstack
     from bitstack.artifact.reader import open_artifact
     from bitstack.distributed.pipeline import load_pipeline
@@ -52,15 +59,18 @@ def _pipeline(rank: int, path: str, out: dict, key: str) -> None:
     from bitstack.runtime.loader import _build_skeleton
 
     ids = torch.randint(0, 64, (2, 11), generator=torch.Generator().manual_seed(1))
+    reference = _Reference(path)
     stage = load_pipeline(path, [None, None])
     logits = stage.logits(ids)
     counts = _counts(stage)
-    out[f"{key}/full"] = dict(equal=torch.equal(logits, _reference_logits(path, counts, ids)),
+    out[f"{key}/full"] = dict(equal=torch.equal(logits, reference.logits(counts, ids)),
                              resident=stage.resident_bytes, measured=bitstack.memory_bytes(stage.model),
                              layers=(stage.shard.layers.start, stage.shard.layers.stop))
-    reference = bitstack.load(path).generate(ids[:, :4], max_new_tokens=6, min_new_tokens=6, do_sample=False)
-    out[f"{key}/generate"] = dict(cached=torch.equal(stage.generate(ids[:, :4], 6), reference),
-                                  uncached=torch.equal(stage.generate(ids[:, :4], 6, use_cache=False), reference))
+    greedy = reference.model.generate(ids[:, :4], max_new_tokens=6, min_new_tokens=6, do_sample=False)
+    out[f"{key}/generate"] = dict(cached=torch.equal(stage.generate(ids[:, :4], 6), greedy),
+                                  uncached=torch.equal(stage.generate(ids[:, :4], 6, use_cache=False), greedy))
+    if not budgets_too:
+        return
 
     # budgets between each part's floor and full size
     with open_artifact(path, verify=False) as reader:
@@ -78,7 +88,7 @@ def _pipeline(rank: int, path: str, out: dict, key: str) -> None:
     fits = bitstack.memory_bytes(stage.model) <= budgets[rank]
     longest = stage.stack.loaded == len(part.stack) or part.prefix_bytes[stage.stack.loaded + 1] > budgets[rank]
     counts = _counts(stage)
-    out[f"{key}/budget"] = dict(fits=fits, longest=longest, equal=torch.equal(stage.logits(ids), _reference_logits(path, counts, ids)),
+    out[f"{key}/budget"] = dict(fits=fits, longest=longest, equal=torch.equal(stage.logits(ids), reference.logits(counts, ids)),
                                partial=0 < stage.stack.loaded - part.floor_blocks < len(part.stack) - part.floor_blocks)
 
     swapped = [between(parts[0], 0.9), between(parts[1], 0.2)]
@@ -87,12 +97,12 @@ def _pipeline(rank: int, path: str, out: dict, key: str) -> None:
     out[f"{key}/resize"] = dict(fits=bitstack.memory_bytes(stage.model) <= swapped[rank],
                                 reports=[(r.old_blocks, r.new_blocks) for r in reports],
                                 loaded=stage.stack.loaded,
-                                equal=torch.equal(stage.logits(ids), _reference_logits(path, counts, ids)))
+                                equal=torch.equal(stage.logits(ids), reference.logits(counts, ids)))
     before = stage.block_counts()
     out[f"{key}/below_floor"] = _error(lambda: stage.resize([swapped[0], parts[1].floor_bytes - 1]))
     out[f"{key}/unchanged"] = stage.block_counts() == before
     out[f"{key}/mismatch"] = _error(lambda: stage.resize([swapped[0], swapped[1] + rank]))
-    out[f"{key}/after_errors"] = torch.equal(stage.logits(ids), _reference_logits(path, _counts(stage), ids))
+    out[f"{key}/after_errors"] = torch.equal(stage.logits(ids), reference.logits(_counts(stage), ids))
 
 
 def _bad_specs(path: str, out: dict) -> None:
@@ -150,12 +160,18 @@ def run(rank: int, world: int, tmp: str, artifacts: dict[str, str]) -> None:
         sys.path.insert(0, tests)
     dist.init_process_group("gloo", init_method=f"file://{tmp}/rendezvous", rank=rank, world_size=world,
                             timeout=datetime.timedelta(seconds=120))
-    out: dict = {}
+    out: dict = {"seconds": {}}
     try:
-        for key, path in artifacts.items():
-            _pipeline(rank, path, out, key)
+        for key, path in artifacts.items():  # the first: every scenario; the others: logits and decoding
+            started = time.perf_counter()
+            _pipeline(rank, path, out, key, budgets_too=key == next(iter(artifacts)))
+            out["seconds"][key] = time.perf_counter() - started
+        started = time.perf_counter()
         _bad_specs(artifacts["planes"], out)
+        out["seconds"]["bad"] = time.perf_counter() - started
+        started = time.perf_counter()
         _compression(rank, Path(tmp), out)
+        out["seconds"]["compress"] = time.perf_counter() - started
     except Exception:
         out["crash"] = traceback.format_exc()
     finally:

@@ -1,7 +1,7 @@
 """Write a ``planes`` artifact of random blocks for a Llama of any width and depth, with no float model.
 
     python -m benchmarks.common.random_blocks_artifact -o runs/wide70b.bstk --hidden 8192 \\
-        --intermediate 28672 --heads 64 --kv-heads 8 --vocab 128256 --layers 48 --niter 16
+        --intermediate 28672 --heads 64 --kv-heads 8 --vocab 128256 --layers 56 --niter 16
 
 For load, resize and generation timings of models too large to compress here (e.g. 70B-shaped
 layers): every decomposed weight gets ``--niter`` blocks of random signs (one random sign plane
@@ -91,7 +91,7 @@ def main() -> None:
     parser.add_argument("-o", "--output", required=True)
     parser.add_argument("--hidden", type=int, default=8192)
     parser.add_argument("--intermediate", type=int, default=28672)
-    parser.add_argument("--layers", type=int, default=48)
+    parser.add_argument("--layers", type=int, default=56)
     parser.add_argument("--heads", type=int, default=64)
     parser.add_argument("--kv-heads", type=int, default=8)
     parser.add_argument("--vocab", type=int, default=128256)

@@ -35,9 +35,9 @@ def assign(costs: Sequence[int], world: int) -> list[int]:
     load = [0] * world
     owner = [0] * len(costs)
     for task in sorted(range(len(costs)), key=lambda t: (-costs[t], t)):
-        rank = min(range(world), key=lambda r: (load[r], r))
-        owner[task] = rank
-        load[rank] += costs[task]
+        peer = min(range(world), key=lambda r: (load[r], r))
+        owner[task] = peer
+        load[peer] += costs[task]
     return owner
 
 
@@ -46,17 +46,17 @@ def _to_cpu(result: Decomposition) -> Decomposition:
                          {k: v.cpu() for k, v in result.base.items()}, list(result.residual_sq))
 
 
-def _global(group, rank: int) -> int:
-    return rank if group is None else dist.get_global_rank(group, rank)
+def _global(group, peer: int) -> int:
+    return peer if group is None else dist.get_global_rank(group, peer)
 
 
-def _send(message, rank: int, group) -> None:
-    dist.send_object_list([message], dst=_global(group, rank), group=group)
+def _send(message, peer: int, group) -> None:
+    dist.send_object_list([message], dst=_global(group, peer), group=group)
 
 
-def _receive(rank: int, group):
+def _receive(peer: int, group):
     box = [None]
-    dist.recv_object_list(box, src=_global(group, rank), group=group)
+    dist.recv_object_list(box, src=_global(group, peer), group=group)
     return box[0]
 
 
@@ -72,11 +72,11 @@ class DecompositionPool:
     def __call__(self, codec: str, settings, tasks: list[DecomposeTask], *, niter: int,
                  calib_tokens: int) -> list[Decomposition]:
         owner = assign([t.weight.numel() for t in tasks], self.world)
-        for rank in range(1, self.world):
+        for peer in range(1, self.world):
             mine = [(i, t.weight.cpu(), None if t.hessian is None else t.hessian.cpu(), t.seed)
-                    for i, t in enumerate(tasks) if owner[i] == rank]
+                    for i, t in enumerate(tasks) if owner[i] == peer]
             if mine:
-                _send(("work", codec, settings, niter, calib_tokens, mine), rank, self.group)
+                _send(("work", codec, settings, niter, calib_tokens, mine), peer, self.group)
         results: list = [None] * len(tasks)
         failure: BaseException | None = None
         try:
@@ -86,10 +86,10 @@ class DecompositionPool:
                                                             calib_tokens=calib_tokens, seed=task.seed)
         except BaseException as err:  # receive the workers' replies first: they are sending them
             failure = err
-        for rank in sorted(set(owner) - {0}):
-            reply = _receive(rank, self.group)
+        for peer in sorted(set(owner) - {0}):
+            reply = _receive(peer, self.group)
             if reply[0] == "error":
-                failure = failure or InputError(f"rank {rank} could not decompose a weight: {reply[1]}")
+                failure = failure or InputError(f"rank {peer} could not decompose a weight: {reply[1]}")
                 continue
             for i, result in reply[1]:
                 results[i] = result
@@ -100,8 +100,8 @@ class DecompositionPool:
     def close(self) -> None:
         if not self.closed:
             self.closed = True
-            for rank in range(1, self.world):
-                _send(("stop",), rank, self.group)
+            for peer in range(1, self.world):
+                _send(("stop",), peer, self.group)
 
 
 def serve(device: torch.device | str | None = None, group=None) -> int:
@@ -136,10 +136,10 @@ def compress_parallel(model, output: str | Path, config=None, *, group=None, dev
     raised on every rank."""
     if not dist.is_available() or not dist.is_initialized():
         raise InputError("compress_parallel needs an initialised torch.distributed process group (init_process_group)")
-    rank = dist.get_rank(group)
+    peer = dist.get_rank(group)
     outcome: list = [None]
     failure: BaseException | None = None
-    if rank == 0:
+    if peer == 0:
         pool = DecompositionPool(group)
         try:
             outcome[0] = ("ok", str(compress(model, output, config, device=device, decompose=pool, **options)))

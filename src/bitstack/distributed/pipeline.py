@@ -107,9 +107,9 @@ def _all_ok(error: BitstackError | None, group) -> None:
     errors: list = [None] * dist.get_world_size(group)
     dist.all_gather_object(errors, None if error is None else (type(error).__name__, str(error)), group=group)
     kinds = {kind.__name__: kind for kind in (InputError, BudgetError, ArtifactError, UnsupportedModelError)}
-    for rank, found in enumerate(errors):
+    for peer, found in enumerate(errors):
         if found is not None:
-            raise kinds.get(found[0], BitstackError)(f"rank {rank}: {found[1]}")
+            raise kinds.get(found[0], BitstackError)(f"rank {peer}: {found[1]}")
 
 
 def load_pipeline(path: str | Path, budgets: Sequence, *, layers: Sequence[int] | None = None,
@@ -122,7 +122,7 @@ def load_pipeline(path: str | Path, budgets: Sequence, *, layers: Sequence[int] 
 
     if not dist.is_available() or not dist.is_initialized():
         raise InputError("load_pipeline needs an initialised torch.distributed process group (init_process_group)")
-    rank, world = dist.get_rank(group), dist.get_world_size(group)
+    peer, world = dist.get_rank(group), dist.get_world_size(group)
     _agree((str(path), repr(budgets), repr(layers), str(dtype)), group, "artifacts, budgets, layers or dtypes")
     error, stage = None, None
     try:
@@ -131,8 +131,8 @@ def load_pipeline(path: str | Path, budgets: Sequence, *, layers: Sequence[int] 
         decoder, embed, head, num_layers = model_names(_build_skeleton(manifest))
         probe = LayerShard(0, 1, range(num_layers), num_layers, decoder)
         plan = plan_pipeline(manifest, num_layers, probe.layer_of, budgets, layers, world)
-        shard = LayerShard(rank, world, plan.layers[rank], num_layers, decoder, embed, head)
-        model = load(path, plan.budgets[rank], device=device, dtype=dtype, verify=verify, shard=shard)
+        shard = LayerShard(peer, world, plan.layers[peer], num_layers, decoder, embed, head)
+        model = load(path, plan.budgets[peer], device=device, dtype=dtype, verify=verify, shard=shard)
         stage = PipelineStage(model, shard, plan, group)
     except BitstackError as err:
         error = err
@@ -164,7 +164,7 @@ class PipelineStage:
     def _receive(self, module, args, kwargs):
         hidden = args[0] if args else kwargs["hidden_states"]
         buffer = torch.empty(hidden.shape, dtype=hidden.dtype, device=self.comm_device)
-        dist.recv(buffer, src=self._global(self.shard.rank - 1), group=self.group)
+        dist.recv(buffer, src=self._global(self.shard.peer - 1), group=self.group)
         received = buffer.to(hidden.device)
         if args:
             return (received, *args[1:]), kwargs
@@ -172,19 +172,19 @@ class PipelineStage:
 
     def _send(self, module, args, output):
         hidden = output[0] if isinstance(output, (tuple, list)) else output
-        dist.send(hidden.contiguous().to(self.comm_device), dst=self._global(self.shard.rank + 1), group=self.group)
+        dist.send(hidden.contiguous().to(self.comm_device), dst=self._global(self.shard.peer + 1), group=self.group)
         raise _Handoff
 
-    def _global(self, rank: int) -> int:
-        return rank if self.group is None else dist.get_global_rank(self.group, rank)
+    def _global(self, peer: int) -> int:
+        return peer if self.group is None else dist.get_global_rank(self.group, peer)
 
     def _broadcast(self, tensor: torch.Tensor | None, src: int, shape_len: int, dtype: torch.dtype) -> torch.Tensor:
         """``tensor`` of rank ``src`` on every rank (shape sent first)."""
         shape = torch.zeros(shape_len, dtype=torch.int64, device=self.comm_device)
-        if self.shard.rank == src:
+        if self.shard.peer == src:
             shape.copy_(torch.tensor(tensor.shape, dtype=torch.int64))
         dist.broadcast(shape, src=self._global(src), group=self.group)
-        buffer = (tensor.contiguous().to(self.comm_device) if self.shard.rank == src
+        buffer = (tensor.contiguous().to(self.comm_device) if self.shard.peer == src
                   else torch.empty(*shape.tolist(), dtype=dtype, device=self.comm_device))
         dist.broadcast(buffer, src=self._global(src), group=self.group)
         return buffer.to(self.device)
@@ -196,7 +196,7 @@ class PipelineStage:
         every rank receives — on every rank, in the compute dtype; ``last_only``: of the last
         position only (batch, 1, vocab); ``cache``: this rank's KV cache (a transformers
         ``DynamicCache``), which the call extends.  Every rank must call it (a collective)."""
-        ids = self._broadcast(input_ids if self.shard.rank == 0 else None, 0, 2, torch.int64)
+        ids = self._broadcast(input_ids if self.shard.peer == 0 else None, 0, 2, torch.int64)
         options = {"use_cache": cache is not None, **({"logits_to_keep": 1} if last_only else {}),
                    **({"cache": cache} if cache is not None else {})}
         logits = None
@@ -219,7 +219,7 @@ class PipelineStage:
         rank to rank); without it, each step reruns the whole sequence."""
         from transformers import DynamicCache
 
-        ids = self._broadcast(input_ids if self.shard.rank == 0 else None, 0, 2, torch.int64)
+        ids = self._broadcast(input_ids if self.shard.peer == 0 else None, 0, 2, torch.int64)
         cache = DynamicCache(config=self.model.config) if use_cache else None
         step_ids = ids
         for _ in range(max_new_tokens):
@@ -247,7 +247,7 @@ class PipelineStage:
         try:
             if isinstance(budgets, (str, int)) or budgets is None or len(budgets) != self.shard.world:
                 raise InputError(f"resize needs a list of {self.shard.world} budgets, one per rank, got {budgets!r}")
-            budget = None if budgets[self.shard.rank] is None else parse_memory(budgets[self.shard.rank])
+            budget = None if budgets[self.shard.peer] is None else parse_memory(budgets[self.shard.peer])
             target = self.stack.blocks_for(budget)
         except BitstackError as err:
             error = err

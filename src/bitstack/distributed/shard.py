@@ -29,13 +29,14 @@ from bitstack.errors import ArtifactError, InputError
 
 @dataclass(frozen=True)
 class LayerShard:
-    """Rank ``rank`` of ``world`` holds decoder layers ``layers`` (a range, step 1).
+    """Rank ``peer`` of ``world`` (this process's rank in its group) holds decoder layers
+    ``layers`` (a range, step 1).
 
     ``decoder``: the dotted path of the decoder's layer list (e.g. ``"model.layers"``);
     ``embed`` / ``head``: names of the input / output embedding tensors (held by the first /
     last rank); ``num_layers``: the model's decoder layers."""
 
-    rank: int
+    peer: int
     world: int
     layers: range
     num_layers: int
@@ -44,10 +45,10 @@ class LayerShard:
     head: frozenset[str] = frozenset()
 
     def __post_init__(self) -> None:
-        if not 0 <= self.rank < self.world:
-            raise InputError(f"rank {self.rank} is outside a world of {self.world}: use a rank in 0..{self.world - 1}")
+        if not 0 <= self.peer < self.world:
+            raise InputError(f"rank {self.peer} is outside a world of {self.world}: use a rank in 0..{self.world - 1}")
         if self.layers.step != 1 or not 0 <= self.layers.start < self.layers.stop <= self.num_layers:
-            raise InputError(f"rank {self.rank}'s layers {self.layers.start}..{self.layers.stop - 1} are not a "
+            raise InputError(f"rank {self.peer}'s layers {self.layers.start}..{self.layers.stop - 1} are not a "
                              f"non-empty range within the model's {self.num_layers} layers")
 
     @property

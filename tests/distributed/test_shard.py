@@ -110,3 +110,24 @@ def test_part_load_peaks_within_its_budget(tiny_artifact, kernels):
     assert model.model.embed_tokens.weight.device.type == "meta"  # the first rank's
     with pytest.raises(BudgetError, match="below this artifact's floor"):
         bitstack.load(path, part.floor_bytes - 1, device="cpu", shard=shard)
+
+
+def test_tied_head_goes_to_the_last_rank_with_its_target(tiny_artifact):
+    """A tied LM head (an alias of the input embedding) is the last rank's, and brings the
+    embedding there; the embedding is named once, under its own module."""
+    import dataclasses
+
+    from tiny_models import tiny_config
+    from transformers import AutoModelForCausalLM
+
+    with torch.device("meta"):
+        tied = AutoModelForCausalLM.from_config(tiny_config("llama", tie_word_embeddings=True))
+    _, embed, head, _ = model_names(tied)
+    assert embed == {"model.embed_tokens.weight"} and head == {"lm_head.weight"}
+    m = _manifest(tiny_artifact[0])
+    base = {**m.base, "tensors": [t for t in m.base["tensors"] if t["name"] != "lm_head.weight"],
+            "aliases": {"lm_head.weight": "model.embed_tokens.weight"}}
+    m = dataclasses.replace(m, base=base)
+    first, last = (part_manifest(m, s)[0] for s in _shards(m, [0, 1, 3]))
+    assert first.base["aliases"] == {} and last.base["aliases"] == {"lm_head.weight": "model.embed_tokens.weight"}
+    assert "model.embed_tokens.weight" in {t.name for t in first.base_tensors} & {t.name for t in last.base_tensors}

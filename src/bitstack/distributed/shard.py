@@ -170,14 +170,17 @@ def model_names(model: nn.Module) -> tuple[str, frozenset[str], frozenset[str], 
     from bitstack.models.architecture import find_decoder_layers
 
     decoder = find_decoder_layers(model)
+    paths = {id(module): name for name, module in model.named_modules()}
 
     def names(module: nn.Module | None) -> frozenset[str]:
+        """The module's tensors by their names under the module's own path (a tied head's weight
+        is the LM head's under ``lm_head``, the embedding's under the embedding's path)."""
         if module is None:
             return frozenset()
-        found = {id(t) for t in list(module.parameters()) + list(module.buffers())}
-        return frozenset(n for n, t in list(model.named_parameters(remove_duplicate=False))
-                         + list(model.named_buffers(remove_duplicate=False))
-                         if id(t) in found and not n.startswith(decoder.path + "."))
+        path = paths[id(module)]
+        local = [n for n, _ in module.named_parameters(remove_duplicate=False)]
+        local += [n for n, _ in module.named_buffers(remove_duplicate=False)]
+        return frozenset(f"{path}.{n}" if path else n for n in local)
 
     return decoder.path, names(model.get_input_embeddings()), names(model.get_output_embeddings()), len(decoder.layers)
 

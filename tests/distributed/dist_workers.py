@@ -1,20 +1,49 @@
-"""What each gloo process of tests/distributed runs (spawned once per session by conftest.py).
+"""What each gloo process of tests/distributed runs, started once per session by :func:`results`.
 
 Every scenario runs on every rank; each rank records its observations in a dict saved to
 ``<tmp>/rank<r>.pt``, which the tests read.  An error expected on every rank is recorded as
-(type name, message); collectives have a timeout, so a hang becomes an error.
+(type name, message); collectives have a timeout, so a hang becomes an error.  (No conftest.py
+here: a second ``conftest`` module would shadow the top one for ``from conftest import``.)
 """
 
 from __future__ import annotations
 
 import datetime
+import functools
 import sys
 import time
 import traceback
 from pathlib import Path
 
+import pytest
 import torch
 import torch.distributed as dist
+
+GLOO = dist.is_available() and dist.is_gloo_available()
+needs_gloo = pytest.mark.skipif(not GLOO, reason="torch.distributed with the gloo backend is not available")
+
+
+@functools.lru_cache(maxsize=None)
+def results(folder: str, planes: str, avd: str) -> dict[int, dict]:
+    """{rank: what it saw} of two gloo processes running every scenario below on the artifacts
+    ``planes`` and ``avd``, in ``folder``; computed once per session (the tests' fixtures call it)."""
+    import torch.multiprocessing as mp
+
+    # fork: the processes start with this one's imports (transformers is most of a process's start)
+    mp.start_processes(run, args=(2, folder, {"planes": planes, "avd": avd}), nprocs=2, join=True, start_method="fork")
+    seen = {rank: torch.load(Path(folder) / f"rank{rank}.pt", weights_only=False) for rank in range(2)}
+    for rank, found in seen.items():
+        assert "crash" not in found, f"rank {rank} crashed:\n{found['crash']}"
+    return seen
+
+
+def fixture_results(tmp_path_factory, tiny_artifact, tiny_avd_artifact) -> dict[int, dict]:
+    """:func:`results` for the session's tiny artifacts (skips without gloo)."""
+    if not GLOO:
+        pytest.skip("torch.distributed with the gloo backend is not available")
+    folder = tmp_path_factory.getbasetemp() / "gloo"
+    folder.mkdir(exist_ok=True)
+    return results(str(folder), str(tiny_artifact[0]), str(tiny_avd_artifact[0]))
 
 
 class _Reference:

@@ -2,9 +2,14 @@
 
 import pytest
 
-from conftest import needs_gloo
+from dist_workers import fixture_results, needs_gloo
 from bitstack.distributed.compress import assign
 from bitstack.errors import InputError
+
+
+@pytest.fixture(scope="module")
+def gloo_run(tmp_path_factory, tiny_artifact, tiny_avd_artifact):
+    return fixture_results(tmp_path_factory, tiny_artifact, tiny_avd_artifact)
 
 
 def test_assign_longest_first_to_least_loaded():

@@ -2,10 +2,15 @@
 
 import pytest
 
-from conftest import needs_gloo
+from dist_workers import fixture_results, needs_gloo
 
 pytestmark = needs_gloo
 CODECS = ("planes", "avd")  # budgets and resizes: the first only (the pipeline never looks at the codec)
+
+
+@pytest.fixture(scope="module")
+def gloo_run(tmp_path_factory, tiny_artifact, tiny_avd_artifact):
+    return fixture_results(tmp_path_factory, tiny_artifact, tiny_avd_artifact)
 
 
 @pytest.mark.parametrize("codec", CODECS)

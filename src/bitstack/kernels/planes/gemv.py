@@ -37,6 +37,7 @@ import torch
 import triton
 import triton.language as tl
 
+from bitstack.kernels._checks import cdiv
 from bitstack.kernels._splitk import sm_count, splitk_workspace
 from bitstack.kernels.planes.codes import block_words, grid_coeffs, place, transpose4, transpose8
 from bitstack.kernels.planes.layout import PackedPlanes, check_planes_args
@@ -275,10 +276,10 @@ def gemv_launch(x: torch.Tensor, packed: PackedPlanes, bias: torch.Tensor | None
     NW = 32 * cfg.num_warps
     KB = (K + 7) // 8
     KW = (K + 31) // 32
-    splits = triton.cdiv(KW, NW)
-    row_progs = max(1, min(triton.cdiv(N, R), triton.cdiv(cfg.programs_per_sm * sm_count(x.device), splits)))
-    rows_per_prog = triton.cdiv(triton.cdiv(N, row_progs), R) * R
-    row_progs = triton.cdiv(N, rows_per_prog)
+    splits = cdiv(KW, NW)
+    row_progs = max(1, min(cdiv(N, R), cdiv(cfg.programs_per_sm * sm_count(x.device), splits)))
+    rows_per_prog = cdiv(cdiv(N, row_progs), R) * R
+    row_progs = cdiv(N, rows_per_prog)
     words = KB % 4 == 0 and packed.signs.data_ptr() % 4 == 0
     signs = packed.signs.view(torch.int32) if words else packed.signs
     if out is None:

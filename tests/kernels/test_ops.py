@@ -141,3 +141,16 @@ def test_compile_fullgraph_through_the_ops(path, tokens):
     assert torch.equal(compiled(x), eager)
     model.planes = _planes(40, 64, 4, 16, seed=5)  # new tensors, another block count: recompiled
     assert torch.equal(compiled(x), model(x))
+
+
+def test_splitk_workspace_is_one_per_width_and_grows():
+    pytest.importorskip("triton")
+    from bitstack.kernels._splitk import reserve_workspace, splitk_workspace
+
+    device = torch.device("cpu")
+    ws, cnt = reserve_workspace(device, 37, 4)
+    assert ws.numel() == 4 * 37 and cnt.numel() == 37 and not ws.any() and not cnt.any()
+    assert splitk_workspace(device, 3, 37, 16)[0] is ws  # fewer tokens, any row tile: the same buffers
+    bigger, _ = splitk_workspace(device, 9, 37, 2)
+    assert bigger.numel() >= 9 * 37 and splitk_workspace(device, 1, 37, 64)[0] is bigger
+    assert reserve_workspace(device, 37, 2)[0] is bigger

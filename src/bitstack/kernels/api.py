@@ -134,6 +134,8 @@ def _planes_decode_checked(x: torch.Tensor, packed: PackedPlanes, bias: torch.Te
     K = x.shape[-1]
     M = x.numel() // K
     if 1 <= M <= table.planes_gemv_max_tokens and planes_gemv_supported(1, packed):
+        if M == 1:
+            return gemv_launch(x, packed, bias)
         x2 = x.reshape(M, K)
         y = torch.empty(M, packed.out_features, dtype=x.dtype, device=x.device)
         for m in range(M):

@@ -103,10 +103,15 @@ def _avd_linear_fake(x, signs, u, v, bias, in_features, group):
 def planes_linear_call(x: torch.Tensor, packed: PackedPlanes, bias: Optional[torch.Tensor]) -> torch.Tensor:
     """``bitstack::planes_linear`` of ``packed`` (validated beforehand): the operator under
     ``torch.compile``, its implementation directly otherwise."""
-    args = (x, packed.signs, packed.offset, packed.step, bias, packed.in_features, packed.group_size)
     if torch.compiler.is_compiling():
-        return torch.ops.bitstack.planes_linear(*args)
-    return planes_linear_impl(*args)
+        return torch.ops.bitstack.planes_linear(x, packed.signs, packed.offset, packed.step, bias, packed.in_features,
+                                                packed.group_size)
+    _check_x(x, packed.in_features, "bitstack::planes_linear")
+    if _kernels_run_on(x):
+        from bitstack.kernels.api import planes_linear_packed
+
+        return planes_linear_packed(x, packed, bias)
+    return planes_linear_reference(x, packed, bias)
 
 
 def avd_linear_call(x: torch.Tensor, packed: PackedBitStack, bias: Optional[torch.Tensor]) -> torch.Tensor:

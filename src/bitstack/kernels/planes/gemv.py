@@ -31,6 +31,7 @@ says when it applies, otherwise :func:`bitstack.kernels.planes.decode.planes_dec
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -215,10 +216,11 @@ class PlanesGemvConfig:
     prefetch: bool = True
 
 
+@functools.lru_cache(maxsize=256)
 def gemv_config(in_features: int, config: PlanesGemvConfig | None = None) -> PlanesGemvConfig:
     """``config`` with its None fields filled for a weight of ``in_features`` columns: the rule
     measured best on an H100 over 14336x4096, 4096x14336, 4096x4096 and 1024x4096 at J = 1..8
-    (benchmarks/kernels/NOTES.md)."""
+    (benchmarks/kernels/NOTES.md).  Cached (a pure function of hashable arguments)."""
     cfg = config or PlanesGemvConfig()
     warps = cfg.num_warps
     if warps is None:

@@ -148,6 +148,21 @@ def measure(label: str, model, ids_by_batch: dict, args, pad: int, results: dict
             log(f"  {key}: {', '.join(f'{r:.1f}' for r in rates)} tok/s (warm-up {first:.1f} s)")
 
 
+def measure_fp16(config: dict, ids_by_batch: dict, args, pad: int, results: dict) -> None:
+    """The fp16 baseline: transformers' model of the same config, random weights."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = dict(config)
+    config = AutoConfig.for_model(config.pop("model_type"), **config)
+    torch.manual_seed(0)
+    with torch.device("cuda"):
+        dense = AutoModelForCausalLM.from_config(config).to(torch.float16).eval()
+    measure("fp16", dense, ids_by_batch, args, pad, results)
+    del dense
+    torch.cuda.empty_cache()
+    torch._dynamo.reset()
+
+
 def run(args) -> None:
     import bitstack
     from bitstack.artifact.reader import ArtifactReader
@@ -183,8 +198,9 @@ def run(args) -> None:
     ids_by_batch = {b: torch.randint(4, vocab, (b, args.prompt), generator=g).to(device) for b in batches}
     one = ids_by_batch.get(1, next(iter(ids_by_batch.values()))[:1])
 
-    model = bitstack.load(path, budgets[bits[0]], device=device, dtype=torch.float16)
     pad = 0
+    measure_fp16(manifest.model["config"], ids_by_batch, args, pad, results)  # first: the baseline of every ratio
+    model = bitstack.load(path, budgets[bits[0]], device=device, dtype=torch.float16)
     results["checks"]["memory"] = [check_memory(model, f"load {bits[0]:g} bits")]
     results["checks"]["kernel_vs_pure_rel_err"] = validate(model, one)
     log(f"  kernel vs pure-PyTorch logits: {results['checks']['kernel_vs_pure_rel_err']}")
@@ -210,19 +226,6 @@ def run(args) -> None:
         measure(f"BitStack {b:g} bits", model, ids_by_batch, args, pad, results)
         if args.json:
             Path(args.json).write_text(json.dumps(results, indent=1, default=str))
-    config = model.config
-    model = None
-    torch.cuda.empty_cache()
-    torch._dynamo.reset()
-
-    from transformers import AutoModelForCausalLM
-
-    torch.manual_seed(0)
-    with torch.device(device):
-        dense = AutoModelForCausalLM.from_config(config).to(torch.float16).eval()
-    measure("fp16", dense, ids_by_batch, args, pad, results)
-    if args.json:
-        Path(args.json).write_text(json.dumps(results, indent=1, default=str))
     print_table(results)
 
 

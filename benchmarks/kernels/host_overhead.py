@@ -75,6 +75,8 @@ def main() -> None:
     parser.add_argument("--out", help="result file (benchmarks/results/kernels/NAME.json)")
     args = parser.parse_args()
     trees = dict(t.split("=", 1) for t in args.tree)
+    commits = {name: subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=path, capture_output=True,
+                                    text=True).stdout.strip() or "unknown" for name, path in trees.items()}
     N, K = (int(v) for v in args.shape.split("x"))
     measured: dict = {name: [] for name in trees}
     for r in range(args.rounds):
@@ -100,8 +102,9 @@ def main() -> None:
                             "replaced by a no-op, so the times are the Python around it (argument checks, dispatch, "
                             "launch parameters, allocations). Best of "
                             f"{args.repeats} loops of {args.calls} calls per round, rounds interleaved over the "
-                            f"trees; load average {load:.1f} on the machine when it finished. Trees: {trees}."),
-                     extra={"measured": measured})
+                            f"trees; load average {load:.1f} on the machine when it finished. Trees (src folder, "
+                            f"commit): { {n: (trees[n], commits[n]) for n in trees} }."),
+                     extra={"measured": measured, "commits": commits})
 
 
 if __name__ == "__main__":

@@ -44,6 +44,7 @@ from bitstack.devices import resolve_device
 from bitstack.errors import BitstackError, InputError, UnsupportedModelError
 from bitstack.models.architecture import find_decoder_layers, layer_linears, plan_folds
 from bitstack.models.folding import fold_into_norm, fold_into_rows
+from bitstack.models.rotation import has_input_rotation, rotate_model
 from bitstack.runtime.loader import resolve_dtype
 
 
@@ -81,6 +82,8 @@ def _compress_layer(layer: nn.Module, linears: dict[str, nn.Linear], inputs: Lay
     outputs, channel_stats = run_layer(layer, inputs, linears, hessians=planes)
     scales = {name: activation_scale(st.norm_sum, st.count) for name, st in channel_stats.items()}
     folds = plan_folds(model.config.model_type, layer, linears, model.config)
+    # a run-time input rotation sits between a producer's rows and the consumer: no row fold
+    folds = {c: r for c, r in folds.items() if not (r.kind == "rows" and has_input_rotation(linears[c]))}
     rules = list({id(r): r for r in folds.values()}.values())
     groups = [list(rule.consumers) for rule in rules] + [[name] for name in linears if name not in folds]
     powers = config.scale_powers()
@@ -224,6 +227,8 @@ def compress(
     for name, param in model.named_parameters():
         if not torch.isfinite(param).all():
             raise InputError(f"the model's {name} has NaN or infinite values: it cannot be compressed")
+    if config.rotate == "hadamard":
+        rotate_model(model, config.seed)
     decoder = find_decoder_layers(model)
     all_linears = [layer_linears(layer) for layer in decoder.layers]  # fails fast on odd layers
     fingerprint = run_fingerprint(config.to_dict(), source, model, device, source_digest(config.calib))

@@ -13,8 +13,8 @@ from typing import Any
 
 from bitstack.errors import InputError
 
-CONFIG_VERSION = 3  # 2 added codec, group_size, signs, damp, scale_power (version-1 settings meant codec "avd");
-# 3 added level_weights (signs "joint"; version-2 settings never used it)
+CONFIG_VERSION = 4  # 2 added codec, group_size, signs, damp, scale_power (version-1 settings meant codec "avd");
+# 3 added level_weights (signs "joint"; version-2 settings never used it); 4 added rotate (earlier: "none")
 
 # proxy/random need no model; fisher, average and greedy measure validation loss after compression
 # (bitstack.sorting; see `bitstack sort`).
@@ -24,6 +24,7 @@ SORT_STRATEGIES = ("proxy", "fisher", "leveled", "average", "greedy", "random")
 CODECS = ("planes", "avd")
 SIGN_RULES = ("nearest", "hessian", "joint")
 STORAGE_DTYPES = ("bfloat16", "float16", "float32")
+ROTATIONS = ("none", "hadamard")  # bitstack.models.rotation
 
 
 def _opt(default: Any, help: str, **extra: Any) -> Any:
@@ -77,6 +78,13 @@ class CompressConfig:
         "exponent p of the activation-aware scale s (W is decomposed as W·diag(s^p)): a number (1 = the "
         "paper's scale, 0 = none) or 'auto' (codec planes: per input, the p in 0, 0.25, 0.5, 0.75, 1 whose "
         "round-to-nearest planes have the least output error at 2-4 blocks; codec avd: 1)",
+    )
+    rotate: str = _opt(
+        "none",
+        "incoherence processing: 'hadamard' rotates the model by randomized Hadamard matrices before "
+        "compressing (folded exactly into the weights; down_proj's input and the final norm rotate at run "
+        "time; Llama-like models; seeded by --seed) or 'none'",
+        choices=ROTATIONS,
     )
     dtype: str = _opt(
         "bfloat16",
@@ -150,6 +158,8 @@ class CompressConfig:
         if data.get("version") == 1:  # before codecs: the paper's decomposition
             data = {**data, "version": 2, "codec": "avd", "scale_power": "1"}
         if data.get("version") == 2:  # level_weights only matters for signs "joint", which version 2 lacked
+            data = {**data, "version": 3}
+        if data.get("version") == 3:  # before rotations
             data = {**data, "version": CONFIG_VERSION}
         unknown = sorted(set(data) - known)
         if unknown:

@@ -28,6 +28,7 @@ from torch import nn
 
 from bitstack.core.avd import ResidualBlock
 from bitstack.errors import InputError
+from bitstack.models.hadamard import rotate
 
 
 class DenseStackLinear(nn.Module):
@@ -37,7 +38,8 @@ class DenseStackLinear(nn.Module):
         blocks: all residual blocks of the weight (uint8 signs, float16 u/v), in order.
         count: how many are in use (1 … len(blocks)).
         weight: Ŵ in the compute dtype, shape (out, in); ``acc`` is its float32 accumulator.
-        bias: (out,) or None; input_scale: (in,) or None (shared with the loaded module).
+        bias: (out,) or None; input_scale: (in,) or None; input_rotation: int8 (in,) or None (the
+        loaded module's, shared).
     """
 
     def __init__(self, source: nn.Module, dtype: torch.dtype):
@@ -47,6 +49,7 @@ class DenseStackLinear(nn.Module):
         self.blocks: list[ResidualBlock] = list(source.blocks)
         self.bias = source.bias
         self.input_scale = source.input_scale
+        self.input_rotation = getattr(source, "input_rotation", None)
         self.group_size = getattr(source, "group_size", 0)
         self.plane_grid = (source.plane_offset, source.plane_step) if self.group_size else None
         self.dtype = dtype
@@ -83,6 +86,8 @@ class DenseStackLinear(nn.Module):
         return (self.acc + self.contribution(self.count)).to(self.dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.input_rotation is not None:
+            x = rotate(x, self.input_rotation)
         if self.input_scale is not None:
             x = x * self.input_scale
         return F.linear(x, self.weight.to(x.device) if self.weight.device != x.device else self.weight, self.bias)

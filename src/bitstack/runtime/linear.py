@@ -88,6 +88,7 @@ from torch import nn
 from bitstack.core.avd import ResidualBlock, reconstruct
 from bitstack.core.planes import num_groups, planes_reconstruct, sign_only_blocks
 from bitstack.core.planes_lut import planes_linear_lut, supports_lut
+from bitstack.models.hadamard import rotate
 
 KERNELS_ENV = "BITSTACK_KERNELS"  # "0", "off", "false" or "no": never use the Triton kernels
 _KERNEL_DTYPES = (torch.float16, torch.bfloat16)
@@ -142,6 +143,8 @@ class BitStackLinear(nn.Module):
             False (never).  Set it with :func:`set_kernels`.
         bias: Parameter (out,) or None.
         input_scale: buffer (in,) in the compute dtype, or None.
+        input_rotation: buffer int8 (in,) of signs σ, or None: x is first rotated, x ↦ x diag(σ) H
+            (:func:`bitstack.models.hadamard.rotate`; set by the loader when the artifact has it).
         group_size: 0 (codec avd) or the magnitude group size (codec planes, rank 0), whose
             buffers ``plane_offset`` and ``plane_step`` (float16 (out, ceil(in / group_size)))
             keep float16 whatever the module's dtype.
@@ -171,6 +174,7 @@ class BitStackLinear(nn.Module):
             self.register_buffer("input_scale", torch.empty(in_features, **factory))
         else:
             self.input_scale = None
+        self.register_buffer("input_rotation", None)
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, rank={self.rank}, "
@@ -312,6 +316,8 @@ class BitStackLinear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.packed is not None and not self._in_sync():
             self.blocks_changed()  # someone edited self.blocks without telling us
+        if self.input_rotation is not None:
+            x = rotate(x, self.input_rotation)
         if self.input_scale is not None:
             x = x * self.input_scale
         packed = self.packed

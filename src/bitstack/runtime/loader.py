@@ -16,6 +16,7 @@ from bitstack.artifact.reader import CONVERT_CHUNK_BYTES, ArtifactReader
 from bitstack.devices import resolve_device
 from bitstack.errors import ArtifactError, InputError
 from bitstack.memory import parse_memory
+from bitstack.models.rotation import prepare_loaded_rotations
 from bitstack.runtime.budget import blocks_for_budget, memory_bytes, prefix_bytes_at
 from bitstack.runtime.linear import BitStackLinear, append_blocks, packed_groups
 from bitstack.runtime.stack import LiveStack
@@ -127,6 +128,7 @@ def load(path: str | Path, memory: str | int | None = None, *, device: torch.dev
                                     group_size=weight.group_size)
             setattr(parent, child, module)
             modules[weight.name] = module
+        prepare_loaded_rotations(model, [t.name for t in manifest.base_tensors])
         packed = packed_groups(modules, device)
         if packed:  # kernel mode: leave room for the repacks (budget.repack_reserve)
             count = blocks_for_budget(manifest, budget, dtype, packed=packed)

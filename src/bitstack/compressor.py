@@ -39,6 +39,7 @@ from bitstack.config import CompressConfig
 from bitstack.core.avd import ResidualBlock, avd_decompose, block_nbytes
 from bitstack.core.ordering import WeightStats, universal_order
 from bitstack.core.planes import CLIP_RATIOS, plane_decompose, search_scale_power
+from bitstack.core.planes_batched import joint_signs_for
 from bitstack.core.scaling import activation_scale
 from bitstack.devices import resolve_device
 from bitstack.errors import BitstackError, InputError, UnsupportedModelError
@@ -102,6 +103,7 @@ def _compress_layer(layer: nn.Module, linears: dict[str, nn.Linear], inputs: Lay
         fold(layer.get_submodule(rule.producer), 1.0 / scales[rule.consumers[0]])
     blocks: list[tuple[str, torch.Tensor]] = []
     record = LayerRecord([], {}, {}, {})
+    joint = _layer_joint_signs(linears, scales, channel_stats, config) if planes and config.signs == "joint" else {}
     for number, (name, linear) in enumerate(linears.items()):
         full = f"{prefix}.{name}"
         scaled = linear.weight.detach().float() * scales[name][None, :]
@@ -118,7 +120,8 @@ def _compress_layer(layer: nn.Module, linears: dict[str, nn.Linear], inputs: Lay
                                      feedback=config.signs == "hessian" and feedback_ok, damp=config.damp,
                                      level_weights=(config.level_weight_values()
                                                     if config.signs == "joint" and feedback_ok else None),
-                                     clip_ratios=CLIP_RATIOS if config.clip == "search" else (1.0,))
+                                     clip_ratios=CLIP_RATIOS if config.clip == "search" else (1.0,),
+                                     joint_signs=joint.get(name))
             record.plane_params[full] = (result.offset.cpu(), result.step.cpu())
         else:
             rank, group_size = min(config.rank, linear.out_features, linear.in_features), 0
@@ -136,6 +139,19 @@ def _compress_layer(layer: nn.Module, linears: dict[str, nn.Linear], inputs: Lay
     dense = {f"{name}.weight" for name in linears}
     record.state.update({n: p.detach().cpu().clone() for n, p in layer.named_parameters() if n not in dense})
     return outputs, (blocks, record)
+
+
+def _layer_joint_signs(linears: dict[str, nn.Linear], scales: dict[str, torch.Tensor], channel_stats,
+                       config: CompressConfig) -> dict[str, torch.Tensor]:
+    """The joint signs of the layer's linears that get them, one column loop per input width
+    (:func:`~bitstack.core.planes_batched.joint_signs_for`: the signs plane_decompose would choose)."""
+    chosen = [n for n, l in linears.items() if config.nsamples * config.seqlen >= FEEDBACK_TOKENS_PER_INPUT * l.in_features]
+    weights = {n: linears[n].weight.detach().float() * scales[n][None, :] for n in chosen}
+    if not all(torch.isfinite(w).all() for w in weights.values()):
+        return {}  # the decomposition loop reports the bad weight
+    hessians = {n: channel_stats[n].hessian / scales[n][:, None] / scales[n][None, :] for n in chosen}
+    return joint_signs_for(weights, hessians, config.niter, config.group_size, config.level_weight_values(),
+                           damp=config.damp, clip_ratios=CLIP_RATIOS if config.clip == "search" else (1.0,))
 
 
 def _base_tensors(model: nn.Module, skip: set[str], input_scales: dict[str, torch.Tensor], dtype: torch.dtype,

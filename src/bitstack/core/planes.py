@@ -294,7 +294,7 @@ class PlaneDecomposition:
 def plane_decompose(weight: torch.Tensor, niter: int, group_size: int, *, hessian: torch.Tensor | None = None,
                     feedback: bool = False, level_weights: tuple[float, ...] | None = None,
                     damp: float = 0.01, act_order: bool = True,
-                    clip_ratios: tuple[float, ...] = (1.0,)) -> PlaneDecomposition:
+                    clip_ratios: tuple[float, ...] = (1.0,), joint_signs: torch.Tensor | None = None) -> PlaneDecomposition:
     """Decompose ``weight`` into ``niter`` bit-plane blocks (see the module docstring).
 
     Args:
@@ -314,6 +314,8 @@ def plane_decompose(weight: torch.Tensor, niter: int, group_size: int, *, hessia
             advance, so the order changes only the error feedback).
         clip_ratios: candidate grid spans for :func:`plane_grid`'s clipping search, weighted by
             the diagonal of ``hessian`` (all ones without it).
+        joint_signs: with ``level_weights``, the joint signs already chosen (bool (J, out, in), e.g.
+            by :func:`bitstack.core.planes_batched.joint_signs_for` with the same arguments).
     """
     if weight.dim() != 2 or weight.dtype != torch.float32:
         raise ValueError(f"plane_decompose expects a float32 matrix, got {weight.dtype} of shape {tuple(weight.shape)}")
@@ -341,15 +343,15 @@ def plane_decompose(weight: torch.Tensor, niter: int, group_size: int, *, hessia
         raise ValueError(f"level_weights {tuple(level_weights)!r} give no weight to the first {niter} blocks")
     order = inverse = None
     factor = None
-    if feedback or level_weights is not None:
+    if feedback or (level_weights is not None and joint_signs is None):
         h = hessian.to(torch.float32)
         if act_order:
             order = torch.argsort(h.diagonal(), descending=True)
             inverse = torch.argsort(order)
             h = h[order][:, order]
         factor = inverse_hessian_factor(h, damp)
-    joint = None
-    if level_weights is not None:
+    joint = joint_signs
+    if level_weights is not None and joint is None:
         cols = order if order is not None else slice(None)
         joint = _joint_signs(weight[:, cols], current[:, cols], base_step[:, cols], factor,
                              tuple(level_weights)[:niter])

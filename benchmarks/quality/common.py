@@ -108,27 +108,44 @@ def evaluate_artifact(path: Path, memories: dict[str, int], text: str, *, device
     return out
 
 
-def run_jobs(commands: list[tuple[Path, list[str]]], jobs: int, log: Path) -> list[Path]:
+def run_jobs(commands: list[tuple[Path, list[str]]], jobs: int, log: Path, *, on_done=None,
+             deadline: float | None = None) -> list[Path]:
     """Run ``(result file, argv)`` commands, ``jobs`` at a time, skipping those whose file exists;
-    each process's output goes to ``log``'s folder as ``<result stem>.log``.  Returns the
-    result files that exist afterwards."""
+    each process's output goes to ``log`` as ``<result stem>.log``.  ``on_done(result file)`` is
+    called after each success and returns more commands, run before the pending ones.  At
+    ``deadline`` (seconds from the start) the running processes are killed and nothing more starts.
+    Returns the result files that exist afterwards."""
+    started = time.perf_counter()
     pending = [(out, argv) for out, argv in commands if not out.is_file()]
+    done = [out for out, _ in commands if out.is_file()]
     running: list[tuple[subprocess.Popen, Path]] = []
     log.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    stamp = lambda: f"[{time.perf_counter() - started:6.0f} s]"
+    for out in list(done):
+        pending[:0] = [c for c in (on_done(out) if on_done else []) if not c[0].is_file()]
     while pending or running:
+        if deadline is not None and time.perf_counter() - started > deadline:
+            for proc, out in running:
+                proc.kill()
+                print(f"{stamp()} killed at the deadline: {out.stem}", flush=True)
+            print(f"{stamp()} not started: {', '.join(o.stem for o, _ in pending) or 'none'}", flush=True)
+            break
         while pending and len(running) < jobs:
             out, argv = pending.pop(0)
             handle = open(log / f"{out.stem}.log", "w")
             running.append((subprocess.Popen([sys.executable, *argv], stdout=handle, stderr=subprocess.STDOUT, env=env), out))
-            print(f"[{time.strftime('%H:%M:%S')}] started {out.stem}", flush=True)
+            print(f"{stamp()} started {out.stem}", flush=True)
         for proc, out in list(running):
-            if proc.poll() is not None:
-                running.remove((proc, out))
-                state = "done" if proc.returncode == 0 and out.is_file() else f"FAILED (exit {proc.returncode})"
-                print(f"[{time.strftime('%H:%M:%S')}] {state}: {out.stem}", flush=True)
-        time.sleep(1.0)
-    return [out for out, _ in commands if out.is_file()]
+            if proc.poll() is None:
+                continue
+            running.remove((proc, out))
+            ok = proc.returncode == 0 and out.is_file()
+            print(f"{stamp()} {'done' if ok else f'FAILED (exit {proc.returncode})'}: {out.stem}", flush=True)
+            if ok and on_done is not None:
+                pending[:0] = [c for c in on_done(out) if not c[0].is_file()]
+        time.sleep(0.5)
+    return [p for p in log.parent.glob("*.json")]
 
 
 def write_json(path: Path, data: dict) -> None:

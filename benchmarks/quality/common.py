@@ -22,8 +22,22 @@ from pathlib import Path
 import torch
 
 TASKS = ("arc_easy", "arc_challenge", "piqa", "winogrande", "lambada_openai")
-# llmcompressor's memories of SmolLM2-135M at w2/w3/w4 g64 and w4 g32 (benchmarks/gptq.py's rule)
+# llmcompressor's memories of SmolLM2-135M at w2/w3/w4 g64 and w4 g32 (benchmarks/quality/gptq.py's rule)
 MEMORIES = {"w2g64": 86968064, "w3g64": 100446464, "w4g64": 113924864, "w4g32": 118071424}
+BASELINES = {"w4g64": (4, 64), "w3g64": (3, 64), "w2g64": (2, 64), "w4g32": (4, 32)}  # tag -> (bits, group)
+MODEL = "smollm2-135m"
+
+
+def memories_for(model: str, tags: list[str]) -> dict[str, int]:
+    """tag -> the bytes of ``model`` quantized at the tag's bits and group (the table's budgets);
+    the constants :data:`MEMORIES` for the embedded SmolLM2."""
+    if model == MODEL:
+        return {t: MEMORIES[t] for t in tags}
+    from benchmarks.quality.gptq import quantized_bytes
+    from bitstack.models.source import load_float_model
+
+    float_model = load_float_model(model).model
+    return {t: quantized_bytes(float_model, *BASELINES[t]) for t in tags}
 
 
 def parse_settings(text: str) -> dict:
@@ -51,8 +65,9 @@ def split_data(data: str | Path, work: str | Path, fraction: float = 0.8) -> tup
 
 
 def compress_smollm(out: Path, calib: Path, settings: dict, *, nsamples: int, seqlen: int, seed: int,
-                    device: str) -> float:
-    """Compress the embedded SmolLM2-135M with ``settings`` (unless ``out`` exists); seconds taken."""
+                    device: str, model: str = MODEL) -> float:
+    """Compress ``model`` (default the embedded SmolLM2-135M) with ``settings`` (unless ``out``
+    exists); seconds taken."""
     import bitstack
     from bitstack.config import CompressConfig
 
@@ -60,7 +75,7 @@ def compress_smollm(out: Path, calib: Path, settings: dict, *, nsamples: int, se
         return 0.0
     started = time.perf_counter()
     config = CompressConfig(calib=str(calib), nsamples=nsamples, seqlen=seqlen, seed=seed, **settings)
-    bitstack.compress("smollm2-135m", out, config, device=device, progress=False, overwrite=True)
+    bitstack.compress(model, out, config, device=device, progress=False, overwrite=True)
     return time.perf_counter() - started
 
 
@@ -111,8 +126,8 @@ def evaluate_artifact(path: Path, memories: dict[str, int], text: str, *, device
 def run_jobs(commands: list[tuple[Path, list[str]]], jobs: int, log: Path, *, on_done=None,
              deadline: float | None = None) -> list[Path]:
     """Run ``(result file, argv)`` commands, ``jobs`` at a time, skipping those whose file exists;
-    each process's output goes to ``log`` as ``<result stem>.log``.  ``on_done(result file)`` is
-    called after each success and returns more commands, run before the pending ones.  At
+    each process's output goes to ``log`` as ``<result stem>.log``.  ``on_done(result file, ok)`` is
+    called after each job (ok: it succeeded) and returns more commands, run before the pending ones.  At
     ``deadline`` (seconds from the start) the running processes are killed and nothing more starts.
     Returns the result files that exist afterwards."""
     started = time.perf_counter()
@@ -123,7 +138,7 @@ def run_jobs(commands: list[tuple[Path, list[str]]], jobs: int, log: Path, *, on
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     stamp = lambda: f"[{time.perf_counter() - started:6.0f} s]"
     for out in list(done):
-        pending[:0] = [c for c in (on_done(out) if on_done else []) if not c[0].is_file()]
+        pending[:0] = [c for c in (on_done(out, True) if on_done else []) if not c[0].is_file()]
     while pending or running:
         if deadline is not None and time.perf_counter() - started > deadline:
             for proc, out in running:
@@ -142,8 +157,8 @@ def run_jobs(commands: list[tuple[Path, list[str]]], jobs: int, log: Path, *, on
             running.remove((proc, out))
             ok = proc.returncode == 0 and out.is_file()
             print(f"{stamp()} {'done' if ok else f'FAILED (exit {proc.returncode})'}: {out.stem}", flush=True)
-            if ok and on_done is not None:
-                pending[:0] = [c for c in on_done(out) if not c[0].is_file()]
+            if on_done is not None:
+                pending[:0] = [c for c in on_done(out, ok) if not c[0].is_file()]
         time.sleep(0.5)
     return [p for p in log.parent.glob("*.json")]
 

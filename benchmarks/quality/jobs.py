@@ -22,10 +22,8 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.quality.common import (MEMORIES, compress_smollm, evaluate_artifact, evaluate_model, parse_settings,
-                                       split_data, write_json)
-
-BASELINES = {"w4g64": (4, 64), "w3g64": (3, 64), "w2g64": (2, 64), "w4g32": (4, 32)}
+from benchmarks.quality.common import (BASELINES, MODEL, compress_smollm, evaluate_artifact, evaluate_model,
+                                       parse_settings, split_data, write_json)
 
 
 def artifact_path(work: Path, job: str) -> Path:
@@ -34,20 +32,21 @@ def artifact_path(work: Path, job: str) -> Path:
 
 
 def run(job: str, spec: dict) -> dict:
-    """Run one job (module docstring).  ``spec``: data, work, device, nsamples, seqlen, memories
-    (list of tags), settings (overrides text), eval options (max_windows, zs_limit, zeroshot on/off,
+    """Run one job (module docstring).  ``spec``: data, work, device, model, nsamples, seqlen, memories
+    (list of tags), memory_bytes (tag -> budget), settings (overrides text), eval options (max_windows, zs_limit, zeroshot on/off,
     batch_size, seqlen of the windows), val options (val_windows, val_seqlen)."""
     work, data = Path(spec["work"]), Path(spec["data"])
     calib, val = split_data(data, work)
     started = time.perf_counter()
     test_options = {"max_windows": spec["max_windows"], "seqlen": spec["eval_seqlen"], "zs_limit": spec["zs_limit"],
                     "zeroshot": str(data / "zeroshot") if spec["zeroshot"] else None, "batch_size": spec["batch_size"]}
-    memories = {t: MEMORIES[t] for t in spec["memories"]}
+    model_name = spec.get("model", MODEL)
+    memories = {t: spec["memory_bytes"][t] for t in spec["memories"]}
     if job.startswith(("tune-", "bitstack-")) and "@" not in job:
         seed = 0 if job.startswith("tune-") else int(job.split("-s")[-1])
         artifact = artifact_path(work, job)
         seconds = compress_smollm(artifact, calib, parse_settings(spec["settings"]), nsamples=spec["nsamples"],
-                                  seqlen=spec["seqlen"], seed=seed, device=spec["device"])
+                                  seqlen=spec["seqlen"], seed=seed, device=spec["device"], model=model_name)
         result = {"job": job, "settings": spec["settings"], "seed": seed, "compress_seconds": round(seconds, 1)}
         if job.startswith("tune-"):
             result["val"] = evaluate_artifact(artifact, memories, val.read_text(encoding="utf-8"), device=spec["device"],
@@ -57,14 +56,14 @@ def run(job: str, spec: dict) -> dict:
     text = (data / "wikitext2_test.txt").read_text(encoding="utf-8")
     if "@" in job:  # bitstack-sS@TAG
         tag = job.split("@")[1]
-        evals = evaluate_artifact(artifact_path(work, job), {tag: MEMORIES[tag]}, text, device=spec["device"], **test_options)
+        evals = evaluate_artifact(artifact_path(work, job), {tag: memories[tag]}, text, device=spec["device"], **test_options)
         return {"job": job, "settings": spec["settings"], "seed": int(job.split("@")[0].split("-s")[-1]), "tag": tag,
                 **evals[tag]}
     from benchmarks.quality.gptq import quantize_model, quantized_bytes
     from bitstack.calibration.samples import text_file_samples
     from bitstack.models.source import load_float_model
 
-    loaded = load_float_model("smollm2-135m")
+    loaded = load_float_model(model_name)
     model = loaded.model.float().eval().to(spec["device"])
     result: dict = {"job": job}
     if job != "float":
@@ -77,6 +76,8 @@ def run(job: str, spec: dict) -> dict:
         quantize_model(model, method, bits, group, samples)
         result.update(seed=seed, tag=tag, quantize_seconds=round(time.perf_counter() - started, 1),
                       memory_bytes=quantized_bytes(model, bits, group))
+    else:  # every parameter in bfloat16, tied ones once
+        result["memory_bytes"] = sum(p.numel() * 2 for p in model.parameters())
     result.update(evaluate_model(model.to(torch.bfloat16), loaded.tokenizer, text, **test_options))
     return result
 

@@ -32,7 +32,7 @@ import sys
 import time
 from pathlib import Path
 
-from benchmarks.quality.common import MEMORIES, parse_settings, run_jobs, split_data, summary
+from benchmarks.quality.common import MEMORIES, MODEL, memories_for, parse_settings, run_jobs, split_data, summary
 
 TASK_COLUMNS = (("arc_easy", "ARC-e"), ("arc_challenge", "ARC-c"), ("piqa", "PIQA"), ("winogrande", "WinoG"),
                 ("lambada_openai", "LAMBADA"))
@@ -52,6 +52,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--seqlen", type=int, default=2048)
     parser.add_argument("--max-windows", type=int, default=None, help="WikiText-2 windows (default: all 148)")
     parser.add_argument("--val-windows", type=int, default=None, help="validation windows (default: all)")
+    parser.add_argument("--val-seqlen", type=int, default=2048, help="tokens per validation window")
     parser.add_argument("--zs-limit", type=int, default=None, help="examples per zero-shot task (default: all)")
     parser.add_argument("--no-zeroshot", action="store_true")
     parser.add_argument("--batch-size", type=int, default=64, help="zero-shot requests per forward")
@@ -61,31 +62,38 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--quick", action="store_true", help="CPU smoke test: 2 seeds, 4 x 256 calibration tokens, "
                         "1 window of 512, 5 examples per task, w4g64/w3g64, GPTQ and RTN at w4g64 only")
     parser.add_argument("--out", default=None, help="result file (benchmarks/resultfile.py schema)")
+    parser.add_argument("--model", default=MODEL, help="model to compress (tests use a tiny one); budgets follow from it")
     return parser
 
 
 def _spec(args) -> dict:
     quick = args.quick
+    tags = args.memories.split(",")
     return {"data": str(Path(args.data).resolve()), "work": str(Path(args.work).resolve()), "device": args.device,
+            "model": args.model, "memory_bytes": memories_for(args.model, sorted(set(tags + args.select.split(",")))),
             "nsamples": 4 if quick else args.nsamples, "seqlen": 256 if quick else args.seqlen,
-            "memories": args.memories.split(","), "settings": args.settings,
+            "memories": tags, "settings": args.settings,
             "max_windows": 1 if quick else args.max_windows, "eval_seqlen": 512 if quick else 2048,
             "zs_limit": 5 if quick else args.zs_limit, "zeroshot": not args.no_zeroshot, "batch_size": args.batch_size,
-            "val_windows": 1 if quick else args.val_windows, "val_seqlen": 512 if quick else 2048}
+            "val_windows": 1 if quick else args.val_windows, "val_seqlen": 512 if quick else args.val_seqlen}
 
 
 def _command(work: Path, job: str, spec: dict) -> tuple[Path, list[str]]:
     return work / f"{job}.json", ["-m", "benchmarks.quality.jobs", job, "--json", json.dumps(spec)]
 
 
-def _winner(work: Path, candidates: dict[str, str], select: list[str]) -> str | None:
+def _winner(work: Path, candidates: dict[str, str], select: list[str], failed: set[str] = frozenset()) -> str | None:
+    """The candidate with the least summed log validation perplexity at ``select``, once every
+    candidate has finished (``failed``: names whose job failed); None before, or if all failed."""
     scores = {}
     for name in candidates:
         path = work / f"tune-{name}.json"
         if path.is_file():
             val = json.loads(path.read_text())["val"]
             scores[name] = sum(math.log(val[t]["ppl"]) for t in select)
-    return min(scores, key=scores.get) if len(scores) == len(candidates) else None
+    if not scores or len(scores) + len(set(failed) & set(candidates)) < len(candidates):
+        return None
+    return min(scores, key=scores.get)
 
 
 def _row(tag: str, method: str, entries: list[dict], zeroshot: bool) -> list:
@@ -140,10 +148,14 @@ def main(argv: list[str] | None = None) -> int:
         own = {**spec, "settings": settings}
         return [_command(work, f"bitstack-s{s}", own) for s in seeds]
 
-    def on_done(out: Path) -> list[tuple[Path, list[str]]]:
+    failed: set[str] = set()
+
+    def on_done(out: Path, ok: bool) -> list[tuple[Path, list[str]]]:
         job = out.stem
+        if not ok:
+            failed.add(job[len("tune-"):] if job.startswith("tune-") else job)
         if job.startswith("tune-") and chosen["settings"] is None:
-            winner = _winner(work, candidates, select)
+            winner = _winner(work, candidates, select, failed)
             if winner is None:
                 return []
             chosen.update(settings=candidates[winner], winner=winner)
@@ -151,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
                 os.symlink(work / f"tune-{winner}.bstk", work / "bitstack-s0.bstk")
             print(f"chosen on validation: {winner} ({candidates[winner] or 'defaults'})", flush=True)
             return bitstack_jobs(chosen["settings"])
-        if job.startswith("bitstack-s") and "@" not in job:
+        if ok and job.startswith("bitstack-s") and "@" not in job:
             own = {**spec, "settings": json.loads(out.read_text())["settings"]}
             return [_command(work, f"{job}@{t}", own) for t in tags]
         return []

@@ -80,15 +80,33 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--levels", type=int, default=6)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--out", default=None, help="result file (benchmarks/resultfile.py schema)")
     parser.add_argument("settings", nargs="+", help='one quoted "key=value ..." per setting')
     args = parser.parse_args(argv)
     layers = [int(x) for x in args.layers.split(",")]
+    rows = []
     for text in args.settings:
         started = time.perf_counter()
         pooled, geo = layer_errors(parse_settings(text), args.calib, layers, args.nsamples, args.seqlen, args.seed,
                                    args.levels, args.device)
+        rows.append([text or "defaults"] + [float(f"{p:.4g}") for p in pooled] + [float(f"{g:.4g}") for g in geo])
         print(f"{text:55s} pooled " + " ".join(f"{p:.2e}" for p in pooled)
               + " | geomean " + " ".join(f"{g:.2e}" for g in geo) + f" ({time.perf_counter() - started:.0f} s)", flush=True)
+    if args.out:
+        import sys
+        from pathlib import Path
+
+        sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+        from benchmarks.resultfile import write_result
+
+        levels = range(1, args.levels + 1)
+        write_result(args.out, title="Relative output error per prefix on real SmolLM2 layers", topic="quality",
+                     columns=["setting"] + [f"pooled j={j}" for j in levels] + [f"geomean j={j}" for j in levels], rows=rows,
+                     notes=(f"Layers {args.layers} of SmolLM2-135M, compressed as bitstack.compress does (CompressConfig "
+                            f"defaults plus the setting, {args.levels} blocks); calibration {args.nsamples} x {args.seqlen} "
+                            f"tokens of {Path(args.calib).name}, seed {args.seed}. pooled: sum over the layers' linears of "
+                            "tr(R_j H R_j^T) / sum of tr(W H W^T) after j blocks; geomean: geometric mean over the linears "
+                            "of the same ratio per linear. A proxy, not a perplexity."))
     return 0
 
 

@@ -9,6 +9,7 @@ exists is not run again, so an interrupted run resumes.
 
 from __future__ import annotations
 
+import bisect
 import dataclasses
 import json
 import math
@@ -104,10 +105,9 @@ def evaluate_model(model, tokenizer, text: str, *, max_windows: int | None, seql
 def evaluate_artifact(path: Path, memories: dict[str, int], text: str, *, device: str, **options) -> dict[str, dict]:
     """:func:`evaluate_model` of the longest stack prefix that fits each budget (tag -> bytes),
     loaded once (:class:`~bitstack.evaluation.stack_eval.StackEvaluator`, bfloat16 compute)."""
-    from bitstack.artifact.resort import stack_order
-    from bitstack.evaluation.curve import _prefix_for
-    from bitstack.evaluation.stack_eval import StackEvaluator
     from bitstack.runtime.loader import load_tokenizer
+    from bitstack.sorting.measure import StackEvaluator
+    from bitstack.sorting.resort import stack_order
 
     evaluator = StackEvaluator(path, device=device, batch_size=1)
     tokenizer = load_tokenizer(path)
@@ -115,7 +115,9 @@ def evaluate_artifact(path: Path, memories: dict[str, int], text: str, *, device
     params = evaluator.manifest.decomposed_params()
     out = {}
     for tag, budget in memories.items():
-        count = _prefix_for(evaluator.prefix_bytes, evaluator.manifest.floor_blocks, int(budget))
+        count = bisect.bisect_right(evaluator.prefix_bytes, int(budget)) - 1  # the longest prefix that fits
+        if count < evaluator.manifest.floor_blocks:
+            raise SystemExit(f"{tag}: budget {budget} B is below the artifact's floor")
         evaluator.set_counts(evaluator.counts_at(order, count))
         memory = evaluator.prefix_bytes[count]
         out[tag] = {"memory_bytes": memory, "bits_per_param": 8 * (memory - evaluator.prefix_bytes[0]) / params,

@@ -14,25 +14,12 @@ A quick proxy, on a CPU, for whether a method choice helps before it is measured
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import math
 import time
 
 import torch
 
-
-def parse_settings(text: str) -> dict:
-    """``"key=value key=value"`` -> CompressConfig overrides, typed by the field defaults."""
-    from bitstack.config import CompressConfig
-
-    kinds = {f.name: type(f.default) for f in dataclasses.fields(CompressConfig)}
-    out = {}
-    for item in text.split():
-        key, _, value = item.partition("=")
-        if key not in kinds:
-            raise SystemExit(f"unknown setting {key!r}")
-        out[key] = kinds[key](value)
-    return out
+from benchmarks.quality.common import parse_settings
 
 
 def layer_errors(settings: dict, calib: str, layers: list[int], nsamples: int, seqlen: int, seed: int, levels: int,
@@ -40,7 +27,8 @@ def layer_errors(settings: dict, calib: str, layers: list[int], nsamples: int, s
     """(pooled relative error per prefix 1…levels, geometric mean over weights per prefix)."""
     from bitstack.calibration.layerwise import capture_layer_inputs, run_layer
     from bitstack.calibration.samples import calibration_samples
-    from bitstack.compressor import _compress_layer
+    from bitstack.codecs import get_codec
+    from bitstack.compressor import decompose_linears, layer_folds, layer_scales
     from bitstack.config import CompressConfig
     from bitstack.models.architecture import find_decoder_layers, layer_linears
     from bitstack.models.rotation import rotate_model
@@ -62,8 +50,14 @@ def layer_errors(settings: dict, calib: str, layers: list[int], nsamples: int, s
         if index not in layers:
             inputs, _ = run_layer(layer, inputs, {})
             continue
-        inputs, (_, record) = _compress_layer(layer, layer_linears(layer), inputs, model, config, f"l{index}", 0)
-        for name, sq in record.residual_sq.items():
+        linears = layer_linears(layer)
+        hessians = get_codec(config.codec).needs_hessian(config.codec_settings())
+        outputs, stats = run_layer(layer, inputs, linears, hessians=hessians)
+        scales = layer_scales(linears, stats, layer_folds(model, layer, linears), config)
+        results = decompose_linears(linears, scales, stats, config, f"l{index}", 0)
+        inputs = outputs  # the float layer's outputs, as in bitstack.compress
+        for result in results.values():
+            sq = result.residual_sq
             energy += sq[0]
             for j in range(levels):
                 pooled[j] += sq[j + 1]
@@ -93,10 +87,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{text:55s} pooled " + " ".join(f"{p:.2e}" for p in pooled)
               + " | geomean " + " ".join(f"{g:.2e}" for g in geo) + f" ({time.perf_counter() - started:.0f} s)", flush=True)
     if args.out:
-        import sys
         from pathlib import Path
 
-        sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
         from benchmarks.resultfile import write_result
 
         levels = range(1, args.levels + 1)

@@ -1,4 +1,8 @@
-"""Artifacts of rotated models (CompressConfig.rotate): load, full stack, budgets, evaluator."""
+"""Artifacts of rotated models (CompressConfig.rotate): load, full stack, budgets, evaluator, and
+the manifest's rotation section."""
+
+import json
+import shutil
 
 import pytest
 import torch
@@ -7,7 +11,8 @@ from tiny_models import tiny_model, tiny_tokenizer
 import bitstack
 from bitstack.artifact.reader import ArtifactReader
 from bitstack.config import CompressConfig
-from bitstack.evaluation.stack_eval import StackEvaluator
+from bitstack.errors import ArtifactError
+from bitstack.sorting.measure import StackEvaluator
 from bitstack.models.rotation import INPUT_ROTATION, NORM_ROTATION
 from bitstack.runtime.linear import BitStackLinear
 
@@ -41,6 +46,8 @@ def test_rotated_artifact_budgets_and_evaluator(tmp_path):
         manifest = reader.manifest
     names = {t.name for t in manifest.base_tensors}
     assert "model.norm.rotation_signs" in names and "model.layers.0.mlp.down_proj.input_rotation" in names
+    assert manifest.rotation == {"version": 1, "kind": "hadamard", "norms": ["model.norm"],
+                                 "inputs": [f"model.layers.{i}.mlp.down_proj" for i in range(3)]}
     ids = torch.randint(4, 64, (2, 32))
     evaluator = StackEvaluator(path, device="cpu", batch_size=2)
     errors = []
@@ -54,3 +61,47 @@ def test_rotated_artifact_budgets_and_evaluator(tmp_path):
         assert torch.allclose(out, fast, atol=1e-5, rtol=1e-5)
         errors.append(float((out - ref).norm()))
     assert errors == sorted(errors, reverse=True)
+
+
+@pytest.fixture(scope="module")
+def rotated(tmp_path_factory):
+    config = CompressConfig(nsamples=4, seqlen=16, niter=3, dtype="float32", batch_size=4, rotate="hadamard")
+    return bitstack.compress(tiny_model("llama", num_hidden_layers=2), tmp_path_factory.mktemp("rot") / "r.bstk", config,
+                             tokenizer=tiny_tokenizer(), device="cpu", progress=False)
+
+
+def _edited(path, tmp_path, edit):
+    copy = tmp_path / "edited.bstk"
+    shutil.copytree(path, copy)
+    data = json.loads((copy / "manifest.json").read_text())
+    edit(data)
+    (copy / "manifest.json").write_text(json.dumps(data))
+    return copy
+
+
+@pytest.mark.parametrize("edit,message", [
+    (lambda d: d["rotation"].update(version=2), "rotation has version 2, this bitstack reads 1"),
+    (lambda d: d["rotation"].update(kind="walsh"), "kind must be one of hadamard"),
+    (lambda d: d["rotation"]["norms"].append("model.layers.0.input_layernorm"), "needs the base buffer model.layers.0"),
+    (lambda d: d["rotation"]["inputs"].append("model.layers.0.mlp.up_proj"), "needs the base buffer model.layers.0.mlp.up"),
+    (lambda d: d["rotation"]["inputs"].append("model.embed_tokens"), "is not a decomposed weight"),
+    (lambda d: d["rotation"].pop("norms"), "missing field"),
+])
+def test_a_bad_rotation_section_is_refused(rotated, tmp_path, edit, message):
+    with pytest.raises(ArtifactError, match=message):
+        bitstack.load(_edited(rotated, tmp_path, edit), device="cpu", verify=False)
+
+
+def test_a_rotated_artifact_without_its_section_is_refused(rotated, tmp_path):
+    """Without the section the rotation buffers have no module to go to: refused, never ignored."""
+    with pytest.raises(ArtifactError, match="which the model does not have"):
+        bitstack.load(_edited(rotated, tmp_path, lambda d: d.pop("rotation")), device="cpu", verify=False)
+
+
+def test_an_unrotated_artifact_has_no_rotation_section(tmp_path):
+    config = CompressConfig(nsamples=4, seqlen=16, niter=2, dtype="float32", batch_size=4)
+    path = bitstack.compress(tiny_model("llama", num_hidden_layers=1), tmp_path / "u.bstk", config,
+                             tokenizer=tiny_tokenizer(), device="cpu", progress=False)
+    assert "rotation" not in json.loads((path / "manifest.json").read_text())
+    with ArtifactReader(path) as reader:
+        assert reader.manifest.rotation is None

@@ -35,6 +35,8 @@ from bitstack.models.hadamard import hadamard_orders, random_signs, rotate, rota
 INPUT_ROTATION = "input_rotation"  # buffer of a linear: signs of its run-time input rotation
 NORM_ROTATION = "rotation_signs"  # buffer of the final norm: signs of the residual rotation
 ROTATABLE = ("llama", "mistral", "qwen2", "qwen3")
+ROTATION_VERSION = 1  # of the manifest's rotation section (rotation_section)
+ROTATION_KINDS = ("hadamard",)
 
 
 def _rotate_input_hook(module: nn.Module, args):
@@ -56,11 +58,12 @@ def _rotate_norm_output(module: nn.Module, args, output):
     return output if signs is None else rotate(output, signs)
 
 
-def attach_input_rotation(linear: nn.Module, signs: torch.Tensor | None) -> None:
-    """Give an ``nn.Linear`` a run-time input rotation x ↦ x diag(σ) H (buffer + forward pre-hook).
-    (:class:`~bitstack.runtime.linear.BitStackLinear` applies its buffer itself: no hook.)"""
-    linear.register_buffer(INPUT_ROTATION, signs)
-    linear.register_forward_pre_hook(_rotate_input_hook)
+def attach_input_rotation(module: nn.Module, signs: torch.Tensor | None) -> None:
+    """Give a linear (``nn.Linear`` or ``BitStackLinear``) a run-time input rotation
+    x ↦ x diag(σ) H, before anything else its forward does (buffer ``input_rotation`` + forward
+    pre-hook); ``signs`` None registers the buffer empty (to be assigned, e.g. by the loader)."""
+    module.register_buffer(INPUT_ROTATION, signs)
+    module.register_forward_pre_hook(_rotate_input_hook)
 
 
 def attach_norm_rotation(norm: nn.Module, signs: torch.Tensor | None) -> None:
@@ -71,16 +74,26 @@ def attach_norm_rotation(norm: nn.Module, signs: torch.Tensor | None) -> None:
     norm.register_forward_hook(_rotate_norm_output)
 
 
-def prepare_loaded_rotations(model: nn.Module, base_names: Iterable[str]) -> None:
-    """Before an artifact's base tensors are assigned: make room for its rotation buffers.
+def rotation_section(model: nn.Module) -> dict | None:
+    """The manifest's ``rotation`` section of a model rotated by :func:`rotate_model` (None if it
+    was not): {"version", "kind", "inputs": modules with an input rotation, "norms": modules with a
+    norm rotation}; the signs are their base buffers ``NAME.input_rotation`` / ``NAME.rotation_signs``."""
+    inputs = [n for n, m in model.named_modules() if getattr(m, INPUT_ROTATION, None) is not None]
+    norms = [n for n, m in model.named_modules() if getattr(m, NORM_ROTATION, None) is not None]
+    if not inputs and not norms:
+        return None
+    return {"version": ROTATION_VERSION, "kind": "hadamard", "inputs": inputs, "norms": norms}
 
-    A ``NAME.rotation_signs`` tensor gets :func:`attach_norm_rotation` on module NAME; a
-    ``NAME.input_rotation`` needs nothing (a BitStackLinear has the empty buffer already).
-    """
-    for name in base_names:
-        owner, _, attr = name.rpartition(".")
-        if attr == NORM_ROTATION:
-            attach_norm_rotation(model.get_submodule(owner), None)
+
+def prepare_loaded_rotations(model: nn.Module, section: dict | None) -> None:
+    """Before an artifact's base tensors are assigned: give the modules that its (validated)
+    ``rotation`` section names their empty sign buffers and hooks."""
+    if section is None:
+        return
+    for name in section["inputs"]:
+        attach_input_rotation(model.get_submodule(name), None)
+    for name in section["norms"]:
+        attach_norm_rotation(model.get_submodule(name), None)
 
 
 def _head_dim(config) -> int:

@@ -91,9 +91,9 @@ def random_signs(n: int, generator: torch.Generator) -> torch.Tensor:
     return (torch.randint(0, 2, (n,), generator=generator, dtype=torch.int64) * 2 - 1).to(torch.int8)
 
 
-def rotation_matrix(signs: torch.Tensor) -> torch.Tensor:
+def rotation_matrix(sigma: torch.Tensor) -> torch.Tensor:
     """Q = diag(σ) H, float64 (n, n), for signs σ (any dtype, (n,)): x Q = :func:`rotate` (x, σ)."""
-    return signs.to(torch.float64)[:, None] * hadamard_matrix(signs.shape[0])
+    return sigma.to(torch.float64)[:, None] * hadamard_matrix(sigma.shape[0])
 
 
 @functools.lru_cache(maxsize=64)
@@ -102,16 +102,16 @@ def _factor(order: int, transpose: bool, dtype: torch.dtype, device: torch.devic
     return (matrix.T if transpose else matrix).contiguous().to(device=device, dtype=dtype)
 
 
-def rotate(x: torch.Tensor, signs: torch.Tensor, *, transpose: bool = False) -> torch.Tensor:
+def rotate(x: torch.Tensor, sigma: torch.Tensor, *, transpose: bool = False) -> torch.Tensor:
     """x Q (or x Qᵀ with ``transpose``), Q = diag(σ) H, over the last dimension of ``x``.
 
     x: float (..., n), any float dtype (computed in it; the ±1 factors are exact in every dtype).
-    signs: σ, (n,) of ±1 (int8 as stored, or float).  Returns a tensor of x's dtype and shape.
+    sigma: σ, (n,) of ±1 (int8 as stored, or float).  Returns a tensor of x's dtype and shape.
     """
     n = x.shape[-1]
-    if signs.shape != (n,):
-        raise ValueError(f"rotation signs must have shape ({n},), got {tuple(signs.shape)}")
-    sign = signs.to(device=x.device, dtype=x.dtype)
+    if sigma.shape != (n,):
+        raise ValueError(f"rotation signs must have shape ({n},), got {tuple(sigma.shape)}")
+    sign = sigma.to(device=x.device, dtype=x.dtype)
     y = x if transpose else x * sign
     shape = y.shape
     y = y.reshape(-1, n)

@@ -40,36 +40,36 @@ ROTATION_KINDS = ("hadamard",)
 
 
 def _rotate_input_hook(module: nn.Module, args):
-    signs = getattr(module, INPUT_ROTATION, None)
-    if signs is None:
+    sigma = getattr(module, INPUT_ROTATION, None)
+    if sigma is None:
         return None
-    return (rotate(args[0], signs),) + tuple(args[1:])
+    return (rotate(args[0], sigma),) + tuple(args[1:])
 
 
 def _unrotate_norm_input(module: nn.Module, args):
-    signs = getattr(module, NORM_ROTATION, None)
-    if signs is None:
+    sigma = getattr(module, NORM_ROTATION, None)
+    if sigma is None:
         return None
-    return (rotate(args[0], signs, transpose=True),) + tuple(args[1:])
+    return (rotate(args[0], sigma, transpose=True),) + tuple(args[1:])
 
 
 def _rotate_norm_output(module: nn.Module, args, output):
-    signs = getattr(module, NORM_ROTATION, None)
-    return output if signs is None else rotate(output, signs)
+    sigma = getattr(module, NORM_ROTATION, None)
+    return output if sigma is None else rotate(output, sigma)
 
 
-def attach_input_rotation(module: nn.Module, signs: torch.Tensor | None) -> None:
+def attach_input_rotation(module: nn.Module, sigma: torch.Tensor | None) -> None:
     """Give a linear (``nn.Linear`` or ``BitStackLinear``) a run-time input rotation
     x ↦ x diag(σ) H, before anything else its forward does (buffer ``input_rotation`` + forward
-    pre-hook); ``signs`` None registers the buffer empty (to be assigned, e.g. by the loader)."""
-    module.register_buffer(INPUT_ROTATION, signs)
+    pre-hook); ``sigma`` None registers the buffer empty (to be assigned, e.g. by the loader)."""
+    module.register_buffer(INPUT_ROTATION, sigma)
     module.register_forward_pre_hook(_rotate_input_hook)
 
 
-def attach_norm_rotation(norm: nn.Module, signs: torch.Tensor | None) -> None:
+def attach_norm_rotation(norm: nn.Module, sigma: torch.Tensor | None) -> None:
     """Make ``norm`` compute norm(x Qᵀ) Q, Q = diag(σ) H (buffer ``rotation_signs`` + two hooks);
-    ``signs`` None registers the buffer empty (to be assigned, e.g. by the loader)."""
-    norm.register_buffer(NORM_ROTATION, signs)
+    ``sigma`` None registers the buffer empty (to be assigned, e.g. by the loader)."""
+    norm.register_buffer(NORM_ROTATION, sigma)
     norm.register_forward_pre_hook(_unrotate_norm_input)
     norm.register_forward_hook(_rotate_norm_output)
 

@@ -85,7 +85,7 @@ def _edited(path, tmp_path, edit):
     (lambda d: d["rotation"]["norms"].append("model.layers.0.input_layernorm"), "needs the base buffer model.layers.0"),
     (lambda d: d["rotation"]["inputs"].append("model.layers.0.mlp.up_proj"), "needs the base buffer model.layers.0.mlp.up"),
     (lambda d: d["rotation"]["inputs"].append("model.embed_tokens"), "is not a decomposed weight"),
-    (lambda d: d["rotation"].pop("norms"), "missing field"),
+    (lambda d: d["rotation"].pop("norms"), "exactly version, kind, inputs, norms"),
 ])
 def test_a_bad_rotation_section_is_refused(rotated, tmp_path, edit, message):
     with pytest.raises(ArtifactError, match=message):

@@ -10,6 +10,7 @@ are base buffers (:mod:`bitstack.models.rotation`); it carries its own version.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 from dataclasses import asdict, dataclass, fields
@@ -20,7 +21,7 @@ from bitstack.artifact.safetensors_io import DTYPE_NAMES, DTYPES
 from bitstack.codecs import codec_names, get_codec
 from bitstack.config import STORAGE_DTYPES
 from bitstack.errors import ArtifactError
-from bitstack.models.rotation import INPUT_ROTATION, NORM_ROTATION, ROTATION_KINDS, ROTATION_VERSION
+from bitstack.models.rotation import check_rotation_section
 
 FORMAT_NAME = "bitstack"
 FORMAT_VERSION = 3
@@ -231,7 +232,7 @@ class Manifest:
             for name, digest in self.tokenizer["files"].items():
                 _safe_name(name, what)
                 _digest(digest, f"{what}: tokenizer file {name!r}")
-        _check_rotation(self.rotation, base_specs, base["aliases"], {w.name: w for w in self.weights}, what)
+        check_rotation_section(self.rotation, base_specs, base["aliases"], {w.name: w for w in self.weights}, what)
         seen: dict[str, int] = {}
         for w in self.weights:
             if w.name in seen or not w.name:
@@ -257,9 +258,9 @@ class Manifest:
                 raise ArtifactError(f"{what}: stack[{pos}] has {b.bytes} bytes, weight {b.tensor!r} blocks have {w.block_bytes}")
             if not 0 <= b.shard < len(self.shards) or b.offset < 0 or b.offset + b.bytes > self.shards[b.shard].bytes:
                 raise ArtifactError(f"{what}: stack[{pos}] points outside its shard")
-            for field_ in fields(b):
-                if field_.name not in ("tensor",) and field_.type == "str":
-                    _digest(getattr(b, field_.name), f"{what}: stack[{pos}].{field_.name}", hex_digits=None)
+            for name, typ in _field_types(BlockEntry).items():
+                if name not in ("tensor",) and typ == "str":
+                    _digest(getattr(b, name), f"{what}: stack[{pos}].{name}", hex_digits=None)
         for w in self.weights:
             if seen[w.name] != w.num_blocks:
                 raise ArtifactError(f"{what}: weight {w.name!r} has {w.num_blocks} blocks but the stack holds {seen[w.name]}")
@@ -291,31 +292,6 @@ def _upgrade_weights(entries: list, version: int, what: str) -> list:
             raise ArtifactError(f"{what}: weights[{i}] fits no codec of format version {version}")
         upgraded.append(entry)
     return upgraded
-
-
-def _check_rotation(rotation: Any, base_specs: dict[str, dict], aliases: dict, weights: dict, what: str) -> None:
-    """The ``rotation`` section: its version and kind, and an int8 base buffer of signs for every
-    module it names (``inputs``: decomposed weights, of their in_features; ``norms``: any module)."""
-    if rotation is None:
-        return
-    where = f"{what}: rotation"
-    _check_keys(_object(rotation, where), {"version", "kind", "inputs", "norms"}, where)
-    if type(rotation["version"]) is not int or rotation["version"] != ROTATION_VERSION:
-        raise ArtifactError(f"{where} has version {rotation['version']!r}, this bitstack reads {ROTATION_VERSION}: upgrade bitstack")
-    if rotation["kind"] not in ROTATION_KINDS:
-        raise ArtifactError(f"{where}: kind must be one of {', '.join(ROTATION_KINDS)}, got {rotation['kind']!r}"[:300])
-    for key, attr in (("inputs", INPUT_ROTATION), ("norms", NORM_ROTATION)):
-        if not isinstance(rotation[key], list) or not all(isinstance(n, str) and n for n in rotation[key]):
-            raise ArtifactError(f"{where}: {key} must be a list of module names")
-        for module in rotation[key]:
-            if key == "inputs" and module not in weights:
-                raise ArtifactError(f"{where}: {module!r} is not a decomposed weight")
-            tensor = f"{module}.{attr}"
-            spec = base_specs.get(aliases.get(tensor, tensor))
-            length = [weights[module].in_features] if key == "inputs" else (spec or {}).get("shape")
-            if spec is None or spec["kind"] != "buffer" or spec["dtype"] != "I8" or spec["shape"] != length \
-                    or len(spec["shape"]) != 1:
-                raise ArtifactError(f"{where} needs the base buffer {tensor}, int8 signs of shape {length or '[width]'}")
 
 
 def _check_weight(w: WeightEntry, base_specs: dict[str, dict], what: str) -> None:
@@ -377,10 +353,16 @@ def _typed(data: dict, key: str, kind: type, what: str) -> Any:
     return value
 
 
+@functools.cache
+def _field_types(cls: type) -> dict[str, str]:
+    """{field name: annotation} of a dataclass (``dataclasses.fields`` is slow per stack entry)."""
+    return {f.name: f.type for f in fields(cls)}
+
+
 def _record(cls: type, entry: Any, what: str) -> Any:
     if not isinstance(entry, dict):
         raise ArtifactError(f"{what} is not an object")
-    spec = {f.name: f.type for f in fields(cls)}
+    spec = _field_types(cls)
     _check_keys(entry, set(spec), what)
     for name, typ in spec.items():
         value = entry[name]

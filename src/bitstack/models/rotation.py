@@ -23,12 +23,12 @@ head_dim and intermediate size must be Hadamard orders (:func:`~bitstack.models.
 
 from __future__ import annotations
 
-from typing import Iterable
+from typing import Any
 
 import torch
 from torch import nn
 
-from bitstack.errors import UnsupportedModelError
+from bitstack.errors import ArtifactError, UnsupportedModelError
 from bitstack.models.architecture import find_decoder_layers
 from bitstack.models.hadamard import hadamard_orders, random_signs, rotate, rotation_matrix
 
@@ -94,6 +94,34 @@ def prepare_loaded_rotations(model: nn.Module, section: dict | None) -> None:
         attach_input_rotation(model.get_submodule(name), None)
     for name in section["norms"]:
         attach_norm_rotation(model.get_submodule(name), None)
+
+
+def check_rotation_section(rotation: Any, base_specs: dict[str, dict], aliases: dict, weights: dict, what: str) -> None:
+    """ArtifactError unless a manifest's ``rotation`` section (None: no rotation) has this version,
+    a known kind, and an int8 base buffer of signs for every module it names (``inputs``:
+    decomposed weights, of their in_features; ``norms``: any module).  ``base_specs``: base tensor
+    name -> its manifest entry; ``aliases``: the base's aliases; ``weights``: name -> weight entry."""
+    if rotation is None:
+        return
+    where = f"{what}: rotation"
+    if not isinstance(rotation, dict) or set(rotation) != {"version", "kind", "inputs", "norms"}:
+        raise ArtifactError(f"{where} must be an object of exactly version, kind, inputs, norms")
+    if type(rotation["version"]) is not int or rotation["version"] != ROTATION_VERSION:
+        raise ArtifactError(f"{where} has version {rotation['version']!r}, this bitstack reads {ROTATION_VERSION}: upgrade bitstack")
+    if rotation["kind"] not in ROTATION_KINDS:
+        raise ArtifactError(f"{where}: kind must be one of {', '.join(ROTATION_KINDS)}, got {rotation['kind']!r}"[:300])
+    for key, attr in (("inputs", INPUT_ROTATION), ("norms", NORM_ROTATION)):
+        if not isinstance(rotation[key], list) or not all(isinstance(n, str) and n for n in rotation[key]):
+            raise ArtifactError(f"{where}: {key} must be a list of module names")
+        for module in rotation[key]:
+            if key == "inputs" and module not in weights:
+                raise ArtifactError(f"{where}: {module!r} is not a decomposed weight")
+            tensor = f"{module}.{attr}"
+            spec = base_specs.get(aliases.get(tensor, tensor))
+            length = [weights[module].in_features] if key == "inputs" else (spec or {}).get("shape")
+            if spec is None or spec["kind"] != "buffer" or spec["dtype"] != "I8" or spec["shape"] != length \
+                    or len(spec["shape"]) != 1:
+                raise ArtifactError(f"{where} needs the base buffer {tensor}, int8 signs of shape {length or '[width]'}")
 
 
 def _head_dim(config) -> int:

@@ -25,6 +25,7 @@ import copy
 import os
 import shutil
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -68,6 +69,27 @@ def _check_output(output: Path, overwrite: bool) -> None:
         raise InputError(f"{partial_dir(output)} exists and is not a folder: remove it")
 
 
+@dataclass(frozen=True, eq=False)
+class DecomposeTask:
+    """One weight to decompose: float32 (out, in) ``weight`` (scaled), float32 (in, in) ``hessian``
+    of the scaled inputs (or None) and the ``seed`` of its randomness."""
+
+    weight: torch.Tensor
+    hessian: torch.Tensor | None
+    seed: int
+
+
+def decompose_each(codec: str, settings, tasks: list[DecomposeTask], *, niter: int, calib_tokens: int) -> list[Decomposition]:
+    """The codec's decomposition of every task, in order, here (the default of :func:`compress`'s
+    ``decompose``; :mod:`bitstack.distributed.compress` spreads them over ranks).  One
+    ``Codec.decompose_many`` call, which may share work between the tasks (the planes codec's
+    joint signs: one column loop per input width) and gives ``Codec.decompose``'s results."""
+    results = get_codec(codec).decompose_many(dict(enumerate(t.weight for t in tasks)), settings, niter=niter,
+                                              hessians=dict(enumerate(t.hessian for t in tasks)),
+                                              calib_tokens=calib_tokens, seeds=dict(enumerate(t.seed for t in tasks)))
+    return [results[i] for i in range(len(tasks))]
+
+
 def layer_folds(model: nn.Module, layer: nn.Module, linears: dict[str, nn.Linear]) -> dict:
     """consumer name -> the fold rule of its input scale (:func:`~bitstack.models.architecture.plan_folds`),
     without row folds into a linear whose input rotates at run time (a rotation sits between the
@@ -99,26 +121,26 @@ def layer_scales(linears: dict[str, nn.Linear], channel_stats: dict, folds: dict
 
 
 def decompose_linears(linears: dict[str, nn.Linear], scales: dict[str, torch.Tensor], channel_stats: dict,
-                      config: CompressConfig, prefix: str, first_weight: int) -> dict[str, Decomposition]:
+                      config: CompressConfig, prefix: str, first_weight: int,
+                      decompose=decompose_each) -> dict[str, Decomposition]:
     """name -> the codec's decomposition of W·diag(s) of each linear (``prefix``.name in errors);
     ``first_weight`` numbers the first linear among all decomposed weights (it seeds the codec's
     randomness, e.g. avd's truncated SVDs).  Reads the weights, changes nothing."""
-    codec, settings = get_codec(config.codec), config.codec_settings()
-    weights, hessians = {}, {}
-    for name, linear in linears.items():
-        weights[name] = linear.weight.detach().float() * scales[name][None, :]
-        if not torch.isfinite(weights[name]).all():
-            raise InputError(f"{prefix}.{name} has NaN or infinite weights or calibration activations: "
-                             "the model cannot be compressed")
+    tasks: list[DecomposeTask] = []
+    for number, (name, linear) in enumerate(linears.items()):
+        scaled = linear.weight.detach().float() * scales[name][None, :]
+        if not torch.isfinite(scaled).all():
+            raise InputError(f"{prefix}.{name} has NaN or infinite weights or calibration activations: the model cannot be compressed")
         s, hessian = scales[name], channel_stats[name].hessian
-        hessians[name] = None if hessian is None else hessian / s[:, None] / s[None, :]  # of x / s
-    return codec.decompose_many(weights, settings, niter=config.niter, hessians=hessians,
-                                calib_tokens=config.nsamples * config.seqlen,
-                                seeds={n: config.seed + first_weight + i for i, n in enumerate(linears)})
+        tasks.append(DecomposeTask(scaled, None if hessian is None else hessian / s[:, None] / s[None, :],  # of x / s
+                                   config.seed + first_weight + number))
+    results = decompose(config.codec, config.codec_settings(), tasks, niter=config.niter,
+                        calib_tokens=config.nsamples * config.seqlen)
+    return dict(zip(linears, results))
 
 
 def _compress_layer(layer: nn.Module, linears: dict[str, nn.Linear], inputs: LayerInputs, model: nn.Module,
-                    config: CompressConfig, prefix: str, first_weight: int
+                    config: CompressConfig, prefix: str, first_weight: int, decompose=decompose_each
                     ) -> tuple[LayerInputs, tuple[list[tuple[str, torch.Tensor]], LayerRecord]]:
     """Calibrate, scale, fold and decompose one layer (modified in place).
 
@@ -132,7 +154,7 @@ def _compress_layer(layer: nn.Module, linears: dict[str, nn.Linear], inputs: Lay
     for rule in {id(r): r for r in folds.values()}.values():
         fold = fold_into_norm if rule.kind == "norm" else fold_into_rows
         fold(layer.get_submodule(rule.producer), 1.0 / scales[rule.consumers[0]])
-    results = decompose_linears(linears, scales, channel_stats, config, prefix, first_weight)
+    results = decompose_linears(linears, scales, channel_stats, config, prefix, first_weight, decompose)
     blocks: list[tuple[str, torch.Tensor]] = []
     record = LayerRecord([], {}, {}, {})
     for name, linear in linears.items():
@@ -200,6 +222,7 @@ def compress(
     device: str | torch.device | None = None,
     overwrite: bool = False,
     progress: bool = True,
+    decompose=decompose_each,
 ) -> Path:
     """Compress ``model`` into a BitStack artifact directory at ``output``.
 
@@ -211,6 +234,9 @@ def compress(
         tokenizer: required when ``model`` is a module; stored in the artifact.
         device: where the math runs (default: CUDA if available, else CPU).
         overwrite: replace an existing ``output``.
+        decompose: how each layer's weights are decomposed (:func:`decompose_each`, or a function
+            of the same signature and results, e.g. spread over ranks by
+            :mod:`bitstack.distributed.compress`).
     Returns:
         The artifact path.
     """
@@ -278,7 +304,8 @@ def compress(
             else:
                 if inputs is None:
                     inputs = capture_layer_inputs(model, decoder.layers[0], samples, config.batch_size, device)
-                inputs, record = _compress_layer(layer, linears, inputs, model, config, f"{decoder.path}.{index}", len(weights))
+                inputs, record = _compress_layer(layer, linears, inputs, model, config, f"{decoder.path}.{index}", len(weights),
+                                                decompose)
                 work.save_layer(index, *record)
                 record = record[1]
             with torch.no_grad():

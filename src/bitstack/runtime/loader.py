@@ -23,6 +23,7 @@ from bitstack.models.rotation import prepare_loaded_rotations
 from bitstack.remote.urls import with_cache_dir
 from bitstack.runtime.budget import check_floor, memory_bytes, prefix_bytes_at
 from bitstack.runtime.linear import BitStackLinear
+from bitstack.runtime.save import install_save_hook
 from bitstack.runtime.stack import LiveStack
 
 
@@ -77,7 +78,7 @@ def _share(model: nn.Module, alias: str, target: str) -> None:
 
 def load(path: str | Path, memory: str | int | None = None, *, device: torch.device | str | None = None,
          dtype: torch.dtype | str | None = None, verify: bool = True, progressive: bool = False,
-         on_progress=None, cache_dir: str | Path | None = None, remote=None) -> nn.Module:
+         on_progress=None, cache_dir: str | Path | None = None, remote=None, shard=None) -> nn.Module:
     """Load a BitStack artifact as a transformers ``PreTrainedModel`` within ``memory``.
 
     Args:
@@ -99,6 +100,9 @@ def load(path: str | Path, memory: str | int | None = None, *, device: torch.dev
             called on its thread after each step).
         cache_dir, remote: for a URL, the cache folder and the
             :class:`~bitstack.remote.urls.RemoteOptions` (docs/remote.md).
+        shard: load one rank's part of the model (a :class:`bitstack.distributed.shard.LayerShard`:
+            its layers' weights, the base tensors it needs, its sub-stack); ``memory`` is then that
+            rank's budget.  The other tensors stay on the meta device.
     Returns:
         The model in eval mode; ``model.bitstack`` describes the loaded stack, and
         :func:`bitstack.memory_bytes` gives its resident bytes (always ≤ ``memory``).
@@ -107,12 +111,14 @@ def load(path: str | Path, memory: str | int | None = None, *, device: torch.dev
     device = resolve_device(device)
     reader = open_artifact(path, verify=verify, remote=with_cache_dir(remote, cache_dir))
     try:
+        if shard is not None:
+            reader = shard.select(reader)  # the part's manifest and reader: everything below is unchanged
         manifest = reader.manifest
         dtype = resolve_dtype(dtype, manifest.compression.get("dtype", "bfloat16"))
         prefix = prefix_bytes_at(manifest, dtype)
         check_floor(manifest, prefix, budget)  # fails fast, before the model is built
         model = _build_skeleton(manifest)
-        stack = LiveStack(reader, _bitstack_linears(model, manifest, dtype), 0, dtype, device, budget, prefix)
+        stack = LiveStack(reader, bitstack_linears(model, manifest, dtype), 0, dtype, device, budget, prefix)
         try:
             prepare_loaded_rotations(model, manifest.rotation)
         except AttributeError as err:
@@ -128,20 +134,14 @@ def load(path: str | Path, memory: str | int | None = None, *, device: torch.dev
             _assign(model, name, tensor.to(device))
         for alias, target in manifest.base["aliases"].items():
             _share(model, alias, target)
-        missing = [n for n, t in list(model.named_parameters()) + list(model.named_buffers()) if t.device.type == "meta"]
+        missing = [n for n, t in list(model.named_parameters()) + list(model.named_buffers())
+                   if t.device.type == "meta" and (shard is None or shard.holds(n))]
         if missing:
             raise ArtifactError(f"the artifact lacks tensors the model needs: {', '.join(missing[:5])}")
-        model.eval()
-        model.bitstack = stack
-        stack.attach(model)
-        stack.move_to(count, budget)  # from no block to the prefix, as a resize grows
+        start_stack(model, stack, count, budget)
     except BaseException:
         reader.close()
         raise
-    resident = memory_bytes(model)
-    expected = stack.prefix_bytes[count]
-    if resident != expected:
-        raise ArtifactError(f"loaded model holds {resident} bytes, the manifest predicts {expected}")
     if progressive:
         from bitstack.remote.progressive import ProgressiveLoader
 
@@ -149,7 +149,23 @@ def load(path: str | Path, memory: str | int | None = None, *, device: torch.dev
     return model
 
 
-def _bitstack_linears(model: nn.Module, manifest, dtype: torch.dtype) -> dict[str, BitStackLinear]:
+def start_stack(model: nn.Module, stack: LiveStack, count: int, budget: int | None) -> None:
+    """Attach ``stack`` (holding no block yet) to ``model`` (its base assigned) and grow it to the
+    first ``count`` blocks; ``model.save_pretrained`` then writes the artifact
+    (:mod:`bitstack.runtime.save`).  Every load ends here (:func:`load`, and transformers'
+    ``from_pretrained`` through :mod:`bitstack.integrations.hf`)."""
+    model.eval()
+    model.bitstack = stack
+    stack.attach(model)
+    stack.move_to(count, budget)  # from no block to the prefix, as a resize grows
+    resident = memory_bytes(model)
+    expected = stack.prefix_bytes[count]
+    if resident != expected:
+        raise ArtifactError(f"loaded model holds {resident} bytes, the manifest predicts {expected}")
+    install_save_hook(model)
+
+
+def bitstack_linears(model: nn.Module, manifest, dtype: torch.dtype) -> dict[str, BitStackLinear]:
     """Replace every decomposed linear of ``model`` by an empty :class:`BitStackLinear` on the meta
     device; returns them by weight name."""
     modules: dict[str, BitStackLinear] = {}

@@ -4,8 +4,12 @@ import torch
 from tiny_models import tiny_model, tiny_tokenizer
 
 import bitstack
+from bitstack.calibration.layerwise import capture_layer_inputs, run_layer
 from bitstack.codecs.planes.settings import FEEDBACK_TOKENS_PER_INPUT
+from bitstack.compressor import decompose_linears, layer_folds, layer_scales
 from bitstack.config import CompressConfig
+from bitstack.models.architecture import find_decoder_layers, layer_linears
+from bitstack.models.rotation import rotate_model
 from bitstack.runtime.linear import BitStackLinear
 
 
@@ -38,3 +42,24 @@ def test_error_feedback_needs_enough_calibration_tokens(tmp_path):
     joint, nearest = (_signs(_compress(tmp_path, f"{s}-many.bstk", s, 8, 32)) for s in ("joint", "nearest"))
     changed = [name for name in joint if not all(torch.equal(a, b) for a, b in zip(joint[name], nearest[name]))]
     assert "model.layers.0.mlp.down_proj" in changed and len(changed) == len(joint)
+
+
+def test_layer_folds_skip_rows_across_a_run_time_rotation():
+    """down_proj's scale folds into up_proj's rows, unless down_proj's input rotates at run time;
+    layer_scales then gives gate/up one shared scale and decompose_linears every linear's blocks."""
+    config = CompressConfig(nsamples=2, seqlen=16, niter=3, group_size=16, batch_size=2)
+    for rotate in (False, True):
+        model = tiny_model("llama", num_hidden_layers=1)
+        if rotate:
+            rotate_model(model, 0)
+        layer = find_decoder_layers(model).layers[0]
+        linears = layer_linears(layer)
+        folds = layer_folds(model, layer, linears)
+        assert ("mlp.down_proj" in folds) is not rotate and "mlp.up_proj" in folds
+        samples = torch.randint(4, 64, (2, 16))
+        inputs = capture_layer_inputs(model, layer, samples, 2, torch.device("cpu"))
+        _, stats = run_layer(layer, inputs, linears, hessians=True)
+        scales = layer_scales(linears, stats, folds, config)
+        assert scales["mlp.gate_proj"] is scales["mlp.up_proj"]
+        results = decompose_linears(linears, scales, stats, config, "layer", 0)
+        assert set(results) == set(linears) and all(len(r.blocks) == 3 for r in results.values())

@@ -34,3 +34,13 @@ def test_config_roundtrip_and_validation():
         CompressConfig(dtype="int4")
     with pytest.raises(InputError, match="unknown"):
         CompressConfig.from_dict({"bogus": 1})
+
+
+def test_version_3_settings_read_as_unrotated():
+    """Config version 4 added ``rotate``; a version-3 manifest's settings mean "none"."""
+    old = {k: v for k, v in CompressConfig().to_dict().items() if k != "rotate"}
+    old["version"] = 3
+    config = CompressConfig.from_dict(old)
+    assert config.rotate == "none" and config.version == 4
+    with pytest.raises(InputError, match="rotate must be one of none, hadamard"):
+        CompressConfig(rotate="givens")

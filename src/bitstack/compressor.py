@@ -49,6 +49,7 @@ from bitstack.devices import resolve_device
 from bitstack.errors import BitstackError, InputError, UnsupportedModelError
 from bitstack.models.architecture import find_decoder_layers, layer_linears, plan_folds
 from bitstack.models.folding import fold_into_norm, fold_into_rows
+from bitstack.models.rotation import has_input_rotation, rotate_model, rotation_section
 from bitstack.models.source import load_float_model
 from bitstack.sorting.driver import SortSettings, cache_dir, sort_artifact
 from bitstack.sorting.strategies import WeightStats, universal_order
@@ -79,25 +80,31 @@ class DecomposeTask:
 
 
 def decompose_each(codec: str, settings, tasks: list[DecomposeTask], *, niter: int, calib_tokens: int) -> list[Decomposition]:
-    """``Codec.decompose`` of every task, in order, here (the default of :func:`compress`'s
-    ``decompose``; :mod:`bitstack.distributed.compress` spreads them over ranks)."""
-    return [get_codec(codec).decompose(t.weight, settings, niter=niter, hessian=t.hessian, calib_tokens=calib_tokens,
-                                       seed=t.seed) for t in tasks]
+    """The codec's decomposition of every task, in order, here (the default of :func:`compress`'s
+    ``decompose``; :mod:`bitstack.distributed.compress` spreads them over ranks).  One
+    ``Codec.decompose_many`` call, which may share work between the tasks (the planes codec's
+    joint signs: one column loop per input width) and gives ``Codec.decompose``'s results."""
+    results = get_codec(codec).decompose_many(dict(enumerate(t.weight for t in tasks)), settings, niter=niter,
+                                              hessians=dict(enumerate(t.hessian for t in tasks)),
+                                              calib_tokens=calib_tokens, seeds=dict(enumerate(t.seed for t in tasks)))
+    return [results[i] for i in range(len(tasks))]
 
 
-def _compress_layer(layer: nn.Module, linears: dict[str, nn.Linear], inputs: LayerInputs, model: nn.Module,
-                    config: CompressConfig, prefix: str, first_weight: int, decompose=decompose_each
-                    ) -> tuple[LayerInputs, tuple[list[tuple[str, torch.Tensor]], LayerRecord]]:
-    """Calibrate, scale, fold and decompose one layer (modified in place).
-
-    Returns the layer's outputs (computed before folding: the next layer's inputs), its block
-    tensors and its :class:`LayerRecord`.  ``first_weight`` numbers the layer's first linear
-    among all decomposed weights (it seeds the codec's randomness, e.g. avd's truncated SVDs).
-    """
-    codec, settings = get_codec(config.codec), config.codec_settings()
-    outputs, channel_stats = run_layer(layer, inputs, linears, hessians=codec.needs_hessian(settings))
-    scales = {name: activation_scale(st.norm_sum, st.count) for name, st in channel_stats.items()}
+def layer_folds(model: nn.Module, layer: nn.Module, linears: dict[str, nn.Linear]) -> dict:
+    """consumer name -> the fold rule of its input scale (:func:`~bitstack.models.architecture.plan_folds`),
+    without row folds into a linear whose input rotates at run time (a rotation sits between the
+    producer's rows and the consumer)."""
     folds = plan_folds(model.config.model_type, layer, linears, model.config)
+    return {c: r for c, r in folds.items() if not (r.kind == "rows" and has_input_rotation(linears[c]))}
+
+
+def layer_scales(linears: dict[str, nn.Linear], channel_stats: dict, folds: dict,
+                 config: CompressConfig) -> dict[str, torch.Tensor]:
+    """name -> the activation scale s (float32 (in,)) each linear's weight is decomposed with
+    (W·diag(s)); linears that read one input (one fold rule) share one scale, raised to the
+    configured or the codec's power.  Reads the weights, changes nothing."""
+    codec, settings = get_codec(config.codec), config.codec_settings()
+    scales = {name: activation_scale(st.norm_sum, st.count) for name, st in channel_stats.items()}
     rules = list({id(r): r for r in folds.values()}.values())
     groups = [list(rule.consumers) for rule in rules] + [[name] for name in linears if name not in folds]
     for consumers in groups:  # linears that read one input share one scale
@@ -110,11 +117,15 @@ def _compress_layer(layer: nn.Module, linears: dict[str, nn.Linear], inputs: Lay
         shared = shared if power == 1 else shared ** power
         for consumer in consumers:
             scales[consumer] = shared
-    for rule in rules:
-        fold = fold_into_norm if rule.kind == "norm" else fold_into_rows
-        fold(layer.get_submodule(rule.producer), 1.0 / scales[rule.consumers[0]])
-    blocks: list[tuple[str, torch.Tensor]] = []
-    record = LayerRecord([], {}, {}, {})
+    return scales
+
+
+def decompose_linears(linears: dict[str, nn.Linear], scales: dict[str, torch.Tensor], channel_stats: dict,
+                      config: CompressConfig, prefix: str, first_weight: int,
+                      decompose=decompose_each) -> dict[str, Decomposition]:
+    """name -> the codec's decomposition of W·diag(s) of each linear (``prefix``.name in errors);
+    ``first_weight`` numbers the first linear among all decomposed weights (it seeds the codec's
+    randomness, e.g. avd's truncated SVDs).  Reads the weights, changes nothing."""
     tasks: list[DecomposeTask] = []
     for number, (name, linear) in enumerate(linears.items()):
         scaled = linear.weight.detach().float() * scales[name][None, :]
@@ -123,9 +134,31 @@ def _compress_layer(layer: nn.Module, linears: dict[str, nn.Linear], inputs: Lay
         s, hessian = scales[name], channel_stats[name].hessian
         tasks.append(DecomposeTask(scaled, None if hessian is None else hessian / s[:, None] / s[None, :],  # of x / s
                                    config.seed + first_weight + number))
-    results = decompose(config.codec, settings, tasks, niter=config.niter, calib_tokens=config.nsamples * config.seqlen)
-    for (name, linear), result in zip(linears.items(), results):
-        full = f"{prefix}.{name}"
+    results = decompose(config.codec, config.codec_settings(), tasks, niter=config.niter,
+                        calib_tokens=config.nsamples * config.seqlen)
+    return dict(zip(linears, results))
+
+
+def _compress_layer(layer: nn.Module, linears: dict[str, nn.Linear], inputs: LayerInputs, model: nn.Module,
+                    config: CompressConfig, prefix: str, first_weight: int, decompose=decompose_each
+                    ) -> tuple[LayerInputs, tuple[list[tuple[str, torch.Tensor]], LayerRecord]]:
+    """Calibrate, scale, fold and decompose one layer (modified in place).
+
+    Returns the layer's outputs (computed before folding: the next layer's inputs), its block
+    tensors and its :class:`LayerRecord`.
+    """
+    codec = get_codec(config.codec)
+    outputs, channel_stats = run_layer(layer, inputs, linears, hessians=codec.needs_hessian(config.codec_settings()))
+    folds = layer_folds(model, layer, linears)
+    scales = layer_scales(linears, channel_stats, folds, config)
+    for rule in {id(r): r for r in folds.values()}.values():
+        fold = fold_into_norm if rule.kind == "norm" else fold_into_rows
+        fold(layer.get_submodule(rule.producer), 1.0 / scales[rule.consumers[0]])
+    results = decompose_linears(linears, scales, channel_stats, config, prefix, first_weight, decompose)
+    blocks: list[tuple[str, torch.Tensor]] = []
+    record = LayerRecord([], {}, {}, {})
+    for name, linear in linears.items():
+        full, result = f"{prefix}.{name}", results[name]
         shape = WeightShape(linear.out_features, linear.in_features, result.params)
         for i, block in enumerate(result.blocks):
             for tensor_name, tensor in zip(block_tensor_names(full, i, codec.block_parts(shape)), block.tensors):
@@ -233,6 +266,8 @@ def compress(
     for name, param in model.named_parameters():
         if not torch.isfinite(param).all():
             raise InputError(f"the model's {name} has NaN or infinite values: it cannot be compressed")
+    if config.rotate == "hadamard":
+        rotate_model(model, config.seed)
     decoder = find_decoder_layers(model)
     all_linears = [layer_linears(layer) for layer in decoder.layers]  # fails fast on odd layers
     fingerprint = run_fingerprint(config.to_dict(), source, model, device, source_digest(config.calib))
@@ -326,6 +361,7 @@ def compress(
             floor_blocks=len(weights),
             base_bytes=base_bytes,
             prefix_bytes=tuple(prefix),
+            rotation=rotation_section(model),
         )
         manifest.validate()
         work.remove_work()

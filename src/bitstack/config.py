@@ -18,13 +18,14 @@ from bitstack.codecs import DEFAULT_CODEC, VERSION_1_CODEC, codec_names, get_cod
 from bitstack.codecs.base import check_settings, setting
 from bitstack.errors import InputError
 
-CONFIG_VERSION = 3  # 2 added codec, group_size, signs, damp, scale_power (version-1 settings meant codec avd);
-# 3 added level_weights (signs "joint"; version-2 settings never used it)
+CONFIG_VERSION = 4  # 2 added codec, group_size, signs, damp, scale_power (version-1 settings meant codec avd);
+# 3 added level_weights (signs "joint"; version-2 settings never used it); 4 added rotate (earlier: "none")
 
 # proxy/random need no model; fisher, average and greedy measure validation loss after compression
 # (bitstack.sorting; see `bitstack sort`).
 SORT_STRATEGIES = ("proxy", "fisher", "leveled", "average", "greedy", "random")
 STORAGE_DTYPES = ("bfloat16", "float16", "float32")
+ROTATIONS = ("none", "hadamard")  # bitstack.models.rotation
 _DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 
 
@@ -63,6 +64,13 @@ class _Tail:
         "exponent p of the activation-aware scale s (W is decomposed as W·diag(s^p)): a number (1 = the "
         "paper's scale, 0 = none) or 'auto' ("
         + "; ".join(f"codec {n}: {get_codec(n).scale_power_rule}" for n in codec_names()) + ")",
+    )
+    rotate: str = setting(
+        "none",
+        "incoherence processing: 'hadamard' rotates the model by randomized Hadamard matrices before "
+        "compressing (folded exactly into the weights; down_proj's input and the final norm rotate at run "
+        "time; Llama-like models; seeded by --seed) or 'none'",
+        choices=ROTATIONS,
     )
     dtype: str = setting(
         "bfloat16",
@@ -107,11 +115,13 @@ class _ConfigMethods:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "CompressConfig":
-        """The config of a manifest's ``compression`` section, of any version 1 to 3."""
+        """The config of a manifest's ``compression`` section, of any version 1 to 4."""
         known = {f.name for f in dataclasses.fields(cls)}
         if data.get("version") == 1:  # before codecs: the paper's decomposition and scale
             data = {**data, "version": 2, "codec": VERSION_1_CODEC, "scale_power": "1"}
         if data.get("version") == 2:  # level_weights only matters for signs "joint", which version 2 lacked
+            data = {**data, "version": 3}
+        if data.get("version") == 3:  # before rotations
             data = {**data, "version": CONFIG_VERSION}
         unknown = sorted(set(data) - known)
         if unknown:

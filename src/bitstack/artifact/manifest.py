@@ -3,7 +3,9 @@
 Format version 3, one JSON object; ``docs/format.md`` describes every field, and what versions 1
 and 2 (still read: :func:`_upgrade_weights`) meant.  Each ``weights`` entry names its ``codec`` and
 carries that codec's ``params``; what they mean, a block's parts and the weight's base buffers are
-the codec's (:mod:`bitstack.codecs`), and so is their validation.
+the codec's (:mod:`bitstack.codecs`), and so is their validation.  The optional ``rotation``
+section (absent when the model was not rotated) names the modules whose run-time rotation signs
+are base buffers (:mod:`bitstack.models.rotation`); it carries its own version.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from bitstack.artifact.safetensors_io import DTYPE_NAMES, DTYPES
 from bitstack.codecs import codec_names, get_codec
 from bitstack.config import STORAGE_DTYPES
 from bitstack.errors import ArtifactError
+from bitstack.models.rotation import check_rotation_section
 
 FORMAT_NAME = "bitstack"
 FORMAT_VERSION = 3
@@ -81,6 +84,7 @@ class Manifest:
     floor_blocks: int
     base_bytes: int
     prefix_bytes: tuple[int, ...]
+    rotation: dict[str, Any] | None = None  # {version, kind, inputs, norms}; None: not rotated
     format: str = FORMAT_NAME
     format_version: int = FORMAT_VERSION
 
@@ -120,6 +124,8 @@ class Manifest:
         current schema; only ``format_version`` remembers the version it was read from)."""
         data = asdict(self)
         data.pop("format_version")
+        if data["rotation"] is None:  # an artifact without rotations is written as before the section existed
+            data.pop("rotation")
         ordered = {"format": data.pop("format"), "format_version": FORMAT_VERSION, **data}
         return json.dumps(ordered, indent=1) + "\n"
 
@@ -147,7 +153,7 @@ class Manifest:
             )
         if version < 1:
             raise ArtifactError(f"{what} has invalid format version {version}")
-        _check_keys(data, {f.name for f in fields(cls)}, what)
+        _check_keys(data, {f.name for f in fields(cls)} - ({"rotation"} - set(data)), what)
         if version < FORMAT_VERSION and isinstance(data["weights"], list):
             data = {**data, "weights": _upgrade_weights(data["weights"], version, what)}
         try:
@@ -165,6 +171,7 @@ class Manifest:
                 floor_blocks=_typed(data, "floor_blocks", int, what),
                 base_bytes=_typed(data, "base_bytes", int, what),
                 prefix_bytes=tuple(_typed(data, "prefix_bytes", list, what)),
+                rotation=data.get("rotation"),
             )
         except RecursionError as err:
             raise ArtifactError(f"{what} is nested too deeply") from err
@@ -225,6 +232,7 @@ class Manifest:
             for name, digest in self.tokenizer["files"].items():
                 _safe_name(name, what)
                 _digest(digest, f"{what}: tokenizer file {name!r}")
+        check_rotation_section(self.rotation, base_specs, base["aliases"], {w.name: w for w in self.weights}, what)
         seen: dict[str, int] = {}
         for w in self.weights:
             if w.name in seen or not w.name:

@@ -162,6 +162,15 @@ class Codec(abc.ABC):
         function of the arguments).
         """
 
+    def decompose_many(self, weights: Mapping[str, torch.Tensor], settings: Any, *, niter: int,
+                       hessians: Mapping[str, torch.Tensor | None], calib_tokens: int,
+                       seeds: Mapping[str, int]) -> dict[str, Decomposition]:
+        """:meth:`decompose` of several weights of one layer (name -> weight, Hessian, seed), with
+        the same results; a codec may share work between them (e.g. one loop for all).  Default:
+        one by one."""
+        return {name: self.decompose(weight, settings, niter=niter, hessian=hessians[name], calib_tokens=calib_tokens,
+                                     seed=seeds[name]) for name, weight in weights.items()}
+
     # ---- format -----------------------------------------------------------------------------
     @abc.abstractmethod
     def block_parts(self, weight: Any) -> Parts:

@@ -19,6 +19,7 @@ from bitstack.config import resolve_dtype
 from bitstack.devices import resolve_device
 from bitstack.errors import ArtifactError, InputError
 from bitstack.memory import parse_memory
+from bitstack.models.rotation import prepare_loaded_rotations
 from bitstack.remote.urls import with_cache_dir
 from bitstack.runtime.budget import check_floor, memory_bytes, prefix_bytes_at
 from bitstack.runtime.linear import BitStackLinear
@@ -118,6 +119,10 @@ def load(path: str | Path, memory: str | int | None = None, *, device: torch.dev
         check_floor(manifest, prefix, budget)  # fails fast, before the model is built
         model = _build_skeleton(manifest)
         stack = LiveStack(reader, bitstack_linears(model, manifest, dtype), 0, dtype, device, budget, prefix)
+        try:
+            prepare_loaded_rotations(model, manifest.rotation)
+        except AttributeError as err:
+            raise ArtifactError(f"the artifact rotates a module the model does not have: {err}") from err
         count = stack.blocks_for(budget)  # kernel mode: with room for the repacks (budget.repack_reserve)
         final, count = count, (min(count, manifest.floor_blocks) if progressive else count)
         # Converting a base tensor to ``dtype`` holds one chunk of its stored bytes on top of the

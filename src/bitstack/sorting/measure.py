@@ -27,6 +27,7 @@ from torch import nn
 
 from bitstack.codecs.base import Block
 from bitstack.errors import InputError
+from bitstack.models.rotation import INPUT_ROTATION, attach_input_rotation
 from bitstack.runtime.loader import load
 
 
@@ -37,7 +38,8 @@ class DenseStackLinear(nn.Module):
         blocks: all residual blocks of the weight, in order (the codec's parts).
         count: how many are in use (1 … len(blocks)).
         weight: Ŵ in the compute dtype, shape (out, in); ``acc`` is its float32 accumulator.
-        bias: (out,) or None; input_scale: (in,) or None (shared with the loaded module).
+        bias: (out,) or None; input_scale: (in,) or None (shared with the loaded module); a
+        run-time input rotation of the loaded module is kept (:mod:`bitstack.models.rotation`).
     """
 
     def __init__(self, source: nn.Module, dtype: torch.dtype):
@@ -48,6 +50,8 @@ class DenseStackLinear(nn.Module):
         self.bias = source.bias
         self.input_scale = source.input_scale
         self.codec, self.params, self.base = source.codec, source.params, source.codec_base()
+        if getattr(source, INPUT_ROTATION, None) is not None:
+            attach_input_rotation(self, getattr(source, INPUT_ROTATION))
         self.dtype = dtype
         self.count = 0
         self.acc: torch.Tensor | None = None

@@ -13,7 +13,7 @@ import torch
 
 from bitstack.codecs.base import Block, Codec, Decomposition, Parts, check_positive_params
 from bitstack.codecs.planes import runtime
-from bitstack.codecs.planes.decompose import plane_decompose, search_scale_power
+from bitstack.codecs.planes.decompose import joint_signs_for, plane_decompose, search_scale_power
 from bitstack.codecs.planes.grid import CLIP_RATIOS, num_groups, plane_block_contribution, prefix_grid
 from bitstack.codecs.planes.settings import AUTO_SCALE_POWERS, FEEDBACK_TOKENS_PER_INPUT, PlanesSettings
 from bitstack.kernels.planes.layout import planes_group_supported
@@ -35,14 +35,27 @@ class PlanesCodec(Codec):
 
     def decompose(self, weight: torch.Tensor, settings: PlanesSettings, *, niter: int, hessian: torch.Tensor | None,
                   calib_tokens: int, seed: int) -> Decomposition:
-        # error feedback needs a well-determined Hessian: with fewer calibration tokens than
-        # FEEDBACK_TOKENS_PER_INPUT x in_features, round to nearest instead
-        feedback_ok = calib_tokens >= FEEDBACK_TOKENS_PER_INPUT * weight.shape[1]
+        return self._decompose(weight, settings, niter, hessian, calib_tokens, None)
+
+    def decompose_many(self, weights: Mapping[str, torch.Tensor], settings: PlanesSettings, *, niter: int,
+                       hessians: Mapping[str, torch.Tensor | None], calib_tokens: int,
+                       seeds: Mapping[str, int]) -> dict[str, Decomposition]:
+        # the joint signs of all weights with one column loop per input width: the same signs
+        joint = {}
+        if settings.signs == "joint":
+            chosen = {n: w for n, w in weights.items() if _feedback_ok(w, calib_tokens) and hessians[n] is not None}
+            joint = joint_signs_for(chosen, {n: hessians[n] for n in chosen}, niter, settings.group_size,
+                                    settings.level_weight_values(), damp=settings.damp, clip_ratios=_clip_ratios(settings))
+        return {n: self._decompose(w, settings, niter, hessians[n], calib_tokens, joint.get(n)) for n, w in weights.items()}
+
+    def _decompose(self, weight: torch.Tensor, settings: PlanesSettings, niter: int, hessian: torch.Tensor | None,
+                   calib_tokens: int, joint: torch.Tensor | None) -> Decomposition:
+        feedback_ok = _feedback_ok(weight, calib_tokens)
         result = plane_decompose(weight, niter, settings.group_size, hessian=hessian,
                                  feedback=settings.signs == "hessian" and feedback_ok, damp=settings.damp,
                                  level_weights=(settings.level_weight_values()
                                                 if settings.signs == "joint" and feedback_ok else None),
-                                 clip_ratios=CLIP_RATIOS if settings.clip == "search" else (1.0,))
+                                 clip_ratios=_clip_ratios(settings), joint=joint)
         return Decomposition({"group_size": settings.group_size}, result.blocks,
                              {"plane_offset": result.offset, "plane_step": result.step}, result.residual_sq)
 
@@ -90,3 +103,13 @@ class PlanesCodec(Codec):
 
     def repack_transient(self, weight: Any, blocks: int, delta: int, layout: int) -> int:
         return runtime.repack_transient(weight.out_features * ((weight.in_features + 7) // 8), blocks, delta)
+
+
+def _feedback_ok(weight: torch.Tensor, calib_tokens: int) -> bool:
+    """Error feedback needs a well-determined Hessian: with fewer calibration tokens than
+    FEEDBACK_TOKENS_PER_INPUT x in_features, the signs round to nearest instead."""
+    return calib_tokens >= FEEDBACK_TOKENS_PER_INPUT * weight.shape[1]
+
+
+def _clip_ratios(settings: PlanesSettings) -> tuple[float, ...]:
+    return CLIP_RATIOS if settings.clip == "search" else (1.0,)

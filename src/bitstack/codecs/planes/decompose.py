@@ -8,7 +8,7 @@ import torch
 
 from bitstack.codecs.base import Block
 from bitstack.codecs.planes.grid import expand_groups, plane_grid, sign_only_block
-from bitstack.codecs.planes.signs import feedback_signs, joint_signs, inverse_hessian_factor
+from bitstack.codecs.planes.signs import feedback_signs, inverse_hessian_factor, joint_signs, joint_signs_batched
 
 
 def output_error(residual: torch.Tensor, hessian: torch.Tensor | None) -> float:
@@ -36,7 +36,8 @@ class PlaneDecomposition:
 def plane_decompose(weight: torch.Tensor, niter: int, group_size: int, *, hessian: torch.Tensor | None = None,
                     feedback: bool = False, level_weights: tuple[float, ...] | None = None,
                     damp: float = 0.01, act_order: bool = True,
-                    clip_ratios: tuple[float, ...] = (1.0,)) -> PlaneDecomposition:
+                    clip_ratios: tuple[float, ...] = (1.0,),
+                    joint: torch.Tensor | None = None) -> PlaneDecomposition:
     """Decompose ``weight`` into ``niter`` bit-plane blocks (:mod:`.grid`; signs: :mod:`.signs`).
 
     Args:
@@ -56,6 +57,8 @@ def plane_decompose(weight: torch.Tensor, niter: int, group_size: int, *, hessia
             advance, so the order changes only the error feedback).
         clip_ratios: candidate grid spans for :func:`plane_grid`'s clipping search, weighted by
             the diagonal of ``hessian`` (all ones without it).
+        joint: with ``level_weights``, the joint signs already chosen with the same arguments
+            (bool (J, out, in), natural column order; :func:`joint_signs_for`), else None.
     """
     if weight.dim() != 2 or weight.dtype != torch.float32:
         raise ValueError(f"plane_decompose expects a float32 matrix, got {weight.dtype} of shape {tuple(weight.shape)}")
@@ -81,17 +84,21 @@ def plane_decompose(weight: torch.Tensor, niter: int, group_size: int, *, hessia
         raise ValueError(f"level_weights must be finite numbers >= 0, not all 0, got {level_weights!r}")
     if level_weights is not None and not any(level_weights[:niter]):
         raise ValueError(f"level_weights {tuple(level_weights)!r} give no weight to the first {niter} blocks")
+    if joint is not None and level_weights is not None and \
+            tuple(joint.shape) != (len(tuple(level_weights)[:niter]), out_features, in_features):
+        raise ValueError(f"joint signs of shape {tuple(joint.shape)} do not fit the weight and level_weights")
     order = inverse = None
     factor = None
-    if feedback or level_weights is not None:
+    if feedback or (level_weights is not None and joint is None):
         h = hessian.to(torch.float32)
         if act_order:
             order = torch.argsort(h.diagonal(), descending=True)
             inverse = torch.argsort(order)
             h = h[order][:, order]
         factor = inverse_hessian_factor(h, damp)
-    joint = None
-    if level_weights is not None:
+    if level_weights is None:
+        joint = None
+    elif joint is None:
         cols = order if order is not None else slice(None)
         joint = joint_signs(weight[:, cols], current[:, cols], base_step[:, cols], factor,
                              tuple(level_weights)[:niter])
@@ -160,3 +167,34 @@ def search_scale_power(weights: list[torch.Tensor], hessians: list[torch.Tensor]
             total += sum(err[j - 1] / max(ref[j - 1], 1e-30) for j in levels)
         totals.append(total)
     return powers[min(range(len(powers)), key=totals.__getitem__)]
+
+
+def joint_signs_for(weights: dict[str, torch.Tensor], hessians: dict[str, torch.Tensor], niter: int, group_size: int,
+                    level_weights: tuple[float, ...], *, damp: float = 0.01, act_order: bool = True,
+                    clip_ratios: tuple[float, ...] = (1.0,)) -> dict[str, torch.Tensor]:
+    """The joint signs :func:`plane_decompose` would choose for each weight (same grid, order and
+    factor), with one column loop per input width (:func:`~.signs.joint_signs_batched`).
+
+    weights: name -> float32 (out, in) in the scaled space; hessians: name -> float32 (in, in).
+    Returns name -> positive bool (J, out, in), J = len(level_weights[:niter]), natural column order.
+    """
+    prepared: dict[int, list] = {}
+    for name, weight in weights.items():
+        hessian = hessians[name]
+        in_features = weight.shape[1]
+        offset, step = plane_grid(weight, group_size, ratios=clip_ratios, importance=hessian.diagonal().clamp_min(0))
+        base_step = expand_groups(step, in_features, group_size)
+        centre = expand_groups(offset, in_features, group_size)
+        h = hessian.to(torch.float32)
+        order = torch.argsort(h.diagonal(), descending=True) if act_order else torch.arange(in_features, device=h.device)
+        h = h[order][:, order]
+        factor = inverse_hessian_factor(h, damp)
+        prepared.setdefault(in_features, []).append((name, order, weight[:, order], centre[:, order],
+                                                     base_step[:, order], factor))
+    out: dict[str, torch.Tensor] = {}
+    for group in prepared.values():
+        signs = joint_signs_batched([g[2] for g in group], [g[3] for g in group], [g[4] for g in group],
+                                    [g[5] for g in group], tuple(level_weights)[:niter])
+        for (name, order, *_), s in zip(group, signs):
+            out[name] = s[:, :, torch.argsort(order)]
+    return out

@@ -17,6 +17,12 @@ error relative to its bin size).  Every state then spreads its own error over th
 decided, so each prefix compensates its own rounding, as GPTQ does at one bit width, while all
 prefixes share their signs.  Blocks beyond J round to the nearest half of each bin of the original
 weight, so a long stack still converges to W wherever the first J blocks left it in reach.
+
+Batched joint signs.  The column loop costs one step per column whatever its size, so on a GPU
+:func:`joint_signs_batched` runs the loops of several weights with the same number of input columns
+(q, k, v, o, gate, up of a Llama layer) as one: their rows are stacked, every row reads the
+inverse-Hessian factor of its own weight, rows never mix, and each row sees exactly the operations
+of :func:`joint_signs`, so the signs are identical.
 """
 
 from __future__ import annotations
@@ -125,3 +131,49 @@ def joint_signs(target: torch.Tensor, centre: torch.Tensor, base_step: torch.Ten
             errors[:, :, i] = err
         work[:, :, last:] -= torch.einsum("lob,bn->lon", errors, factor[first:last, last:])
     return positive
+
+
+def joint_signs_batched(targets: list[torch.Tensor], centres: list[torch.Tensor], steps: list[torch.Tensor],
+                        factors: list[torch.Tensor], level_weights: tuple[float, ...],
+                        block_columns: int = 128) -> list[torch.Tensor]:
+    """:func:`joint_signs` of each (target, centre, step, factor) in one loop over the columns
+    (module docstring, "Batched joint signs").
+
+    targets, centres, steps: float32 (out_w, in) each, the same ``in``, columns in each weight's
+    decision order; factors: float32 (in, in) each.  Returns positive bool (J, out_w, in) per weight.
+    """
+    columns = targets[0].shape[1]
+    if any(t.shape[1] != columns for t in targets):
+        raise ValueError("joint_signs_batched needs weights with the same number of input columns")
+    device = targets[0].device
+    rows = [t.shape[0] for t in targets]
+    owner = torch.repeat_interleave(torch.arange(len(targets), device=device), torch.tensor(rows, device=device))
+    bounds = [0]
+    for r in rows:
+        bounds.append(bounds[-1] + r)
+    target, centre, step = torch.cat(targets), torch.cat(centres), torch.cat(steps)  # (R, in)
+    factor = torch.stack(factors)  # (P, in, in)
+    joint = len(level_weights)
+    positive_codes, coefficient = _code_table(joint, device)
+    lam = torch.tensor([w * 4.0 ** (j + 1) for j, w in enumerate(level_weights)], device=device)[:, None, None]
+    work = target[None].repeat(joint, 1, 1)  # (J, R, in)
+    positive = torch.empty(joint, target.shape[0], columns, dtype=torch.bool, device=device)
+    total = target.shape[0]
+    for first in range(0, columns, block_columns):
+        last = min(first + block_columns, columns)
+        w_block = work[:, :, first:last].clone()
+        errors = torch.empty_like(w_block)
+        for i in range(last - first):
+            column = first + i
+            w = w_block[:, :, i]  # (J, R)
+            values = centre[None, :, column, None] + step[None, :, column, None] * coefficient[:, None, :]
+            best = (lam * (w[:, :, None] - values).square()).sum(0).argmin(1)
+            positive[:, :, column] = positive_codes[best].T
+            chosen = values.gather(2, best[None, :, None].expand(joint, total, 1)).squeeze(2)
+            err = (w - chosen) / factor[:, column, column][owner][None, :]
+            w_block[:, :, i:] -= err[:, :, None] * factor[:, column, column:last][owner][None, :, :]
+            errors[:, :, i] = err
+        for p in range(len(targets)):
+            lo, hi = bounds[p], bounds[p + 1]
+            work[:, lo:hi, last:] -= torch.einsum("lob,bn->lon", errors[:, lo:hi], factor[p, first:last, last:])
+    return [positive[:, bounds[p]:bounds[p + 1]] for p in range(len(targets))]

@@ -45,12 +45,14 @@ from bitstack.codecs.base import Block, WeightShape
 from bitstack.config import CompressConfig, resolve_dtype
 from bitstack.core.scaling import activation_scale
 from bitstack.devices import resolve_device
-from bitstack.errors import BitstackError, InputError, UnsupportedModelError
+from bitstack.errors import BitstackError, InputError, StorageError, UnsupportedModelError, storage_error
 from bitstack.models.architecture import find_decoder_layers, layer_linears, plan_folds
 from bitstack.models.folding import fold_into_norm, fold_into_rows
 from bitstack.models.source import load_float_model
 from bitstack.sorting.driver import SortSettings, cache_dir, sort_artifact
 from bitstack.sorting.strategies import WeightStats, universal_order
+
+SORTED_DIR = "sorted"  # inside <out>.partial/: the re-sorted artifact, renamed to <out> when complete
 
 
 def _check_output(output: Path, overwrite: bool) -> None:
@@ -212,9 +214,10 @@ def compress(
     decoder = find_decoder_layers(model)
     all_linears = [layer_linears(layer) for layer in decoder.layers]  # fails fast on odd layers
     fingerprint = run_fingerprint(config.to_dict(), source, model, device, source_digest(config.calib))
-    work = WorkDir.resume(output, fingerprint, overwrite=overwrite)  # None: nothing to resume
-    created = work is None
+    created, work = True, None
     try:
+        work = WorkDir.resume(output, fingerprint, overwrite=overwrite)  # None: nothing to resume
+        created = work is None
         model.to(device)
         done = work.finished_layers(len(decoder.layers)) if work is not None else 0
         samples = work.load_samples(config.nsamples, config.seqlen) if work is not None else None
@@ -303,22 +306,29 @@ def compress(
             prefix_bytes=tuple(prefix),
         )
         manifest.validate()
-        work.remove_work()
+        if config.sort in ("proxy", "random"):
+            work.remove_work()  # kept until here: a failure before this point resumes after the last layer
+            return finish(output, work.partial, manifest, overwrite=overwrite)
+        # measured orders re-sort the complete artifact into <out>.partial/sorted/ while the work is
+        # kept: a failure during the sort resumes with every layer done (and the sort's measurements
+        # cached in <out>.partial.sortcache/), and writes the same bytes
+        atomic_write_bytes(work.partial / MANIFEST_NAME, manifest.to_json().encode("utf-8"))
+        sorted_dir = work.partial / SORTED_DIR
+        sort_artifact(work.partial, config.sort, SortSettings(val=config.calib, seed=config.seed, device=str(device)),
+                      progress=progress, dest=sorted_dir)
+        manifest = Manifest.from_json((sorted_dir / MANIFEST_NAME).read_bytes())
+        path = finish(output, sorted_dir, manifest, overwrite=overwrite)
+        work.remove()
+        shutil.rmtree(cache_dir(work.partial), ignore_errors=True)
+        return path
+    except StorageError:
+        raise  # the disk, not the input: keep the work for a resume
     except BitstackError:
         if created and work is not None:
             work.remove()  # bad input: leave nothing behind
         raise
+    except OSError as err:
+        raise storage_error(err, "compression stopped", "rerun the same command: it resumes after the last finished layer") from err
     finally:
         if work is not None:
             work.release()  # a kill or another error keeps the work for a resume
-    if config.sort not in ("proxy", "random"):
-        # measured orders re-sort the complete artifact while it is still <out>.partial, so that a
-        # kill during the sort leaves no artifact at <out>: the same command then starts over
-        # (a partial folder without work files is stale) and writes the same bytes
-        manifest.validate()
-        atomic_write_bytes(work.partial / MANIFEST_NAME, manifest.to_json().encode("utf-8"))
-        sort_artifact(work.partial, config.sort, SortSettings(val=config.calib, seed=config.seed, device=str(device)),
-                      progress=progress)
-        manifest = Manifest.from_json((work.partial / MANIFEST_NAME).read_bytes())
-        shutil.rmtree(cache_dir(work.partial), ignore_errors=True)
-    return finish(output, work.partial, manifest, overwrite=overwrite)

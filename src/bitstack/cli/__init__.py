@@ -15,7 +15,7 @@ from bitstack.cli import compress, curve, demo, evaluate, generate, info, sort
 from bitstack.cli.common import check_numbers
 from bitstack.cli.compress import config_from_args
 from bitstack.cli.info import info_dict
-from bitstack.errors import BitstackError
+from bitstack.errors import BitstackError, storage_error
 
 __all__ = ["main", "build_parser", "config_from_args", "info_dict", "COMMANDS"]
 
@@ -45,9 +45,19 @@ def main(argv: list[str] | None = None) -> int:
         check_numbers(args)
         return args.func(args)
     except BitstackError as err:
-        message = " ".join(str(err).split())
-        print(f"bitstack: error: {message}", file=sys.stderr)
-        return 2
+        return _one_line_error(err)
+    except OSError as err:  # the disk or the file system, wherever the library did not name it itself
+        return _one_line_error(storage_error(err, f"{args.command} failed"))
     except KeyboardInterrupt:
-        print("bitstack: interrupted", file=sys.stderr)
+        resumes = " (rerun the same command to resume where it stopped)" if args.command in RESUMABLE else ""
+        print(f"\nbitstack: interrupted{resumes}", file=sys.stderr)  # on its own line, after any progress bar
         return 130
+
+
+RESUMABLE = ("compress", "sort", "demo")  # commands whose rerun resumes the saved progress
+
+
+def _one_line_error(err: BaseException) -> int:
+    message = " ".join(str(err).split())
+    print(f"bitstack: error: {message}", file=sys.stderr)
+    return 2

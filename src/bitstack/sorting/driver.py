@@ -345,8 +345,10 @@ def compute_order(path: str | Path, strategy: str, settings: SortSettings | None
 
 
 def sort_artifact(path: str | Path, strategy: str, settings: SortSettings | None = None, *,
-                  shard_mb: float | None = None, use_cache: bool = True, progress: bool = True) -> SortResult:
-    """Compute ``strategy``'s order for the artifact at ``path`` and rewrite it atomically."""
+                  shard_mb: float | None = None, use_cache: bool = True, progress: bool = True,
+                  dest: str | Path | None = None) -> SortResult:
+    """Compute ``strategy``'s order for the artifact at ``path`` and rewrite it atomically (into
+    the new folder ``dest`` instead, when given, leaving ``path`` as it is)."""
     result = compute_order(path, strategy, settings, use_cache=use_cache, progress=progress)
-    resort_artifact(path, result.order, sort_info=result.info, shard_mb=shard_mb, progress=progress)
+    resort_artifact(path, result.order, sort_info=result.info, shard_mb=shard_mb, progress=progress, dest=dest)
     return result

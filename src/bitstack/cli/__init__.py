@@ -1,4 +1,4 @@
-"""The ``bitstack`` command line: compress, info, eval, generate, chat, demo, sort, curve.
+"""The ``bitstack`` command line: compress, info, verify, eval, generate, chat, demo, sort, curve.
 
 One module per command (or group of commands) with a ``register(subparsers)`` function that adds
 its parser(s) and sets ``func``; :data:`COMMANDS` lists them in the order ``--help`` shows.
@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from bitstack.cli import compress, curve, demo, evaluate, generate, info, sort
+from bitstack.cli import compress, curve, demo, evaluate, generate, info, sort, verify
 from bitstack.cli.common import check_numbers
 from bitstack.cli.compress import config_from_args
 from bitstack.cli.info import info_dict
@@ -19,7 +19,7 @@ from bitstack.errors import BitstackError, storage_error
 
 __all__ = ["main", "build_parser", "config_from_args", "info_dict", "COMMANDS"]
 
-COMMANDS = (compress, info, evaluate, generate, demo, sort, curve)
+COMMANDS = (compress, info, verify, evaluate, generate, demo, sort, curve)
 
 
 class _Parser(argparse.ArgumentParser):

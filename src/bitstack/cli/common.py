@@ -6,24 +6,35 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import sys
 from pathlib import Path
 
 from bitstack.errors import InputError
 
 # Numeric options of any command, checked before the command runs (CompressConfig checks its own).
 _AT_LEAST_ONE = ("seqlen", "max_windows", "limit", "batch_size", "max_new_tokens", "eval_seqlen", "eval_windows",
-                 "val_windows", "val_seqlen", "greedy_step", "greedy_max_age", "points")
+                 "val_windows", "val_seqlen", "greedy_step", "greedy_max_age", "points", "top_k")
 _AT_LEAST_ZERO = ("temperature", "seed")
 
 
-def artifact_arguments(p: argparse.ArgumentParser, *, memory: bool = True) -> None:
-    """The artifact positional, and with ``memory`` the --memory, --device and --dtype options."""
+def artifact_arguments(p: argparse.ArgumentParser, *, memory: bool = True, auto: bool = True) -> None:
+    """The artifact positional, and with ``memory`` the --memory, --device and --dtype options
+    (``auto``: --memory also takes 'auto')."""
     p.add_argument("artifact", help="artifact directory")
     if memory:
-        p.add_argument("--memory", default=None, help="budget for resident weight bytes, e.g. 120MB, 1.5GiB, 123456; "
-                       "'auto' (generate, chat) follows free memory (default: whole stack)")
+        p.add_argument("--memory", default=None, help="budget for resident weight bytes, e.g. 120MB, 1.5GiB, 123456, or bits "
+                       "per parameter, e.g. 3.5bits; " + ("'auto' follows free memory; " if auto else "") + "(default: whole stack)")
         p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 … (default: cuda if available)")
         p.add_argument("--dtype", default=None, choices=("bfloat16", "float16", "float32"), help="compute dtype (default: the artifact's)")
+
+
+def print_budget_note(model) -> None:
+    """Tell (on stderr) when the budget is more than the whole stack needs."""
+    from bitstack.runtime.report import budget_note
+
+    note = budget_note(model)
+    if note:
+        print(f"[bitstack] {note}", file=sys.stderr)
 
 
 def print_json(data: dict) -> None:
@@ -51,6 +62,9 @@ def check_numbers(args: argparse.Namespace) -> None:
         if value is not None and (not math.isfinite(value) or value < least):
             option = "--" + name.replace("_", "-")
             raise InputError(f"{option} must be {'a positive' if least else 'a non-negative'} number, got {value}")
+    top_p = getattr(args, "top_p", None)
+    if top_p is not None and not (math.isfinite(top_p) and 0 < top_p <= 1):
+        raise InputError(f"--top-p must be in (0, 1], got {top_p}")
     shard_mb = getattr(args, "shard_mb", None)
     if shard_mb is not None and not (math.isfinite(shard_mb) and shard_mb > 0):
         raise InputError(f"--shard-mb must be a positive number, got {shard_mb}")

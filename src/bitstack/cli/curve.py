@@ -10,7 +10,9 @@ from bitstack.errors import InputError
 
 
 def run(args: argparse.Namespace) -> int:
-    from bitstack.evaluation.curve import artifact_axes, measure_curve, read_series_csv, write_curve
+    from bitstack.artifact.reader import ArtifactReader
+    from bitstack.evaluation.curve import artifact_axes, check_curve_prefix, measure_curve, read_series_csv, write_curve
+    from bitstack.evaluation.perplexity import check_seqlen
 
     if (args.budgets is None) == (args.points is None):
         raise InputError("give the budgets to evaluate: --budgets 100MB,120MB,... or --points N")
@@ -27,6 +29,10 @@ def run(args: argparse.Namespace) -> int:
     for file in args.series_csv or []:
         csv_series.update(read_series_csv(file))
     text = read_text(args.ppl)
+    out = check_curve_prefix(args.out or f"{str(args.artifact).rstrip('/')}-curve")  # before any point is measured
+    for path in [args.artifact] + [p for _, p in extra]:
+        with ArtifactReader(path, verify=False) as reader:
+            check_seqlen(args.seqlen, reader.manifest.model["config"], option="--seqlen")
     options = dict(seqlen=args.seqlen, max_windows=args.max_windows, batch_size=args.batch_size, device=args.device,
                    dtype=args.dtype, progress=not args.quiet)
     label = args.label or Path(args.artifact).name
@@ -40,7 +46,6 @@ def run(args: argparse.Namespace) -> int:
             raise InputError(f"series name {name!r} of the CSV is used twice")
         series[name] = points
     base_bytes, params = artifact_axes(args.artifact, args.dtype)
-    out = args.out or f"{str(args.artifact).rstrip('/')}-curve"
     meta = {"artifact": str(args.artifact), "ppl_file": args.ppl, "seqlen": args.seqlen, "max_windows": args.max_windows,
             "dtype": args.dtype, "series": [name for name, _ in extra], "series_csv": args.series_csv or []}
     paths = write_curve(series, out, base_bytes=base_bytes, params=params, title=args.title, meta=meta)
@@ -68,7 +73,7 @@ def register(sub) -> None:
     p.add_argument("--label", default=None, help="name of the main series (default: the artifact's folder name)")
     p.add_argument("--title", default=None, help="plot title")
     p.add_argument("--out", default=None, help="output prefix (default: ARTIFACT-curve)")
-    p.add_argument("--seqlen", type=int, default=2048, help="perplexity window length (default: 2048)")
+    p.add_argument("--seqlen", type=int, default=2048, help="perplexity window length, at most the model's context (default: 2048)")
     p.add_argument("--max-windows", type=int, default=None, help="score only the first N windows")
     p.add_argument("--batch-size", type=int, default=1, help="windows per forward pass (default: 1)")
     p.add_argument("--device", default=None, help="cpu, cuda … (default: cuda if available)")

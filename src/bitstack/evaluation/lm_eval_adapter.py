@@ -12,6 +12,8 @@ import importlib
 from collections.abc import Sequence
 from typing import Any
 
+from bitstack.errors import BitstackError
+
 __all__ = ["LmEvalNotInstalledError", "make_lm_eval_model", "evaluate_with_lm_eval"]
 
 _INSTALL_HINT = (
@@ -21,7 +23,7 @@ _INSTALL_HINT = (
 )
 
 
-class LmEvalNotInstalledError(ImportError):
+class LmEvalNotInstalledError(BitstackError, ImportError):
     """lm-eval (lm-evaluation-harness) is needed for this call and cannot be imported."""
 
 

@@ -28,6 +28,23 @@ class PerplexityResult:
         return asdict(self)
 
 
+def model_context(config) -> int | None:
+    """The model's context length: ``max_position_embeddings`` (or ``n_positions``, ``n_ctx``) of
+    a transformers config or of its dict (a manifest's ``model["config"]``); ``None`` if unknown."""
+    for attr in ("max_position_embeddings", "n_positions", "n_ctx"):
+        value = config.get(attr) if isinstance(config, dict) else getattr(config, attr, None)
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            return value
+    return None
+
+
+def check_seqlen(seqlen: int, config, *, option: str = "seqlen") -> None:
+    """InputError if ``seqlen`` tokens do not fit the context of the model of ``config``."""
+    context = model_context(config)
+    if context is not None and seqlen > context:
+        raise InputError(f"{option} {seqlen} is longer than the model's context of {context} tokens: use at most {context}")
+
+
 def token_windows(tokens: torch.Tensor, seqlen: int, max_windows: int | None = None) -> torch.Tensor:
     """int64 (windows, seqlen): the first ``max_windows`` full windows of a 1-D token tensor."""
     if seqlen < 2:
@@ -47,6 +64,7 @@ def perplexity(model, tokenizer, text: str, *, seqlen: int = 2048, max_windows: 
     """Perplexity of ``model`` on ``text`` (see the module docstring for the protocol)."""
     from bitstack.calibration.samples import tokenize_text
 
+    check_seqlen(seqlen, getattr(model, "config", None))
     windows = token_windows(tokenize_text(tokenizer, text, special_tokens=True), seqlen, max_windows)
     return window_perplexity(model, windows, batch_size=batch_size, progress=progress)
 

@@ -19,8 +19,7 @@ from torch import nn
 
 from bitstack.artifact.reader import ArtifactReader
 from bitstack.errors import InputError
-from bitstack.memory import parse_memory
-from bitstack.runtime.budget import blocks_for_budget
+from bitstack.runtime.budget import blocks_for_budget, budget_bytes
 from bitstack.runtime.linear import BitStackLinear, append_blocks, packed_groups
 
 
@@ -101,7 +100,7 @@ class LiveStack:
         load's, so the prefix is the one a fresh load at ``memory`` would hold (:meth:`blocks_for`).
         """
         started = time.perf_counter()
-        budget = None if memory is None else parse_memory(memory)
+        budget = budget_bytes(self.manifest, memory, self.dtype)
         with self._resize_lock:
             return self._move_to(self.blocks_for(budget), budget, started)
 

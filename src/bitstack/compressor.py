@@ -55,6 +55,26 @@ from bitstack.sorting.strategies import WeightStats, universal_order
 SORTED_DIR = "sorted"  # inside <out>.partial/: the re-sorted artifact, renamed to <out> when complete
 
 
+def settings_fallbacks(config: CompressConfig, in_features: list[int]) -> dict[str, dict[str, int]]:
+    """{setting: {value used instead: number of weights}} over the weights of ``in_features``
+    inputs, where the codec falls back with this much calibration (``Codec.settings_used``)."""
+    codec, settings = get_codec(config.codec), config.codec_settings()
+    counts: dict[str, dict[str, int]] = {}
+    for inputs in in_features:
+        for name, value in codec.settings_used(settings, calib_tokens=config.nsamples * config.seqlen, in_features=inputs).items():
+            counts.setdefault(name, {}).setdefault(str(value), 0)
+            counts[name][str(value)] += 1
+    return counts
+
+
+def fallback_message(config: CompressConfig, fallbacks: dict[str, dict[str, int]]) -> str:
+    """One line that says which settings fall back, for how many weights, and the fix."""
+    parts = [f"{count} weights use {name} {value!r} instead of {getattr(config, name)!r}"
+             for name, used in fallbacks.items() for value, count in used.items()]
+    return (f"{'; '.join(parts)}: {config.nsamples} x {config.seqlen} calibration tokens are too few for them "
+            f"(raise --nsamples or --seqlen; see --help)")
+
+
 def _check_output(output: Path, overwrite: bool) -> None:
     """Fail fast, before any work, on an output path that cannot be written."""
     if output.exists() and not overwrite:
@@ -213,6 +233,9 @@ def compress(
             raise InputError(f"the model's {name} has NaN or infinite values: it cannot be compressed")
     decoder = find_decoder_layers(model)
     all_linears = [layer_linears(layer) for layer in decoder.layers]  # fails fast on odd layers
+    fallbacks = settings_fallbacks(config, [linear.in_features for linears in all_linears for linear in linears.values()])
+    if fallbacks:
+        print(f"bitstack: {fallback_message(config, fallbacks)}", file=sys.stderr)
     fingerprint = run_fingerprint(config.to_dict(), source, model, device, source_digest(config.calib))
     created, work = True, None
     try:
@@ -296,7 +319,7 @@ def compress(
             library_version=__version__,
             model={"source": source, "config": config_dict, "generation_config": generation.to_dict() if generation is not None else None},
             tokenizer=tokenizer_section,
-            compression=config.to_dict(),
+            compression={**config.to_dict(), **({"fallbacks": fallbacks} if fallbacks else {})},
             base=base_section,
             weights=tuple(weights),
             shards=tuple(shards),

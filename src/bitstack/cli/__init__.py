@@ -9,6 +9,7 @@ Adding a command: one module, one line in :data:`COMMANDS`.  Errors the user can
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 
 from bitstack.cli import compress, curve, demo, evaluate, generate, info, sort, verify
@@ -43,6 +44,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         check_numbers(args)
+        if getattr(args, "quiet", False):
+            with _library_bars_off():
+                return args.func(args)
         return args.func(args)
     except BitstackError as err:
         return _one_line_error(err)
@@ -55,6 +59,24 @@ def main(argv: list[str] | None = None) -> int:
 
 
 RESUMABLE = ("compress", "sort", "demo")  # commands whose rerun resumes the saved progress
+
+
+@contextlib.contextmanager
+def _library_bars_off():
+    """--quiet: no progress bar of transformers or huggingface_hub either (e.g. "Loading weights");
+    their switches are process-wide, so they are restored afterwards."""
+    try:
+        from transformers.utils import logging as hf_logging
+    except ImportError:  # pragma: no cover - transformers is a dependency
+        yield
+        return
+    was_on = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()  # also turns huggingface_hub's bars off
+    try:
+        yield
+    finally:
+        if was_on:
+            hf_logging.enable_progress_bar()
 
 
 def _one_line_error(err: BaseException) -> int:

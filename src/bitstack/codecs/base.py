@@ -162,6 +162,12 @@ class Codec(abc.ABC):
         function of the arguments).
         """
 
+    def settings_used(self, settings: Any, *, calib_tokens: int, in_features: int) -> dict[str, Any]:
+        """The settings :meth:`decompose` applies otherwise than asked to a weight of
+        ``in_features`` inputs calibrated on ``calib_tokens`` tokens ({field: value used}; a rule
+        that needs more calibration falls back).  Default: none."""
+        return {}
+
     # ---- format -----------------------------------------------------------------------------
     @abc.abstractmethod
     def block_parts(self, weight: Any) -> Parts:

@@ -35,9 +35,7 @@ class PlanesCodec(Codec):
 
     def decompose(self, weight: torch.Tensor, settings: PlanesSettings, *, niter: int, hessian: torch.Tensor | None,
                   calib_tokens: int, seed: int) -> Decomposition:
-        # error feedback needs a well-determined Hessian: with fewer calibration tokens than
-        # FEEDBACK_TOKENS_PER_INPUT x in_features, round to nearest instead
-        feedback_ok = calib_tokens >= FEEDBACK_TOKENS_PER_INPUT * weight.shape[1]
+        feedback_ok = not self.settings_used(settings, calib_tokens=calib_tokens, in_features=weight.shape[1])
         result = plane_decompose(weight, niter, settings.group_size, hessian=hessian,
                                  feedback=settings.signs == "hessian" and feedback_ok, damp=settings.damp,
                                  level_weights=(settings.level_weight_values()
@@ -45,6 +43,13 @@ class PlanesCodec(Codec):
                                  clip_ratios=CLIP_RATIOS if settings.clip == "search" else (1.0,))
         return Decomposition({"group_size": settings.group_size}, result.blocks,
                              {"plane_offset": result.offset, "plane_step": result.step}, result.residual_sq)
+
+    def settings_used(self, settings: PlanesSettings, *, calib_tokens: int, in_features: int) -> dict[str, Any]:
+        # error feedback needs a well-determined Hessian: with fewer calibration tokens than
+        # FEEDBACK_TOKENS_PER_INPUT x in_features, round to nearest instead
+        if settings.signs != "nearest" and calib_tokens < FEEDBACK_TOKENS_PER_INPUT * in_features:
+            return {"signs": "nearest"}
+        return {}
 
     def block_parts(self, weight: Any) -> Parts:
         out_features, in_features = weight.out_features, weight.in_features

@@ -38,3 +38,19 @@ def test_error_feedback_needs_enough_calibration_tokens(tmp_path):
     joint, nearest = (_signs(_compress(tmp_path, f"{s}-many.bstk", s, 8, 32)) for s in ("joint", "nearest"))
     changed = [name for name in joint if not all(torch.equal(a, b) for a, b in zip(joint[name], nearest[name]))]
     assert "model.layers.0.mlp.down_proj" in changed and len(changed) == len(joint)
+
+
+def test_a_fallback_is_said_and_recorded(tmp_path, capsys):
+    """Too few calibration tokens for signs 'joint': the run says how many weights round to nearest
+    and the manifest records it (``bitstack info`` shows it); with enough tokens nothing is said."""
+    import json
+
+    capsys.readouterr()
+    few = _compress(tmp_path, "few.bstk", "joint", 11, 8)
+    err = capsys.readouterr().err
+    manifest = json.loads((few / "manifest.json").read_text())
+    assert manifest["compression"]["fallbacks"] == {"signs": {"nearest": len(manifest["weights"])}}
+    assert f"{len(manifest['weights'])} weights use signs 'nearest' instead of 'joint'" in err and "--nsamples" in err
+    many = _compress(tmp_path, "many.bstk", "joint", 8, 32)
+    assert "fallbacks" not in json.loads((many / "manifest.json").read_text())["compression"]
+    assert "instead of" not in capsys.readouterr().err

@@ -238,6 +238,12 @@ def compress(
         print(f"bitstack: {fallback_message(config, fallbacks)}", file=sys.stderr)
     fingerprint = run_fingerprint(config.to_dict(), source, model, device, source_digest(config.calib))
     created, work = True, None
+    phases = 3 if config.sort in ("proxy", "random") else 4
+
+    def phase(number: int, name: str, detail: str) -> None:
+        if progress:
+            print(f"bitstack: [{number}/{phases}] {name}: {detail}", file=sys.stderr, flush=True)
+
     try:
         work = WorkDir.resume(output, fingerprint, overwrite=overwrite)  # None: nothing to resume
         created = work is None
@@ -245,6 +251,7 @@ def compress(
         done = work.finished_layers(len(decoder.layers)) if work is not None else 0
         samples = work.load_samples(config.nsamples, config.seqlen) if work is not None else None
         if samples is None and done < len(decoder.layers):
+            phase(1, "calibration text", f"{config.nsamples} x {config.seqlen} tokens from {config.calib!r}")
             samples = calibration_samples(config.calib, _sampler(model, config, device), tokenizer, config.nsamples,
                                           config.seqlen, config.seed, batch_size=config.batch_size, progress=progress)
         if work is None:
@@ -260,6 +267,7 @@ def compress(
         codec_base: dict[str, dict[str, torch.Tensor]] = {}
         decomposed: set[str] = set()
         inputs = None
+        phase(2, "decomposing", f"{len(decoder.layers)} layers, each calibrated on {config.nsamples} x {config.seqlen} tokens")
         bar = tqdm(total=sum(len(l) for l in all_linears), desc="decomposing", unit="weight", disable=not progress)
         for index, (layer, linears) in enumerate(zip(decoder.layers, all_linears)):
             if index < done:
@@ -271,6 +279,7 @@ def compress(
             else:
                 if inputs is None:
                     inputs = capture_layer_inputs(model, decoder.layers[0], samples, config.batch_size, device)
+                bar.set_postfix_str(f"layer {index}")  # shown at once: the first update can be minutes away
                 inputs, record = _compress_layer(layer, linears, inputs, model, config, f"{decoder.path}.{index}", len(weights))
                 work.save_layer(index, *record)
                 record = record[1]
@@ -289,6 +298,7 @@ def compress(
         bar.close()
         del inputs
         work.clear_outputs()  # leftovers of a killed final stage
+        phase(3, "writing the artifact", f"{sum(e.num_blocks for e in weights)} blocks")
 
         # fisher/average/greedy need the finished artifact: they start from proxy and re-sort below
         order = universal_order(stats, config.sort if config.sort in ("proxy", "random") else "proxy", seed=config.seed)
@@ -337,6 +347,8 @@ def compress(
         # cached in <out>.partial.sortcache/), and writes the same bytes
         atomic_write_bytes(work.partial / MANIFEST_NAME, manifest.to_json().encode("utf-8"))
         sorted_dir = work.partial / SORTED_DIR
+        phase(4, f"sorting the stack ({config.sort})", "validation passes on the artifact: a fixed cost that does "
+              "not depend on the calibration size")
         sort_artifact(work.partial, config.sort, SortSettings(val=config.calib, seed=config.seed, device=str(device)),
                       progress=progress, dest=sorted_dir)
         manifest = Manifest.from_json((sorted_dir / MANIFEST_NAME).read_bytes())

@@ -4,6 +4,7 @@ the numeric option checks."""
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import sys
@@ -23,9 +24,29 @@ def artifact_arguments(p: argparse.ArgumentParser, *, memory: bool = True, auto:
     p.add_argument("artifact", help="artifact directory")
     if memory:
         p.add_argument("--memory", default=None, help="budget for resident weight bytes, e.g. 120MB, 1.5GiB, 123456, or bits "
-                       "per parameter, e.g. 3.5bits; " + ("'auto' follows free memory; " if auto else "") + "(default: whole stack)")
+                       "per parameter, e.g. 3.5bits" + ("; 'auto' follows free memory" if auto else "") + " (default: whole stack)")
         p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 … (default: cuda if available)")
         p.add_argument("--dtype", default=None, choices=("bfloat16", "float16", "float32"), help="compute dtype (default: the artifact's)")
+
+
+def settings_options(p: argparse.ArgumentParser, settings_type, *, skip: tuple[str, ...] = ()) -> None:
+    """One option per field of the settings dataclass ``settings_type`` (but ``skip``), with the
+    default, help and choices of its metadata (:func:`bitstack.codecs.base.setting`): the Python
+    API and the command line share one set of defaults.  A field whose default is ``None`` names
+    its value type in the metadata (``type=int``)."""
+    for f in dataclasses.fields(settings_type):
+        if f.name in skip:
+            continue
+        kind = f.metadata.get("type") or type(f.default)
+        p.add_argument("--" + f.name.replace("_", "-"), dest=f.name, type=kind, default=f.default,
+                       choices=f.metadata.get("choices"),
+                       help=f.metadata["help"] + ("" if f.default is None else f" (default: {f.default})"))
+
+
+def settings_from_args(settings_type, args: argparse.Namespace, **extra):
+    """The ``settings_type`` of the options :func:`settings_options` added (and ``extra`` fields)."""
+    names = {f.name for f in dataclasses.fields(settings_type)}
+    return settings_type(**{n: getattr(args, n) for n in names if n not in extra and hasattr(args, n)}, **extra)
 
 
 def print_budget_note(model) -> None:

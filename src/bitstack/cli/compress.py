@@ -7,20 +7,14 @@ import argparse
 import dataclasses
 import time
 
+from bitstack.cli.common import settings_options
 from bitstack.config import CompressConfig
 
 
 def config_options(parser: argparse.ArgumentParser) -> None:
     """One option per :class:`CompressConfig` field (but ``version``), with its default and help."""
-    group = parser.add_argument_group("compression settings (defaults from CompressConfig)")
-    for f in dataclasses.fields(CompressConfig):
-        if f.name == "version":
-            continue
-        kind = type(f.default)
-        group.add_argument(
-            "--" + f.name.replace("_", "-"), dest=f.name, type=kind, default=f.default,
-            choices=f.metadata.get("choices"), help=f"{f.metadata['help']} (default: {f.default})",
-        )
+    settings_options(parser.add_argument_group("compression settings (defaults from CompressConfig)"), CompressConfig,
+                     skip=("version",))
 
 
 def config_from_args(args: argparse.Namespace) -> CompressConfig:

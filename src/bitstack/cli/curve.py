@@ -5,8 +5,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from bitstack.cli.common import artifact_arguments, print_json, read_text
+from bitstack.cli.common import artifact_arguments, print_json, read_text, settings_options
 from bitstack.errors import InputError
+from bitstack.evaluation.perplexity import PerplexitySettings
 
 
 def run(args: argparse.Namespace) -> int:
@@ -73,9 +74,7 @@ def register(sub) -> None:
     p.add_argument("--label", default=None, help="name of the main series (default: the artifact's folder name)")
     p.add_argument("--title", default=None, help="plot title")
     p.add_argument("--out", default=None, help="output prefix (default: ARTIFACT-curve)")
-    p.add_argument("--seqlen", type=int, default=2048, help="perplexity window length, at most the model's context (default: 2048)")
-    p.add_argument("--max-windows", type=int, default=None, help="score only the first N windows")
-    p.add_argument("--batch-size", type=int, default=1, help="windows per forward pass (default: 1)")
+    settings_options(p, PerplexitySettings)
     p.add_argument("--device", default=None, help="cpu, cuda … (default: cuda if available)")
     p.add_argument("--dtype", default=None, choices=("bfloat16", "float16", "float32"), help="compute dtype (default: the artifact's)")
     p.add_argument("--json", action="store_true", help="print the points as one JSON object")

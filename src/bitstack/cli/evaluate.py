@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import argparse
 
-from bitstack.cli.common import artifact_arguments, print_budget_note, print_json, read_text
+from bitstack.cli.common import artifact_arguments, print_budget_note, print_json, read_text, settings_options
 from bitstack.errors import InputError
+from bitstack.evaluation.perplexity import PerplexitySettings
+from bitstack.evaluation.zeroshot import ZeroShotSettings
 
 
 def run(args: argparse.Namespace) -> int:
@@ -43,14 +45,14 @@ def run(args: argparse.Namespace) -> int:
         from bitstack.evaluation.perplexity import perplexity
 
         ppl = perplexity(model, tokenizer, text, seqlen=args.seqlen, max_windows=args.max_windows,
-                         batch_size=args.batch_size, progress=not args.quiet)
+                         batch_size=args.batch_size or PerplexitySettings.batch_size, progress=not args.quiet)
         result["ppl"] = ppl.ppl
         result["ppl_detail"] = ppl.to_dict()
     if tasks:
         from bitstack.evaluation.zeroshot import evaluate_tasks
 
-        result["tasks"] = evaluate_tasks(model, tokenizer, tasks, batch_size=args.batch_size, limit=args.limit,
-                                         progress=not args.quiet)
+        result["tasks"] = evaluate_tasks(model, tokenizer, tasks, batch_size=args.batch_size or ZeroShotSettings.batch_size,
+                                         limit=args.limit, progress=not args.quiet)
     if args.json:
         print_json(result)
     else:
@@ -80,11 +82,11 @@ def register(sub) -> None:
     p = sub.add_parser("eval", help="perplexity / zero-shot at a budget", description="Evaluate an artifact at a memory budget.")
     artifact_arguments(p, auto=False)
     p.add_argument("--ppl", metavar="TEXT_FILE", help="perplexity on this UTF-8 text (e.g. WikiText-2 test)")
-    p.add_argument("--seqlen", type=int, default=2048, help="perplexity window length, at most the model's context (default: 2048)")
-    p.add_argument("--max-windows", type=int, default=None, help="score only the first N windows")
+    settings_options(p, PerplexitySettings, skip=("batch_size",))
     p.add_argument("--tasks", default=None, help="zero-shot tasks, e.g. arc_easy=PATH,piqa=PATH")
-    p.add_argument("--limit", type=int, default=None, help="first N examples per task")
-    p.add_argument("--batch-size", type=int, default=1, help="sequences per forward pass (default: 1)")
+    settings_options(p, ZeroShotSettings, skip=("batch_size",))
+    p.add_argument("--batch-size", type=int, default=None, help="sequences per forward pass (default: "
+                   f"{PerplexitySettings.batch_size} for perplexity, {ZeroShotSettings.batch_size} for zero-shot)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=run)

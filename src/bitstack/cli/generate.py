@@ -6,9 +6,25 @@ from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import dataclass
 
-from bitstack.cli.common import artifact_arguments, print_budget_note
+from bitstack.cli.common import artifact_arguments, print_budget_note, settings_options
+from bitstack.codecs.base import setting
 from bitstack.errors import BitstackError, InputError
+
+
+@dataclass(frozen=True)
+class GenerateSettings:
+    """How ``generate`` and ``chat`` sample (their options and defaults)."""
+
+    max_new_tokens: int = setting(50, "tokens to generate", minimum=1)
+    temperature: float = setting(0.0, "sampling temperature; 0 = greedy")
+    top_p: float | None = setting(None, "with --temperature > 0: nucleus sampling, 0 < P <= 1", type=float)
+    top_k: int | None = setting(None, "with --temperature > 0: sample from the K likeliest tokens", type=int)
+    seed: int | None = setting(None, "seed of the sampling (default: unseeded)", type=int)
+    system: str | None = setting(None, "system prompt (with a chat template; else prepended as text)", type=str)
+    reserve: str = setting("512MB", "with --memory auto: memory to leave free")
+    hysteresis: str = setting("16MB", "with --memory auto: dead band against resize churn")
 
 CHAT_HELP = """commands (a line that starts with / is never sent to the model):
   /memory SIZE   resize in place, e.g. /memory 120MB or /memory 3.5bits (/memory full: the whole stack)
@@ -168,15 +184,8 @@ def run_chat(args: argparse.Namespace) -> int:
 
 
 def _live_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--max-new-tokens", type=int, default=50, help="tokens to generate (default: 50)")
-    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
-    p.add_argument("--top-p", type=float, default=None, help="with --temperature > 0: nucleus sampling, 0 < P <= 1")
-    p.add_argument("--top-k", type=int, default=None, help="with --temperature > 0: sample from the K likeliest tokens")
-    p.add_argument("--seed", type=int, default=None, help="seed of the sampling (default: unseeded)")
-    p.add_argument("--system", default=None, help="system prompt (needs a tokenizer with a chat template)")
+    settings_options(p, GenerateSettings)
     p.add_argument("--quiet", action="store_true", help="no status lines or progress bars")
-    p.add_argument("--reserve", default="512MB", help="with --memory auto: memory to leave free (default: 512MB)")
-    p.add_argument("--hysteresis", default="16MB", help="with --memory auto: dead band against resize churn (default: 16MB)")
 
 
 def register(sub) -> None:

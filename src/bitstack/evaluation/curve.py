@@ -34,7 +34,7 @@ from bitstack.artifact.reader import open_artifact
 from bitstack.calibration.samples import tokenize_text
 from bitstack.config import resolve_dtype
 from bitstack.errors import BudgetError, InputError
-from bitstack.evaluation.perplexity import check_seqlen, token_windows
+from bitstack.evaluation.perplexity import PerplexitySettings, check_seqlen, token_windows
 from bitstack.memory import format_sizes
 from bitstack.runtime.budget import base_bytes_at, budget_bytes
 from bitstack.runtime.loader import load_tokenizer
@@ -106,7 +106,8 @@ def evaluate_order(evaluator, order: Sequence[tuple[int, int]], budgets: Sequenc
 
 
 def measure_curve(path: str | Path, text: str, *, budgets: Sequence[int | str] | None = None, points: int | None = None,
-                  seqlen: int = 2048, max_windows: int | None = None, batch_size: int = 1, label: str | None = None,
+                  seqlen: int = PerplexitySettings.seqlen, max_windows: int | None = PerplexitySettings.max_windows,
+                  batch_size: int = PerplexitySettings.batch_size, label: str | None = None,
                   device: torch.device | str | None = None, dtype: torch.dtype | str | None = None,
                   skip_below_floor: bool = False, progress: bool = True) -> list[CurvePoint]:
     """Perplexity of the artifact at ``path`` on ``text`` at each budget (or ``points`` spread

@@ -13,7 +13,18 @@ from dataclasses import asdict, dataclass
 import torch
 import torch.nn.functional as F
 
+from bitstack.codecs.base import setting
 from bitstack.errors import InputError
+
+
+@dataclass(frozen=True)
+class PerplexitySettings:
+    """The perplexity protocol's knobs: the defaults of :func:`perplexity`, of
+    :func:`bitstack.evaluation.curve.measure_curve` and of the ``eval`` and ``curve`` commands."""
+
+    seqlen: int = setting(2048, "perplexity window length in tokens, at most the model's context", minimum=2)
+    max_windows: int | None = setting(None, "score only the first N windows (default: all)", type=int)
+    batch_size: int = setting(1, "windows per forward pass", minimum=1)
 
 
 @dataclass(frozen=True)
@@ -59,8 +70,9 @@ def token_windows(tokens: torch.Tensor, seqlen: int, max_windows: int | None = N
     return tokens[: count * seqlen].view(count, seqlen)
 
 
-def perplexity(model, tokenizer, text: str, *, seqlen: int = 2048, max_windows: int | None = None,
-               batch_size: int = 1, progress: bool = True) -> PerplexityResult:
+def perplexity(model, tokenizer, text: str, *, seqlen: int = PerplexitySettings.seqlen,
+               max_windows: int | None = PerplexitySettings.max_windows, batch_size: int = PerplexitySettings.batch_size,
+               progress: bool = True) -> PerplexityResult:
     """Perplexity of ``model`` on ``text`` (see the module docstring for the protocol)."""
     from bitstack.calibration.samples import tokenize_text
 

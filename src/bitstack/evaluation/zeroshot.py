@@ -46,9 +46,11 @@ import math
 import os
 import time
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from bitstack.codecs.base import setting
 from bitstack.evaluation.scoring import _encode_requests, encode_pair, score_requests
 from bitstack.evaluation.tasks import (
     _MULTIPLE_CHOICE,
@@ -62,6 +64,7 @@ from bitstack.evaluation.tasks import (
 )
 
 __all__ = [
+    "ZeroShotSettings",
     "KNOWN_TASKS",
     "ZeroShotError",
     "Request",
@@ -73,6 +76,14 @@ __all__ = [
     "evaluate_task",
     "evaluate_tasks",
 ]
+
+
+@dataclass(frozen=True)
+class ZeroShotSettings:
+    """The defaults of :func:`evaluate_tasks` and of ``bitstack eval --tasks``."""
+
+    batch_size: int = setting(8, "requests per forward pass", minimum=1)
+    limit: int | None = setting(None, "score only the first N documents of each task (default: all)", type=int)
 
 
 # --------------------------------------------------------------------------------------------
@@ -141,8 +152,8 @@ def evaluate_task(
     task: str,
     path: str | os.PathLike,
     *,
-    batch_size: int = 8,
-    limit: int | None = None,
+    batch_size: int = ZeroShotSettings.batch_size,
+    limit: int | None = ZeroShotSettings.limit,
     progress: bool = True,
     add_bos_token: bool | None = None,
     max_length: int | None = None,
@@ -170,8 +181,8 @@ def evaluate_tasks(
     tokenizer,
     tasks: Mapping[str, str | os.PathLike],
     *,
-    batch_size: int = 8,
-    limit: int | None = None,
+    batch_size: int = ZeroShotSettings.batch_size,
+    limit: int | None = ZeroShotSettings.limit,
     progress: bool = True,
     add_bos_token: bool | None = None,
     max_length: int | None = None,

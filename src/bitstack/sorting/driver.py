@@ -40,6 +40,7 @@ from tqdm.auto import tqdm
 from bitstack.artifact.atomic import atomic_write_bytes
 from bitstack.artifact.reader import open_artifact
 from bitstack.calibration.samples import calibration_samples, check_source
+from bitstack.codecs.base import setting
 from bitstack.config import SORT_STRATEGIES
 from bitstack.errors import InputError
 from bitstack.runtime.loader import load_tokenizer
@@ -63,15 +64,16 @@ class SortSettings:
     seed: validation windows and the ``random`` strategy.
     """
 
-    val: str = "self"
-    val_windows: int = 4
-    val_seqlen: int = 256
-    batch_size: int = 4
-    greedy_step: int = 8
-    greedy_max_age: int = 256
-    seed: int = 0
-    device: str | None = None
-    dtype: str | None = None
+    val: str = setting("self", "validation text for fisher/average/greedy: a text file, or 'self' (sampled from the model)")
+    val_windows: int = setting(4, "validation windows")
+    val_seqlen: int = setting(256, "tokens per validation window")
+    batch_size: int = setting(4, "windows per forward pass")
+    greedy_step: int = setting(8, "greedy: blocks accepted per round")
+    greedy_max_age: int = setting(256, "greedy: re-measure a gain older than this many blocks")
+    seed: int = setting(0, "seed of the validation windows and of random")
+    device: str | None = setting(None, "cpu, cuda … (default: cuda if available)", type=str)
+    dtype: str | None = setting(None, "compute dtype (default: the artifact's)", type=str,
+                                choices=("bfloat16", "float16", "float32"))
 
     def __post_init__(self) -> None:
         for name in ("val_windows", "val_seqlen", "batch_size", "greedy_step"):

@@ -131,6 +131,17 @@ def test_a_running_compression_is_not_disturbed(tmp_path, monkeypatch):
     assert (tmp_path / "e.bstk.partial" / "work" / "layer-00000.safetensors").is_file()
 
 
+def test_a_second_run_on_the_same_output_is_refused_before_its_model_loads(tmp_path, monkeypatch):
+    out = tmp_path / "e2.bstk"
+    interrupted_run(monkeypatch, out, 1)
+    with open(tmp_path / "e2.bstk.partial" / "work" / "lock", "a+b") as lock:
+        fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)  # as the first, still running process does
+        monkeypatch.setattr(compressor, "load_float_model", lambda *a, **k: pytest.fail("the model was loaded"))
+        with pytest.raises(InputError, match="another bitstack compression is writing"):
+            bitstack.compress("/some/model", out, CONFIG, device="cpu", progress=False)
+    assert (tmp_path / "e2.bstk.partial" / "work" / "layer-00000.safetensors").is_file()
+
+
 def test_bad_input_midway_leaves_nothing(tmp_path, monkeypatch):
     real = compressor._compress_layer
 

@@ -87,6 +87,7 @@ def _check_output(output: Path, overwrite: bool) -> None:
         raise InputError(f"output folder {output.parent} is not writable")
     if partial_dir(output).exists() and not partial_dir(output).is_dir():
         raise InputError(f"{partial_dir(output)} exists and is not a folder: remove it")
+    WorkDir.check_free(output)  # a second run on the same output, refused before its model loads
 
 
 def _compress_layer(layer: nn.Module, linears: dict[str, nn.Linear], inputs: LayerInputs, model: nn.Module,

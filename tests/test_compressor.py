@@ -54,3 +54,25 @@ def test_a_fallback_is_said_and_recorded(tmp_path, capsys):
     many = _compress(tmp_path, "many.bstk", "joint", 8, 32)
     assert "fallbacks" not in json.loads((many / "manifest.json").read_text())["compression"]
     assert "instead of" not in capsys.readouterr().err
+
+
+def test_progress_names_each_phase_and_moves_within_seconds(tmp_path, capsys):
+    """Each phase has its own line (the sort, whose cost does not depend on the calibration size,
+    included), the sampler's bar counts tokens, and compress --help says what defaults cost on a CPU."""
+    import pytest
+
+    from bitstack.cli import main
+
+    config = CompressConfig(calib="self", nsamples=2, seqlen=16, niter=2, group_size=16, batch_size=2, signs="nearest",
+                            dtype="float32")
+    capsys.readouterr()
+    bitstack.compress(tiny_model("llama"), tmp_path / "p.bstk", config, tokenizer=tiny_tokenizer(), device="cpu")
+    err = capsys.readouterr().err
+    for line in ("[1/4] calibration text: 2 x 16 tokens", "[2/4] decomposing", "[3/4] writing the artifact",
+                 "[4/4] sorting the stack (leveled)", "not depend on the calibration size"):
+        assert line in err
+    assert "32/32 [" in err and "tok/s" in err  # the sampling bar advances token by token
+    assert "layer 0" in err  # the layer being decomposed shows before its first update
+    with pytest.raises(SystemExit):
+        main(["compress", "--help"])
+    assert "on a CPU they take many hours" in " ".join(capsys.readouterr().out.split())

@@ -54,11 +54,9 @@ _FIXES = {
 def storage_error(err: OSError, doing: str, then: str = "") -> StorageError:
     """A one-line :class:`StorageError` for ``err``: what was being done, the path, the cause and
     its fix, then ``then`` (e.g. how to resume)."""
-    path = err.filename if err.filename is not None else "?"
-    if err.filename2 is not None:
-        path = f"{path} -> {err.filename2}"
+    path = "" if err.filename is None else f" {err.filename}" + ("" if err.filename2 is None else f" -> {err.filename2}") + ":"
     cause = _FIXES.get(err.errno, err.strerror or str(err))
-    message = f"{doing}: {path}: {cause}" + (f", then {then}" if then else "")
+    message = f"{doing}:{path} {cause}" + (f", then {then}" if then else "")
     out = StorageError(err.errno, message)
     out.filename = err.filename
     return out

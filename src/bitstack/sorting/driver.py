@@ -42,7 +42,7 @@ from bitstack.artifact.reader import open_artifact
 from bitstack.calibration.samples import calibration_samples, check_source
 from bitstack.codecs.base import setting
 from bitstack.config import SORT_STRATEGIES
-from bitstack.errors import InputError
+from bitstack.errors import InputError, StorageError, storage_error
 from bitstack.runtime.loader import load_tokenizer
 from bitstack.sorting.measure import StackEvaluator
 from bitstack.sorting.resort import resort_artifact, stack_order
@@ -351,6 +351,11 @@ def sort_artifact(path: str | Path, strategy: str, settings: SortSettings | None
                   dest: str | Path | None = None) -> SortResult:
     """Compute ``strategy``'s order for the artifact at ``path`` and rewrite it atomically (into
     the new folder ``dest`` instead, when given, leaving ``path`` as it is)."""
-    result = compute_order(path, strategy, settings, use_cache=use_cache, progress=progress)
-    resort_artifact(path, result.order, sort_info=result.info, shard_mb=shard_mb, progress=progress, dest=dest)
+    try:
+        result = compute_order(path, strategy, settings, use_cache=use_cache, progress=progress)
+        resort_artifact(path, result.order, sort_info=result.info, shard_mb=shard_mb, progress=progress, dest=dest)
+    except StorageError:
+        raise
+    except OSError as err:  # a full or read-only disk: the original is intact, measurements stay cached
+        raise storage_error(err, "sort stopped", "rerun the same command: the measurements done so far are kept") from err
     return result

@@ -60,3 +60,7 @@ def storage_error(err: OSError, doing: str, then: str = "") -> StorageError:
     out = StorageError(err.errno, message)
     out.filename = err.filename
     return out
+
+
+class RemoteError(BitstackError):
+    """A remote artifact cannot be fetched: not found, access denied, no HTTP Range support, the network failing."""

@@ -8,10 +8,11 @@ from pathlib import Path
 from bitstack.cli.common import artifact_arguments, print_json, read_text, settings_options
 from bitstack.errors import InputError
 from bitstack.evaluation.perplexity import PerplexitySettings
+from bitstack.remote.urls import is_remote
 
 
 def run(args: argparse.Namespace) -> int:
-    from bitstack.artifact.reader import ArtifactReader
+    from bitstack.artifact.reader import open_artifact
     from bitstack.evaluation.curve import artifact_axes, check_curve_prefix, measure_curve, read_series_csv, write_curve
     from bitstack.evaluation.perplexity import check_seqlen
 
@@ -30,9 +31,12 @@ def run(args: argparse.Namespace) -> int:
     for file in args.series_csv or []:
         csv_series.update(read_series_csv(file))
     text = read_text(args.ppl)
-    out = check_curve_prefix(args.out or f"{str(args.artifact).rstrip('/')}-curve")  # before any point is measured
+    out = args.out or f"{str(args.artifact).rstrip('/')}-curve"
+    if is_remote(args.artifact) and not args.out:  # written here, named after the URL's last part
+        out = f"{Path(str(args.artifact).rstrip('/')).name}-curve"
+    out = check_curve_prefix(out)  # before any point is measured
     for path in [args.artifact] + [p for _, p in extra]:
-        with ArtifactReader(path, verify=False) as reader:
+        with open_artifact(path, verify=False) as reader:
             check_seqlen(args.seqlen, reader.manifest.model["config"], option="--seqlen")
     options = dict(seqlen=args.seqlen, max_windows=args.max_windows, batch_size=args.batch_size, device=args.device,
                    dtype=args.dtype, progress=not args.quiet)
@@ -73,7 +77,7 @@ def register(sub) -> None:
     p.add_argument("--series-csv", action="append", metavar="FILE", help="extra series from a CSV with columns label,memory_bytes,ppl (repeatable)")
     p.add_argument("--label", default=None, help="name of the main series (default: the artifact's folder name)")
     p.add_argument("--title", default=None, help="plot title")
-    p.add_argument("--out", default=None, help="output prefix (default: ARTIFACT-curve)")
+    p.add_argument("--out", default=None, help="output prefix (default: ARTIFACT-curve; for a URL, NAME-curve here)")
     settings_options(p, PerplexitySettings)
     p.add_argument("--device", default=None, help="cpu, cuda … (default: cuda if available)")
     p.add_argument("--dtype", default=None, choices=("bfloat16", "float16", "float32"), help="compute dtype (default: the artifact's)")

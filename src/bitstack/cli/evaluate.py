@@ -11,7 +11,7 @@ from bitstack.evaluation.zeroshot import ZeroShotSettings
 
 
 def run(args: argparse.Namespace) -> int:
-    from bitstack.artifact.reader import ArtifactReader
+    from bitstack.artifact.reader import open_artifact
     from bitstack.config import resolve_dtype
     from bitstack.devices import resolve_device
     from bitstack.runtime.budget import budget_bytes, check_floor, prefix_bytes_at
@@ -30,7 +30,7 @@ def run(args: argparse.Namespace) -> int:
         for task, path in tasks.items():
             load_task(task, path, args.limit)
     resolve_device(args.device)  # the checks of load() that come first, then the window against the context
-    with ArtifactReader(args.artifact, verify=False) as reader:
+    with open_artifact(args.artifact, verify=False) as reader:
         m = reader.manifest
         dtype = resolve_dtype(args.dtype, m.compression.get("dtype", "bfloat16"))
         check_floor(m, prefix_bytes_at(m, dtype), budget_bytes(m, args.memory, dtype))

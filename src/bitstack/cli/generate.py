@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from bitstack.cli.common import artifact_arguments, print_budget_note, settings_options
 from bitstack.codecs.base import setting
 from bitstack.errors import BitstackError, InputError
+from bitstack.remote.cli_options import progress_printer
 
 
 @dataclass(frozen=True)
@@ -43,7 +44,10 @@ def _load_live(args: argparse.Namespace):
     """Load for generate/chat; with ``--memory auto`` start an AutoResizer that reports to stderr."""
     from bitstack.runtime.loader import load, load_tokenizer
 
+    if args.memory == "auto" and args.progressive:
+        raise InputError("--progressive needs a fixed --memory: --memory auto already starts at the floor")
     auto = None
+    tokenizer = load_tokenizer(args.artifact)  # first: a progressive load's blocks follow it on the link
     if args.memory == "auto":
         from bitstack.runtime.auto import AutoResizer
 
@@ -56,16 +60,18 @@ def _load_live(args: argparse.Namespace):
 
         auto = AutoResizer(model, reserve=args.reserve, hysteresis=args.hysteresis, on_change=report).start()
     else:
-        model = load(args.artifact, args.memory, device=args.device, dtype=args.dtype)
+        model = load(args.artifact, args.memory, device=args.device, dtype=args.dtype, progressive=args.progressive,
+                     on_progress=progress_printer if args.progressive else None)
+        auto = getattr(model.bitstack, "progressive", None)  # stopped like an AutoResizer when done
         if not args.quiet:
             print_budget_note(model)
-    return model, load_tokenizer(args.artifact), auto
+    return model, tokenizer, auto
 
 
 def _floor(path: str) -> int:
-    from bitstack.artifact.reader import ArtifactReader
+    from bitstack.artifact.reader import open_artifact
 
-    with ArtifactReader(path, verify=False) as reader:
+    with open_artifact(path, verify=False) as reader:
         return reader.manifest.floor_bytes
 
 
@@ -186,6 +192,8 @@ def run_chat(args: argparse.Namespace) -> int:
 def _live_options(p: argparse.ArgumentParser) -> None:
     settings_options(p, GenerateSettings)
     p.add_argument("--quiet", action="store_true", help="no status lines or progress bars")
+    p.add_argument("--progressive", action="store_true", help="start at the floor and attach the rest of the budget "
+                   "between forward passes as it arrives (for a URL: as it downloads)")
 
 
 def register(sub) -> None:

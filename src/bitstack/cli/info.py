@@ -8,6 +8,7 @@ import math
 from pathlib import Path
 
 from bitstack.cli.common import artifact_arguments, print_json
+from bitstack.remote.urls import is_remote
 
 
 def _compression(m) -> dict:
@@ -53,16 +54,16 @@ def _measured_curve(path: str) -> tuple[Path | None, list[dict]]:
     return csv, [p.to_dict() for p in sorted(points, key=lambda p: p.memory_bytes)]
 
 
-def info_dict(path: str) -> dict:
+def info_dict(path) -> dict:
     """What ``bitstack info --json`` prints for the artifact at ``path``."""
-    from bitstack.artifact.reader import ArtifactReader, artifact_size_on_disk
+    from bitstack.artifact.reader import open_artifact
     from bitstack.config import resolve_dtype
 
-    with ArtifactReader(path, verify=False) as reader:
+    with open_artifact(path, verify=False) as reader:  # a folder or a URL (only its manifest is fetched)
         m = reader.manifest
         params = m.decomposed_params()
         dtype = resolve_dtype(None, m.compression.get("dtype", "bfloat16"))
-        curve_file, curve = _measured_curve(path)
+        curve_file, curve = _measured_curve(path) if not is_remote(path) else (None, [])
         return {
             "path": str(path),
             "format_version": m.format_version,
@@ -78,7 +79,7 @@ def info_dict(path: str) -> dict:
             "full_bytes": m.full_bytes,
             "floor_bits_per_param": round(8 * (m.floor_bytes - m.base_bytes) / params, 4),
             "full_bits_per_param": round(8 * (m.full_bytes - m.base_bytes) / params, 4),
-            "disk_bytes": artifact_size_on_disk(path),
+            "disk_bytes": reader.disk_bytes(),  # of a URL: what the cache holds
             "codec": ", ".join(m.codecs),
             "codec_params": {w.codec: w.params for w in reversed(m.weights)},
             "codec_summary": m.codec_summary(),

@@ -28,7 +28,7 @@ def register(sub) -> None:
     p = sub.add_parser("sort", help="re-sort an artifact's universal order (no recompression)",
                        description="Compute a universal order and rewrite the artifact's stack and shards atomically. "
                                    "average/greedy measurements are saved in ARTIFACT.sortcache/ and resumed.")
-    artifact_arguments(p, memory=False)
+    artifact_arguments(p, memory=False, remote=False)  # rewrites the artifact in place
     p.add_argument("--strategy", required=True, choices=SORT_STRATEGIES, help="ordering strategy")
     settings_options(p, SortSettings)
     p.add_argument("--shard-mb", type=float, default=None, help="shard size in MB (default: the artifact's)")

@@ -31,6 +31,6 @@ def register(sub) -> None:
     p = sub.add_parser("verify", help="check every checksum of an artifact",
                        description="Check an artifact completely: the manifest, the sha256 of every file and the "
                                    "checksum of every block (a load checks only what it reads). Exit code 2 if damaged.")
-    artifact_arguments(p, memory=False)
+    artifact_arguments(p, memory=False, remote=False)
     p.add_argument("--json", action="store_true", help="print the report as one JSON object")
     p.set_defaults(func=run)

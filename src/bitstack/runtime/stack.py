@@ -94,7 +94,8 @@ class LiveStack:
         copies of this stack's modules, through ``memo``), the same loaded prefix and budget."""
         import copy
 
-        reader = open_artifact(self.reader.path, verify=self.reader.verify)
+        location = getattr(self.reader, "url", self.reader.path)  # a remote artifact's reader keeps its URL
+        reader = open_artifact(location, verify=self.reader.verify, remote=getattr(self.reader, "options", None))
         if reader.manifest != self.manifest:
             reader.close()
             raise ArtifactError(f"{self.reader.path} changed on disk since the model was loaded: load it again instead of copying")

@@ -14,12 +14,13 @@ def test_chat_resizes_in_place(tiny_artifact, capsys, monkeypatch):
     floor = m["prefix_bytes"][m["floor_blocks"]]
     monkeypatch.setattr("sys.stdin", io.StringIO(f"the cat sat\n/size\n/memory {floor}\n/memory 10B\nthe dog\n/quit\nnever read\n"))
     code = main(["chat", str(path), "--device", "cpu", "--max-new-tokens", "3"])
-    out = capsys.readouterr().out.splitlines()
+    captured = capsys.readouterr()
+    out, err = captured.out.splitlines(), captured.err.splitlines()  # replies on stdout, status lines on stderr
     assert code == 0
     assert sum(line.startswith("bot> ") for line in out) == 2
-    assert any("MB resident" in line for line in out)
-    assert any(f"-> {floor / 1e6:.1f} MB" in line for line in out)
-    assert any("below this artifact's floor" in line for line in out)  # a bad size is reported, the chat goes on
+    assert any("MB resident" in line for line in err)
+    assert any(f"-> {floor / 1e6:.1f} MB" in line for line in err)
+    assert any("below this artifact's floor" in line for line in err)  # a bad size is reported, the chat goes on
 
 
 def test_generate_memory_auto_grows_with_free_memory(tiny_artifact, capsys):

@@ -63,3 +63,39 @@ def test_layer_folds_skip_rows_across_a_run_time_rotation():
         assert scales["mlp.gate_proj"] is scales["mlp.up_proj"]
         results = decompose_linears(linears, scales, stats, config, "layer", 0)
         assert set(results) == set(linears) and all(len(r.blocks) == 3 for r in results.values())
+def test_a_fallback_is_said_and_recorded(tmp_path, capsys):
+    """Too few calibration tokens for signs 'joint': the run says how many weights round to nearest
+    and the manifest records it (``bitstack info`` shows it); with enough tokens nothing is said."""
+    import json
+
+    capsys.readouterr()
+    few = _compress(tmp_path, "few.bstk", "joint", 11, 8)
+    err = capsys.readouterr().err
+    manifest = json.loads((few / "manifest.json").read_text())
+    assert manifest["compression"]["fallbacks"] == {"signs": {"nearest": len(manifest["weights"])}}
+    assert f"{len(manifest['weights'])} weights use signs 'nearest' instead of 'joint'" in err and "--nsamples" in err
+    many = _compress(tmp_path, "many.bstk", "joint", 8, 32)
+    assert "fallbacks" not in json.loads((many / "manifest.json").read_text())["compression"]
+    assert "instead of" not in capsys.readouterr().err
+
+
+def test_progress_names_each_phase_and_moves_within_seconds(tmp_path, capsys):
+    """Each phase has its own line (the sort, whose cost does not depend on the calibration size,
+    included), the sampler's bar counts tokens, and compress --help says what defaults cost on a CPU."""
+    import pytest
+
+    from bitstack.cli import main
+
+    config = CompressConfig(calib="self", nsamples=2, seqlen=16, niter=2, group_size=16, batch_size=2, signs="nearest",
+                            dtype="float32")
+    capsys.readouterr()
+    bitstack.compress(tiny_model("llama"), tmp_path / "p.bstk", config, tokenizer=tiny_tokenizer(), device="cpu")
+    err = capsys.readouterr().err
+    for line in ("[1/4] calibration text: 2 x 16 tokens", "[2/4] decomposing", "[3/4] writing the artifact",
+                 "[4/4] sorting the stack (leveled)", "not depend on the calibration size"):
+        assert line in err
+    assert "32/32 [" in err and "tok/s" in err  # the sampling bar advances token by token
+    assert "layer 0" in err  # the layer being decomposed shows before its first update
+    with pytest.raises(SystemExit):
+        main(["compress", "--help"])
+    assert "on a CPU they take many hours" in " ".join(capsys.readouterr().out.split())

@@ -1,5 +1,6 @@
 """Resumable compression: an interrupted run, restarted, writes the same bytes as an uninterrupted one."""
 
+import errno
 import fcntl
 import json
 import os
@@ -18,7 +19,9 @@ from tiny_models import WORDS, tiny_model, tiny_tokenizer
 import bitstack
 import bitstack.compressor as compressor
 from bitstack.config import CompressConfig
-from bitstack.errors import InputError
+import bitstack.artifact.workdir as workdir
+import bitstack.sorting.resort as resort
+from bitstack.errors import InputError, StorageError
 
 CONFIG = CompressConfig(nsamples=4, seqlen=32, niter=4, rank=4, dtype="float32", batch_size=2, shard_mb=0.02)
 LAYERS = 4
@@ -128,6 +131,17 @@ def test_a_running_compression_is_not_disturbed(tmp_path, monkeypatch):
     assert (tmp_path / "e.bstk.partial" / "work" / "layer-00000.safetensors").is_file()
 
 
+def test_a_second_run_on_the_same_output_is_refused_before_its_model_loads(tmp_path, monkeypatch):
+    out = tmp_path / "e2.bstk"
+    interrupted_run(monkeypatch, out, 1)
+    with open(tmp_path / "e2.bstk.partial" / "work" / "lock", "a+b") as lock:
+        fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)  # as the first, still running process does
+        monkeypatch.setattr(compressor, "load_float_model", lambda *a, **k: pytest.fail("the model was loaded"))
+        with pytest.raises(InputError, match="another bitstack compression is writing"):
+            bitstack.compress("/some/model", out, CONFIG, device="cpu", progress=False)
+    assert (tmp_path / "e2.bstk.partial" / "work" / "layer-00000.safetensors").is_file()
+
+
 def test_bad_input_midway_leaves_nothing(tmp_path, monkeypatch):
     real = compressor._compress_layer
 
@@ -161,6 +175,56 @@ def test_stale_partial_without_progress_is_replaced(reference, tmp_path):
 def test_manifest_is_deterministic(reference):
     manifest = json.loads(reference["manifest.json"])
     assert "seconds" not in manifest["compression"]
+
+
+# ---- operating-system errors: a full disk ---------------------------------------------------
+def disk_full(path) -> OSError:
+    return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+
+
+def test_failed_sort_keeps_the_work(reference, tmp_path, monkeypatch):
+    """A full disk while the default (measured) sort rewrites the artifact: the rerun decomposes no layer."""
+    out = tmp_path / "s.bstk"
+
+    def full(src, dst, *args, **kwargs):
+        raise disk_full(dst)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(resort.shutil, "copy2", full)
+        with pytest.raises(StorageError, match="no space left on the device"):
+            run(out)
+    work = tmp_path / "s.bstk.partial" / "work"
+    assert sorted(p.name for p in work.glob("layer-*")) == [f"layer-{i:05d}.safetensors" for i in range(LAYERS)]
+    assert not out.exists()
+    with monkeypatch.context() as patch:
+        interrupt_at_layer(patch, 0)  # decomposing any layer again raises Killed
+        run(out)
+    assert files(out) == reference
+    assert not (tmp_path / "s.bstk.partial").exists() and not (tmp_path / "s.bstk.partial.sortcache").exists()
+
+
+def test_disk_full_during_a_layer_is_one_line_and_resumes(reference, tmp_path, monkeypatch):
+    out = tmp_path / "n.bstk"
+    real = workdir.write_safetensors
+
+    def full_at_layer_2(path, tensors, metadata):
+        if Path(path).name == "layer-00002.safetensors":
+            raise disk_full(path)
+        return real(path, tensors, metadata)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(workdir, "write_safetensors", full_at_layer_2)
+        with pytest.raises(StorageError) as caught:
+            run(out)
+    message = str(caught.value)
+    assert "\n" not in message and "layer-00002.safetensors" in message and "no space left" in message
+    assert "rerun the same command" in message and caught.value.errno == errno.ENOSPC
+    work = tmp_path / "n.bstk.partial" / "work"
+    assert sorted(p.name for p in work.glob("layer-*")) == ["layer-00000.safetensors", "layer-00001.safetensors"]
+    with monkeypatch.context() as patch:
+        interrupt_at_layer(patch, 2)  # layers 0 and 1 are not decomposed again
+        run(out)
+    assert files(out) == reference
 
 
 # ---- real SIGKILLs of the CLI --------------------------------------------------------------

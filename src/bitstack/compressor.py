@@ -46,13 +46,35 @@ from bitstack.codecs.base import Block, Decomposition, WeightShape
 from bitstack.config import CompressConfig, resolve_dtype
 from bitstack.core.scaling import activation_scale
 from bitstack.devices import resolve_device
-from bitstack.errors import BitstackError, InputError, UnsupportedModelError
+from bitstack.errors import BitstackError, InputError, StorageError, UnsupportedModelError, storage_error
 from bitstack.models.architecture import find_decoder_layers, layer_linears, plan_folds
 from bitstack.models.folding import fold_into_norm, fold_into_rows
 from bitstack.models.rotation import has_input_rotation, rotate_model, rotation_section
 from bitstack.models.source import load_float_model
 from bitstack.sorting.driver import SortSettings, cache_dir, sort_artifact
 from bitstack.sorting.strategies import WeightStats, universal_order
+
+SORTED_DIR = "sorted"  # inside <out>.partial/: the re-sorted artifact, renamed to <out> when complete
+
+
+def settings_fallbacks(config: CompressConfig, in_features: list[int]) -> dict[str, dict[str, int]]:
+    """{setting: {value used instead: number of weights}} over the weights of ``in_features``
+    inputs, where the codec falls back with this much calibration (``Codec.settings_used``)."""
+    codec, settings = get_codec(config.codec), config.codec_settings()
+    counts: dict[str, dict[str, int]] = {}
+    for inputs in in_features:
+        for name, value in codec.settings_used(settings, calib_tokens=config.nsamples * config.seqlen, in_features=inputs).items():
+            counts.setdefault(name, {}).setdefault(str(value), 0)
+            counts[name][str(value)] += 1
+    return counts
+
+
+def fallback_message(config: CompressConfig, fallbacks: dict[str, dict[str, int]]) -> str:
+    """One line that says which settings fall back, for how many weights, and the fix."""
+    parts = [f"{count} weights use {name} {value!r} instead of {getattr(config, name)!r}"
+             for name, used in fallbacks.items() for value, count in used.items()]
+    return (f"{'; '.join(parts)}: {config.nsamples} x {config.seqlen} calibration tokens are too few for them "
+            f"(raise --nsamples or --seqlen; see --help)")
 
 
 def _check_output(output: Path, overwrite: bool) -> None:
@@ -67,6 +89,7 @@ def _check_output(output: Path, overwrite: bool) -> None:
         raise InputError(f"output folder {output.parent} is not writable")
     if partial_dir(output).exists() and not partial_dir(output).is_dir():
         raise InputError(f"{partial_dir(output)} exists and is not a folder: remove it")
+    WorkDir.check_free(output)  # a second run on the same output, refused before its model loads
 
 
 @dataclass(frozen=True, eq=False)
@@ -270,14 +293,25 @@ def compress(
         rotate_model(model, config.seed)
     decoder = find_decoder_layers(model)
     all_linears = [layer_linears(layer) for layer in decoder.layers]  # fails fast on odd layers
+    fallbacks = settings_fallbacks(config, [linear.in_features for linears in all_linears for linear in linears.values()])
+    if fallbacks:
+        print(f"bitstack: {fallback_message(config, fallbacks)}", file=sys.stderr)
     fingerprint = run_fingerprint(config.to_dict(), source, model, device, source_digest(config.calib))
-    work = WorkDir.resume(output, fingerprint, overwrite=overwrite)  # None: nothing to resume
-    created = work is None
+    created, work = True, None
+    phases = 3 if config.sort in ("proxy", "random") else 4
+
+    def phase(number: int, name: str, detail: str) -> None:
+        if progress:
+            print(f"bitstack: [{number}/{phases}] {name}: {detail}", file=sys.stderr, flush=True)
+
     try:
+        work = WorkDir.resume(output, fingerprint, overwrite=overwrite)  # None: nothing to resume
+        created = work is None
         model.to(device)
         done = work.finished_layers(len(decoder.layers)) if work is not None else 0
         samples = work.load_samples(config.nsamples, config.seqlen) if work is not None else None
         if samples is None and done < len(decoder.layers):
+            phase(1, "calibration text", f"{config.nsamples} x {config.seqlen} tokens from {config.calib!r}")
             samples = calibration_samples(config.calib, _sampler(model, config, device), tokenizer, config.nsamples,
                                           config.seqlen, config.seed, batch_size=config.batch_size, progress=progress)
         if work is None:
@@ -293,6 +327,7 @@ def compress(
         codec_base: dict[str, dict[str, torch.Tensor]] = {}
         decomposed: set[str] = set()
         inputs = None
+        phase(2, "decomposing", f"{len(decoder.layers)} layers, each calibrated on {config.nsamples} x {config.seqlen} tokens")
         bar = tqdm(total=sum(len(l) for l in all_linears), desc="decomposing", unit="weight", disable=not progress)
         for index, (layer, linears) in enumerate(zip(decoder.layers, all_linears)):
             if index < done:
@@ -304,6 +339,7 @@ def compress(
             else:
                 if inputs is None:
                     inputs = capture_layer_inputs(model, decoder.layers[0], samples, config.batch_size, device)
+                bar.set_postfix_str(f"layer {index}")  # shown at once: the first update can be minutes away
                 inputs, record = _compress_layer(layer, linears, inputs, model, config, f"{decoder.path}.{index}", len(weights),
                                                 decompose)
                 work.save_layer(index, *record)
@@ -323,6 +359,7 @@ def compress(
         bar.close()
         del inputs
         work.clear_outputs()  # leftovers of a killed final stage
+        phase(3, "writing the artifact", f"{sum(e.num_blocks for e in weights)} blocks")
 
         # fisher/average/greedy need the finished artifact: they start from proxy and re-sort below
         order = universal_order(stats, config.sort if config.sort in ("proxy", "random") else "proxy", seed=config.seed)
@@ -353,7 +390,7 @@ def compress(
             library_version=__version__,
             model={"source": source, "config": config_dict, "generation_config": generation.to_dict() if generation is not None else None},
             tokenizer=tokenizer_section,
-            compression=config.to_dict(),
+            compression={**config.to_dict(), **({"fallbacks": fallbacks} if fallbacks else {})},
             base=base_section,
             weights=tuple(weights),
             shards=tuple(shards),
@@ -364,22 +401,31 @@ def compress(
             rotation=rotation_section(model),
         )
         manifest.validate()
-        work.remove_work()
+        if config.sort in ("proxy", "random"):
+            work.remove_work()  # kept until here: a failure before this point resumes after the last layer
+            return finish(output, work.partial, manifest, overwrite=overwrite)
+        # measured orders re-sort the complete artifact into <out>.partial/sorted/ while the work is
+        # kept: a failure during the sort resumes with every layer done (and the sort's measurements
+        # cached in <out>.partial.sortcache/), and writes the same bytes
+        atomic_write_bytes(work.partial / MANIFEST_NAME, manifest.to_json().encode("utf-8"))
+        sorted_dir = work.partial / SORTED_DIR
+        phase(4, f"sorting the stack ({config.sort})", "validation passes on the artifact: a fixed cost that does "
+              "not depend on the calibration size")
+        sort_artifact(work.partial, config.sort, SortSettings(val=config.calib, seed=config.seed, device=str(device)),
+                      progress=progress, dest=sorted_dir)
+        manifest = Manifest.from_json((sorted_dir / MANIFEST_NAME).read_bytes())
+        path = finish(output, sorted_dir, manifest, overwrite=overwrite)
+        work.remove()
+        shutil.rmtree(cache_dir(work.partial), ignore_errors=True)
+        return path
+    except StorageError:
+        raise  # the disk, not the input: keep the work for a resume
     except BitstackError:
         if created and work is not None:
             work.remove()  # bad input: leave nothing behind
         raise
+    except OSError as err:
+        raise storage_error(err, "compression stopped", "rerun the same command: it resumes after the last finished layer") from err
     finally:
         if work is not None:
             work.release()  # a kill or another error keeps the work for a resume
-    if config.sort not in ("proxy", "random"):
-        # measured orders re-sort the complete artifact while it is still <out>.partial, so that a
-        # kill during the sort leaves no artifact at <out>: the same command then starts over
-        # (a partial folder without work files is stale) and writes the same bytes
-        manifest.validate()
-        atomic_write_bytes(work.partial / MANIFEST_NAME, manifest.to_json().encode("utf-8"))
-        sort_artifact(work.partial, config.sort, SortSettings(val=config.calib, seed=config.seed, device=str(device)),
-                      progress=progress)
-        manifest = Manifest.from_json((work.partial / MANIFEST_NAME).read_bytes())
-        shutil.rmtree(cache_dir(work.partial), ignore_errors=True)
-    return finish(output, work.partial, manifest, overwrite=overwrite)

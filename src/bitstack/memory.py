@@ -1,13 +1,17 @@
-"""Memory sizes: parsing ``"120MB"`` / ``"1.5GiB"`` / ``"123456"`` and printing them back.
+"""Memory sizes and budgets: parsing ``"120MB"`` / ``"1.5GiB"`` / ``"123456"`` / ``"3.5bits"``
+and printing them back.
 
 Decimal units (kB, MB, GB, TB) are powers of 1000, binary units (KiB, MiB, GiB, TiB) powers of
-1024, as in the SI/IEC convention.  A bare number is a byte count.
+1024, as in the SI/IEC convention.  A bare number is a byte count.  A budget may also be given in
+bits per decomposed parameter (``"3.5bits"``, ``"3.5 bits/param"``, ``"3.5bpp"``): an artifact turns
+it into bytes (:meth:`BitsPerParam.to_bytes`), as ``bitstack info`` reports bits/param.
 """
 
 from __future__ import annotations
 
 import math
 import re
+from dataclasses import dataclass
 
 from bitstack.errors import InputError
 
@@ -27,7 +31,33 @@ _UNITS = {
     "g": 1000**3,
 }
 
-_SIZE = re.compile(r"^\s*([+-]?[0-9]*\.?[0-9]+(?:[eE][+-]?[0-9]+)?)\s*([a-zA-Z]*)\s*$")
+_BITS = ("bit", "bits", "bpp", "bits/param", "bits/parameter")
+
+_SIZE = re.compile(r"^\s*([+-]?[0-9]*\.?[0-9]+(?:[eE][+-]?[0-9]+)?)\s*([a-zA-Z/]*)\s*$")
+
+
+@dataclass(frozen=True)
+class BitsPerParam:
+    """A budget in bits per decomposed parameter, e.g. ``parse_budget("3.5bits")``."""
+
+    bits: float
+
+    def to_bytes(self, base_bytes: int, params: int) -> int:
+        """Resident bytes of this budget: the non-decomposed bytes plus ``bits`` per decomposed
+        parameter (the inverse of the bits/param that ``info`` and ``memory_report`` print)."""
+        return base_bytes + int(self.bits * params / 8)
+
+    def __str__(self) -> str:
+        return f"{self.bits:g} bits/param"
+
+
+def parse_budget(size: str | int | float) -> "int | BitsPerParam":
+    """A memory budget: a byte count (see :func:`parse_memory`) or, for a string with the unit
+    ``bits`` (``bit``, ``bpp``, ``bits/param``), a :class:`BitsPerParam`."""
+    value, unit = _parse(size)
+    if unit in _BITS:
+        return BitsPerParam(value)
+    return int(value * _UNITS[unit])
 
 
 def parse_memory(size: str | int | float) -> int:
@@ -35,8 +65,17 @@ def parse_memory(size: str | int | float) -> int:
 
     Accepts an int (bytes), or a string such as ``"120MB"``, ``"1.5GiB"``, ``"300 kB"``,
     ``"123456"``.  Fractional byte counts are rounded down.  Raises :class:`InputError` for
-    negative, non-finite or unparseable sizes.
+    negative, non-finite or unparseable sizes, and for bits per parameter (only an artifact's
+    budget takes them: :func:`parse_budget`).
     """
+    value, unit = _parse(size)
+    if unit in _BITS:
+        raise InputError(f"{size!r} is in bits per parameter, which only a model's budget (--memory) takes: give bytes, e.g. '512MB'")
+    return int(value * _UNITS[unit])
+
+
+def _parse(size: str | int | float) -> tuple[float, str]:
+    """(value, lower-case unit) of a size; InputError if it is not a finite, non-negative amount."""
     if isinstance(size, bool):
         raise InputError(f"memory size must be a number of bytes or a string like '120MB', got {size!r}")
     if isinstance(size, (int, float)):
@@ -49,16 +88,16 @@ def parse_memory(size: str | int | float) -> int:
                 "e.g. '120MB', '1.5GiB', '300000000'"
             )
         value, unit = float(match.group(1)), match.group(2).lower()
-        if unit not in _UNITS:
+        if unit not in _UNITS and unit not in _BITS:
             raise InputError(
                 f"unknown unit {match.group(2)!r} in memory size {size!r}: "
-                "use B, kB, MB, GB, TB, KiB, MiB, GiB or TiB"
+                "use B, kB, MB, GB, TB, KiB, MiB, GiB, TiB, or bits (per parameter)"
             )
     else:
         raise InputError(f"memory size must be a number of bytes or a string like '120MB', got {size!r}")
     if not math.isfinite(value) or value < 0:
         raise InputError(f"memory size must be a finite, non-negative amount, got {size!r}")
-    return int(value * _UNITS[unit])
+    return value, unit
 
 
 def format_bytes(n: int) -> str:
@@ -67,3 +106,12 @@ def format_bytes(n: int) -> str:
         if abs(n) >= scale:
             return f"{n / scale:.2f} {unit}"
     return f"{n} B"
+
+
+def format_sizes(*sizes: int) -> list[str]:
+    """``format_bytes`` of each size, or exact byte counts when two different sizes would print
+    the same (e.g. a budget 1 byte below a floor)."""
+    texts = [format_bytes(n) for n in sizes]
+    if len(set(texts)) < len(set(sizes)):
+        return [f"{n} bytes" for n in sizes]
+    return texts

@@ -66,3 +66,22 @@ def test_missing_path_and_non_artifact(tmp_path):
         bitstack.load(tmp_path / "nope", device="cpu")
     with pytest.raises(InputError, match="not a bitstack artifact"):
         bitstack.load(tmp_path, device="cpu")
+
+
+def test_the_docs_name_the_stack_entries_fields_and_checksums():
+    """docs/format.md lists exactly the fields of a stack entry (the xxh3-128 of a block, not a
+    sha256), and the README claims no sha256 for blocks."""
+    import dataclasses
+    import re
+    from pathlib import Path
+
+    from bitstack.artifact.manifest import BlockEntry, ShardEntry
+
+    root = Path(__file__).resolve().parents[2]
+    table = {m.group(1): m.group(2) for m in re.finditer(r"^\| `(\w+)` \| (.*) \|$", (root / "docs" / "format.md").read_text(), re.M)}
+    stack = set(re.search(r"`\{([^}]*)\}`", table["stack"]).group(1).replace(" ", "").split(","))
+    shards = set(re.search(r"`\{([^}]*)\}`", table["shards"]).group(1).replace(" ", "").split(","))
+    assert stack == {f.name for f in dataclasses.fields(BlockEntry)} and "xxh3_128" in stack
+    assert shards == {f.name for f in dataclasses.fields(ShardEntry)}
+    readme = (root / "README.md").read_text()
+    assert not re.search(r"(stack|block)[^.\n]*sha256", readme, re.I)

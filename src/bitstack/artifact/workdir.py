@@ -165,6 +165,22 @@ class WorkDir:
         atomic_write_bytes(work.dir / FINGERPRINT, json.dumps(fingerprint, indent=1, sort_keys=True).encode())
         return work
 
+    @staticmethod
+    def check_free(output: str | Path) -> None:
+        """InputError if another process holds the lock of ``<output>.partial`` (checked before
+        any model is loaded; the lock itself is taken by :meth:`resume` or :meth:`create`)."""
+        lock = partial_dir(output) / WORK_DIR / LOCK
+        if sys.platform == "win32" or not lock.is_file():
+            return
+        import fcntl
+
+        with open(lock, "rb") as handle:
+            try:
+                fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as err:
+                raise InputError(f"another bitstack compression is writing {partial_dir(output)}: wait for it, or stop it") from err
+            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+
     def _lock(self) -> None:
         handle = open(self.dir / LOCK, "a+b")
         if sys.platform != "win32":

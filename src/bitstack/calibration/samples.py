@@ -77,7 +77,8 @@ def self_samples(model, tokenizer, nsamples: int, seqlen: int, seed: int, *, bat
     device = next(model.parameters()).device
     start = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else 0
     rows: list[torch.Tensor] = []
-    bar = tqdm(total=nsamples, desc="sampling calibration text", unit="seq", disable=not progress)
+    # counted in tokens, one update per generated step: the first comes within seconds even at 2048 tokens
+    bar = tqdm(total=nsamples * seqlen, desc="sampling calibration text", unit="tok", disable=not progress)
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(seed)
         for first in range(0, nsamples, batch_size):
@@ -93,11 +94,25 @@ def self_samples(model, tokenizer, nsamples: int, seqlen: int, seed: int, *, bat
                 max_new_tokens=seqlen - 1,
                 min_new_tokens=seqlen - 1,
                 pad_token_id=start,
+                streamer=_StepCounter(bar, n) if progress else None,
             )
             rows.append(out[:, :seqlen].cpu())
-            bar.update(n)
     bar.close()
     return torch.cat(rows)
+
+
+class _StepCounter:
+    """A ``generate`` streamer that advances ``bar`` by the batch's ``n`` tokens per step (the
+    prompt, one token per row, counts as the first)."""
+
+    def __init__(self, bar, n: int):
+        self.bar, self.n = bar, n
+
+    def put(self, value) -> None:
+        self.bar.update(self.n)
+
+    def end(self) -> None:
+        pass
 
 
 def check_source(source: str) -> None:

@@ -7,20 +7,14 @@ import argparse
 import dataclasses
 import time
 
+from bitstack.cli.common import settings_options
 from bitstack.config import CompressConfig
 
 
 def config_options(parser: argparse.ArgumentParser) -> None:
     """One option per :class:`CompressConfig` field (but ``version``), with its default and help."""
-    group = parser.add_argument_group("compression settings (defaults from CompressConfig)")
-    for f in dataclasses.fields(CompressConfig):
-        if f.name == "version":
-            continue
-        kind = type(f.default)
-        group.add_argument(
-            "--" + f.name.replace("_", "-"), dest=f.name, type=kind, default=f.default,
-            choices=f.metadata.get("choices"), help=f"{f.metadata['help']} (default: {f.default})",
-        )
+    settings_options(parser.add_argument_group("compression settings (defaults from CompressConfig)"), CompressConfig,
+                     skip=("version",))
 
 
 def config_from_args(args: argparse.Namespace) -> CompressConfig:
@@ -43,7 +37,11 @@ def run(args: argparse.Namespace) -> int:
 
 
 def register(sub) -> None:
-    p = sub.add_parser("compress", help="compress a model into an artifact", description="Compress a causal LM into a BitStack artifact.")
+    p = sub.add_parser("compress", help="compress a model into an artifact",
+                       description="Compress a causal LM into a BitStack artifact. The defaults (256 x 2048 calibration "
+                                   "tokens, sampled from the model itself) are sized for a GPU; on a CPU they take many hours (sampling alone ran at a few tokens per second "
+                                   "on a 2-core CPU): there, start with --nsamples 32 --seqlen 512 (what `bitstack demo` uses) "
+                                   "or a text file as --calib. Progress is saved per layer: rerunning the same command resumes.")
     p.add_argument("model", help="smollm2-135m (embedded), a local HF model folder, a .gguf file, or a Hugging Face id")
     p.add_argument("-o", "--output", required=True, help="artifact directory to write")
     p.add_argument("--device", default=None, help="where the math runs (default: cuda if available)")

@@ -5,13 +5,16 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from bitstack.cli.common import artifact_arguments, print_json, read_text
+from bitstack.cli.common import artifact_arguments, print_json, read_text, settings_options
 from bitstack.errors import InputError
+from bitstack.evaluation.perplexity import PerplexitySettings
 from bitstack.remote.urls import is_remote
 
 
 def run(args: argparse.Namespace) -> int:
-    from bitstack.evaluation.curve import artifact_axes, measure_curve, read_series_csv, write_curve
+    from bitstack.artifact.reader import open_artifact
+    from bitstack.evaluation.curve import artifact_axes, check_curve_prefix, measure_curve, read_series_csv, write_curve
+    from bitstack.evaluation.perplexity import check_seqlen
 
     if (args.budgets is None) == (args.points is None):
         raise InputError("give the budgets to evaluate: --budgets 100MB,120MB,... or --points N")
@@ -28,6 +31,13 @@ def run(args: argparse.Namespace) -> int:
     for file in args.series_csv or []:
         csv_series.update(read_series_csv(file))
     text = read_text(args.ppl)
+    out = args.out or f"{str(args.artifact).rstrip('/')}-curve"
+    if is_remote(args.artifact) and not args.out:  # written here, named after the URL's last part
+        out = f"{Path(str(args.artifact).rstrip('/')).name}-curve"
+    out = check_curve_prefix(out)  # before any point is measured
+    for path in [args.artifact] + [p for _, p in extra]:
+        with open_artifact(path, verify=False) as reader:
+            check_seqlen(args.seqlen, reader.manifest.model["config"], option="--seqlen")
     options = dict(seqlen=args.seqlen, max_windows=args.max_windows, batch_size=args.batch_size, device=args.device,
                    dtype=args.dtype, progress=not args.quiet)
     label = args.label or Path(args.artifact).name
@@ -41,9 +51,6 @@ def run(args: argparse.Namespace) -> int:
             raise InputError(f"series name {name!r} of the CSV is used twice")
         series[name] = points
     base_bytes, params = artifact_axes(args.artifact, args.dtype)
-    out = args.out or f"{str(args.artifact).rstrip('/')}-curve"
-    if is_remote(args.artifact) and not args.out:  # written here, named after the URL's last part
-        out = f"{Path(str(args.artifact).rstrip('/')).name}-curve"
     meta = {"artifact": str(args.artifact), "ppl_file": args.ppl, "seqlen": args.seqlen, "max_windows": args.max_windows,
             "dtype": args.dtype, "series": [name for name, _ in extra], "series_csv": args.series_csv or []}
     paths = write_curve(series, out, base_bytes=base_bytes, params=params, title=args.title, meta=meta)
@@ -71,9 +78,7 @@ def register(sub) -> None:
     p.add_argument("--label", default=None, help="name of the main series (default: the artifact's folder name)")
     p.add_argument("--title", default=None, help="plot title")
     p.add_argument("--out", default=None, help="output prefix (default: ARTIFACT-curve; for a URL, NAME-curve here)")
-    p.add_argument("--seqlen", type=int, default=2048, help="perplexity window length (default: 2048)")
-    p.add_argument("--max-windows", type=int, default=None, help="score only the first N windows")
-    p.add_argument("--batch-size", type=int, default=1, help="windows per forward pass (default: 1)")
+    settings_options(p, PerplexitySettings)
     p.add_argument("--device", default=None, help="cpu, cuda … (default: cuda if available)")
     p.add_argument("--dtype", default=None, choices=("bfloat16", "float16", "float32"), help="compute dtype (default: the artifact's)")
     p.add_argument("--json", action="store_true", help="print the points as one JSON object")

@@ -170,6 +170,11 @@ class Codec(abc.ABC):
         one by one."""
         return {name: self.decompose(weight, settings, niter=niter, hessian=hessians[name], calib_tokens=calib_tokens,
                                      seed=seeds[name]) for name, weight in weights.items()}
+    def settings_used(self, settings: Any, *, calib_tokens: int, in_features: int) -> dict[str, Any]:
+        """The settings :meth:`decompose` applies otherwise than asked to a weight of
+        ``in_features`` inputs calibrated on ``calib_tokens`` tokens ({field: value used}; a rule
+        that needs more calibration falls back).  Default: none."""
+        return {}
 
     # ---- format -----------------------------------------------------------------------------
     @abc.abstractmethod

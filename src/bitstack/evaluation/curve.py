@@ -21,6 +21,7 @@ import bisect
 import csv
 import json
 import math
+import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Sequence
@@ -33,9 +34,9 @@ from bitstack.artifact.reader import open_artifact
 from bitstack.calibration.samples import tokenize_text
 from bitstack.config import resolve_dtype
 from bitstack.errors import BudgetError, InputError
-from bitstack.evaluation.perplexity import token_windows
-from bitstack.memory import format_bytes, parse_memory
-from bitstack.runtime.budget import base_bytes_at
+from bitstack.evaluation.perplexity import PerplexitySettings, check_seqlen, token_windows
+from bitstack.memory import format_sizes
+from bitstack.runtime.budget import base_bytes_at, budget_bytes
 from bitstack.runtime.loader import load_tokenizer
 from bitstack.sorting.measure import StackEvaluator
 from bitstack.sorting.resort import stack_order
@@ -72,7 +73,8 @@ def spread_budgets(floor_bytes: int, full_bytes: int, points: int) -> list[int]:
 def _prefix_for(prefix_bytes: Sequence[int], floor_blocks: int, budget: int) -> int:
     """Longest prefix (>= the floor) that fits ``budget``; BudgetError below the floor."""
     if budget < prefix_bytes[floor_blocks]:
-        raise BudgetError(f"budget {format_bytes(budget)} is below the floor {format_bytes(prefix_bytes[floor_blocks])}")
+        wanted, floor = format_sizes(budget, prefix_bytes[floor_blocks])
+        raise BudgetError(f"budget {wanted} is below the floor {floor}")
     return bisect.bisect_right(prefix_bytes, budget) - 1
 
 
@@ -104,7 +106,8 @@ def evaluate_order(evaluator, order: Sequence[tuple[int, int]], budgets: Sequenc
 
 
 def measure_curve(path: str | Path, text: str, *, budgets: Sequence[int | str] | None = None, points: int | None = None,
-                  seqlen: int = 2048, max_windows: int | None = None, batch_size: int = 1, label: str | None = None,
+                  seqlen: int = PerplexitySettings.seqlen, max_windows: int | None = PerplexitySettings.max_windows,
+                  batch_size: int = PerplexitySettings.batch_size, label: str | None = None,
                   device: torch.device | str | None = None, dtype: torch.dtype | str | None = None,
                   skip_below_floor: bool = False, progress: bool = True) -> list[CurvePoint]:
     """Perplexity of the artifact at ``path`` on ``text`` at each budget (or ``points`` spread
@@ -115,16 +118,19 @@ def measure_curve(path: str | Path, text: str, *, budgets: Sequence[int | str] |
     """
     if (budgets is None) == (points is None):
         raise InputError("give either budgets or points")
+    with open_artifact(path, verify=False) as reader:  # before the stack is read
+        check_seqlen(seqlen, reader.manifest.model["config"])
     evaluator = StackEvaluator(path, device=device, dtype=dtype, batch_size=batch_size)
     floor, full = evaluator.prefix_bytes[evaluator.manifest.floor_blocks], evaluator.prefix_bytes[-1]
     if points is not None:
         wanted = spread_budgets(floor, full, points)
     else:
-        wanted = [parse_memory(b) for b in budgets]
+        wanted = [budget_bytes(evaluator.manifest, b, evaluator.dtype) for b in budgets]
         below = [b for b in wanted if b < floor]
         if below and not skip_below_floor:
-            raise BudgetError(f"budget {format_bytes(below[0])} is below the floor of {path} ({format_bytes(floor)}, "
-                              f"full stack {format_bytes(full)}): choose budgets from the floor up")
+            wanted, low, high = format_sizes(below[0], floor, full)
+            raise BudgetError(f"budget {wanted} is below the floor of {path} ({low}, "
+                              f"full stack {high}): choose budgets from the floor up")
         wanted = [b for b in wanted if b >= floor]
     tokenizer = load_tokenizer(path)
     windows = token_windows(tokenize_text(tokenizer, text, special_tokens=True), seqlen, max_windows)
@@ -214,6 +220,17 @@ def plot_curves(series: dict[str, list[CurvePoint]], png: str | Path, *, base_by
     return png
 
 
+def check_curve_prefix(prefix: str | Path) -> Path:
+    """``prefix`` as a Path; InputError if its folder does not exist or cannot be written (checked
+    by the CLI before any point is measured, and again by :func:`write_curve`)."""
+    prefix = Path(prefix)
+    if not prefix.parent.is_dir():
+        raise InputError(f"output folder {prefix.parent} does not exist: create it or choose another --out")
+    if not os.access(prefix.parent, os.W_OK):
+        raise InputError(f"output folder {prefix.parent} is not writable: choose another --out")
+    return prefix
+
+
 def write_curve(series: dict[str, list[CurvePoint]], prefix: str | Path, *, base_bytes: int | None = None,
                 params: int | None = None, title: str | None = None, meta: dict | None = None) -> dict[str, Path]:
     """Write ``PREFIX.csv``, ``PREFIX.json`` and ``PREFIX.png``; returns their paths.
@@ -221,9 +238,7 @@ def write_curve(series: dict[str, list[CurvePoint]], prefix: str | Path, *, base
     The JSON holds ``meta`` (e.g. the command's settings), ``base_bytes``, ``params`` and every
     point; the CSV has the columns of :data:`CSV_FIELDS`.
     """
-    prefix = Path(prefix)
-    if not prefix.parent.exists():
-        raise InputError(f"output folder {prefix.parent} does not exist")
+    prefix = check_curve_prefix(prefix)
     paths = {kind: prefix.with_name(prefix.name + "." + kind) for kind in ("csv", "json", "png")}
     rows = [p for points in series.values() for p in points]
     lines = [",".join(CSV_FIELDS)]

@@ -19,6 +19,8 @@ import importlib
 from collections.abc import Sequence
 from typing import Any
 
+from bitstack.errors import BitstackError
+
 __all__ = ["LmEvalNotInstalledError", "register", "main", "make_lm_eval_model", "evaluate_with_lm_eval"]
 
 MODEL_NAME = "bitstack"
@@ -30,7 +32,7 @@ _INSTALL_HINT = (
 )
 
 
-class LmEvalNotInstalledError(ImportError):
+class LmEvalNotInstalledError(BitstackError, ImportError):
     """lm-eval (lm-evaluation-harness) is needed for this call and cannot be imported."""
 
 

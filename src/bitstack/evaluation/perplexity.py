@@ -13,7 +13,18 @@ from dataclasses import asdict, dataclass
 import torch
 import torch.nn.functional as F
 
+from bitstack.codecs.base import setting
 from bitstack.errors import InputError
+
+
+@dataclass(frozen=True)
+class PerplexitySettings:
+    """The perplexity protocol's knobs: the defaults of :func:`perplexity`, of
+    :func:`bitstack.evaluation.curve.measure_curve` and of the ``eval`` and ``curve`` commands."""
+
+    seqlen: int = setting(2048, "perplexity window length in tokens, at most the model's context", minimum=2)
+    max_windows: int | None = setting(None, "score only the first N windows (default: all)", type=int)
+    batch_size: int = setting(1, "windows per forward pass", minimum=1)
 
 
 @dataclass(frozen=True)
@@ -26,6 +37,23 @@ class PerplexityResult:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+def model_context(config) -> int | None:
+    """The model's context length: ``max_position_embeddings`` (or ``n_positions``, ``n_ctx``) of
+    a transformers config or of its dict (a manifest's ``model["config"]``); ``None`` if unknown."""
+    for attr in ("max_position_embeddings", "n_positions", "n_ctx"):
+        value = config.get(attr) if isinstance(config, dict) else getattr(config, attr, None)
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            return value
+    return None
+
+
+def check_seqlen(seqlen: int, config, *, option: str = "seqlen") -> None:
+    """InputError if ``seqlen`` tokens do not fit the context of the model of ``config``."""
+    context = model_context(config)
+    if context is not None and seqlen > context:
+        raise InputError(f"{option} {seqlen} is longer than the model's context of {context} tokens: use at most {context}")
 
 
 def token_windows(tokens: torch.Tensor, seqlen: int, max_windows: int | None = None) -> torch.Tensor:
@@ -42,11 +70,13 @@ def token_windows(tokens: torch.Tensor, seqlen: int, max_windows: int | None = N
     return tokens[: count * seqlen].view(count, seqlen)
 
 
-def perplexity(model, tokenizer, text: str, *, seqlen: int = 2048, max_windows: int | None = None,
-               batch_size: int = 1, progress: bool = True) -> PerplexityResult:
+def perplexity(model, tokenizer, text: str, *, seqlen: int = PerplexitySettings.seqlen,
+               max_windows: int | None = PerplexitySettings.max_windows, batch_size: int = PerplexitySettings.batch_size,
+               progress: bool = True) -> PerplexityResult:
     """Perplexity of ``model`` on ``text`` (see the module docstring for the protocol)."""
     from bitstack.calibration.samples import tokenize_text
 
+    check_seqlen(seqlen, getattr(model, "config", None))
     windows = token_windows(tokenize_text(tokenizer, text, special_tokens=True), seqlen, max_windows)
     return window_perplexity(model, windows, batch_size=batch_size, progress=progress)
 

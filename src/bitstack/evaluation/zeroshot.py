@@ -42,8 +42,6 @@ float32 whatever the model dtype.
 
 from __future__ import annotations
 
-import inspect
-import json
 import math
 import os
 import time
@@ -52,9 +50,21 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-import torch
+from bitstack.codecs.base import setting
+from bitstack.evaluation.scoring import _encode_requests, encode_pair, score_requests
+from bitstack.evaluation.tasks import (
+    _MULTIPLE_CHOICE,
+    KNOWN_TASKS,
+    Request,
+    ZeroShotError,
+    _canonical_task,
+    build_requests,
+    load_task,
+    parse_task_spec,
+)
 
 __all__ = [
+    "ZeroShotSettings",
     "KNOWN_TASKS",
     "ZeroShotError",
     "Request",
@@ -67,372 +77,13 @@ __all__ = [
     "evaluate_tasks",
 ]
 
-#: Task names accepted as keys of a task spec, in the order they are reported.
-KNOWN_TASKS: tuple[str, ...] = (
-    "arc_easy",
-    "arc_challenge",
-    "piqa",
-    "winogrande",
-    "lambada_openai",
-)
-_ALIASES = {"lambada": "lambada_openai"}
-_MULTIPLE_CHOICE = ("arc_easy", "arc_challenge", "piqa")
-
-
-class ZeroShotError(ValueError):
-    """A task spec or a task file is unusable (unknown task, missing file, malformed row)."""
-
 
 @dataclass(frozen=True)
-class Request:
-    """One log-likelihood request: score ``continuation`` after ``context``.
+class ZeroShotSettings:
+    """The defaults of :func:`evaluate_tasks` and of ``bitstack eval --tasks``."""
 
-    ``doc`` is the index of the document (row) it belongs to, ``choice`` the index of the
-    option within the document (0 for LAMBADA).
-    """
-
-    context: str
-    continuation: str
-    doc: int
-    choice: int
-
-
-# --------------------------------------------------------------------------------------------
-# Task spec and data loading
-# --------------------------------------------------------------------------------------------
-
-
-def _canonical_task(name: str) -> str:
-    key = name.strip().lower()
-    key = _ALIASES.get(key, key)
-    if key not in KNOWN_TASKS:
-        raise ZeroShotError(
-            f"unknown zero-shot task {name!r}; known tasks: {', '.join(KNOWN_TASKS)} "
-            f"(also 'lambada' for lambada_openai). Fix: name each file after its task, "
-            f"e.g. arc_easy=PATH,piqa=PATH."
-        )
-    return key
-
-
-def parse_task_spec(spec: str) -> dict[str, Path]:
-    """Parse ``"arc_easy=PATH,piqa=PATH,..."`` into ``{task: Path}``.
-
-    The task is named by the key (case-insensitive; ``lambada`` means ``lambada_openai``).
-    Raises :class:`ZeroShotError` on an empty spec, an item without ``=``, an unknown task, a
-    task given twice, or a path that is not an existing file; the message names the problem and
-    the fix.
-    """
-    if not isinstance(spec, str) or not spec.strip():
-        raise ZeroShotError(
-            "empty task spec. Fix: pass TASK=PATH pairs separated by commas, e.g. "
-            "arc_easy=data/arc_easy.jsonl,piqa=data/piqa.jsonl; known tasks: "
-            + ", ".join(KNOWN_TASKS)
-        )
-    tasks: dict[str, Path] = {}
-    for item in spec.split(","):
-        item = item.strip()
-        if not item:
-            continue
-        if "=" not in item:
-            raise ZeroShotError(
-                f"task spec item {item!r} has no '='. Fix: write TASK=PATH, e.g. "
-                f"arc_easy=data/arc_easy.jsonl; known tasks: {', '.join(KNOWN_TASKS)}"
-            )
-        name, _, path_text = item.partition("=")
-        task = _canonical_task(name)
-        if task in tasks:
-            raise ZeroShotError(f"task {task!r} is given twice in the task spec. Fix: keep one.")
-        path_text = path_text.strip()
-        if not path_text:
-            raise ZeroShotError(f"task {task!r} has an empty path. Fix: write {task}=PATH.")
-        path = Path(path_text).expanduser()
-        if not path.is_file():
-            raise ZeroShotError(
-                f"file for task {task!r} not found: {str(path)!r}. Fix: point {task}= at an "
-                f"existing JSONL file."
-            )
-        tasks[task] = path
-    if not tasks:
-        raise ZeroShotError("empty task spec. Fix: pass TASK=PATH pairs separated by commas.")
-    return tasks
-
-
-def _require(row: Any, key: str, kind: type | tuple[type, ...], where: str) -> Any:
-    if not isinstance(row, dict) or key not in row:
-        raise ZeroShotError(f"{where}: missing field {key!r}")
-    value = row[key]
-    if not isinstance(value, kind) or isinstance(value, bool) and kind is int:
-        raise ZeroShotError(f"{where}: field {key!r} has the wrong type ({type(value).__name__})")
-    return value
-
-
-def _check_row(task: str, row: Any, where: str) -> dict:
-    if task in _MULTIPLE_CHOICE:
-        _require(row, "query", str, where)
-        choices = _require(row, "choices", list, where)
-        if len(choices) < 2 or not all(isinstance(c, str) for c in choices):
-            raise ZeroShotError(f"{where}: 'choices' must be a list of at least two strings")
-        gold = _require(row, "gold", int, where)
-        if not 0 <= gold < len(choices):
-            raise ZeroShotError(f"{where}: 'gold' {gold} is out of range for {len(choices)} choices")
-    elif task == "winogrande":
-        options = _require(row, "context_options", list, where)
-        if len(options) < 2 or not all(isinstance(c, str) for c in options):
-            raise ZeroShotError(f"{where}: 'context_options' must be a list of at least two strings")
-        _require(row, "continuation", str, where)
-        gold = _require(row, "gold", int, where)
-        if not 0 <= gold < len(options):
-            raise ZeroShotError(f"{where}: 'gold' {gold} is out of range for {len(options)} options")
-    else:  # lambada_openai
-        _require(row, "context", str, where)
-        cont = _require(row, "continuation", str, where)
-        if not cont.strip():
-            raise ZeroShotError(f"{where}: 'continuation' is empty")
-    return row
-
-
-def load_task(task: str, path: str | os.PathLike, limit: int | None = None) -> list[dict]:
-    """Read the first ``limit`` rows (all when ``None``) of a task's JSONL file, validated.
-
-    Blank lines are skipped. Raises :class:`ZeroShotError` on an unknown task, a missing file,
-    invalid JSON or a row without the task's fields (the message gives file and line).
-    """
-    task = _canonical_task(task)
-    if limit is not None and (not isinstance(limit, int) or limit < 1):
-        raise ZeroShotError(f"limit must be a positive integer or None, got {limit!r}")
-    path = Path(path)
-    if not path.is_file():
-        raise ZeroShotError(
-            f"file for task {task!r} not found: {str(path)!r}. Fix: point {task}= at an "
-            f"existing JSONL file."
-        )
-    rows: list[dict] = []
-    with path.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
-            if limit is not None and len(rows) >= limit:
-                break
-            if not line.strip():
-                continue
-            where = f"{path}:{lineno} ({task})"
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ZeroShotError(f"{where}: not valid JSON ({e.msg})") from None
-            rows.append(_check_row(task, row, where))
-    if not rows:
-        raise ZeroShotError(f"file for task {task!r} has no rows: {str(path)!r}")
-    return rows
-
-
-# --------------------------------------------------------------------------------------------
-# Prompts (lm-eval conventions)
-# --------------------------------------------------------------------------------------------
-
-
-def _mc_context(query: str) -> str:
-    if query.rstrip().endswith("Answer:"):
-        return query
-    if query.endswith("\n"):
-        return query + "Answer:"
-    return query + "\nAnswer:"
-
-
-def _lambada_split(context: str, continuation: str) -> tuple[str, str]:
-    text = context + continuation if continuation[:1].isspace() else context + " " + continuation
-    words = text.split(" ")
-    return " ".join(words[:-1]), " " + words[-1]
-
-
-def build_requests(task: str, rows: Sequence[dict]) -> list[Request]:
-    """Turn validated rows into log-likelihood requests (one per choice / option / document)."""
-    task = _canonical_task(task)
-    requests: list[Request] = []
-    for i, row in enumerate(rows):
-        if task in _MULTIPLE_CHOICE:
-            ctx = _mc_context(row["query"])
-            for j, choice in enumerate(row["choices"]):
-                requests.append(Request(ctx, " " + choice, i, j))
-        elif task == "winogrande":
-            cont = " " + row["continuation"].strip()
-            for j, option in enumerate(row["context_options"]):
-                requests.append(Request(option, cont, i, j))
-        else:
-            ctx, cont = _lambada_split(row["context"], row["continuation"])
-            requests.append(Request(ctx, cont, i, 0))
-    return requests
-
-
-# --------------------------------------------------------------------------------------------
-# Tokenization
-# --------------------------------------------------------------------------------------------
-
-
-def _encode_many(tokenizer, texts: list[str]) -> list[list[int]]:
-    if not texts:
-        return []
-    out = tokenizer(texts, add_special_tokens=False)["input_ids"]
-    return [list(ids) for ids in out]
-
-
-def _prefix_token(tokenizer) -> int:
-    for tid in (tokenizer.bos_token_id, tokenizer.eos_token_id):
-        if tid is not None:
-            return int(tid)
-    raise ZeroShotError("the tokenizer has neither a BOS nor an EOS token to stand for an empty context")
-
-
-def _encode_requests(
-    tokenizer, requests: Sequence[Request], add_bos_token: bool
-) -> list[tuple[list[int], list[int]]]:
-    """Token ids ``(context_ids, continuation_ids)`` for each request (see :func:`encode_pair`)."""
-    contexts, conts, wholes = [], [], []
-    for r in requests:
-        ctx, cont = r.context, r.continuation
-        n_space = len(ctx) - len(ctx.rstrip())
-        if n_space:
-            ctx, cont = ctx[:-n_space], ctx[-n_space:] + cont
-        contexts.append(ctx)
-        conts.append(cont)
-        wholes.append(ctx + cont)
-    # Contexts repeat across the choices of a document: tokenize each distinct one once.
-    unique_ctx = list(dict.fromkeys(contexts))
-    ctx_ids = dict(zip(unique_ctx, _encode_many(tokenizer, unique_ctx)))
-    whole_ids = _encode_many(tokenizer, wholes)
-    bos = tokenizer.bos_token_id if add_bos_token else None
-    if add_bos_token and bos is None:
-        raise ZeroShotError("add_bos_token=True but the tokenizer has no BOS token")
-    pairs = []
-    for ctx, cont_text, whole in zip(contexts, conts, whole_ids):
-        c = ctx_ids[ctx]
-        cont = whole[len(c):]
-        if not cont:  # the continuation merged into the context's last token: score it alone
-            cont = _encode_many(tokenizer, [cont_text])[0]
-        if bos is not None:
-            c = [int(bos)] + c
-        elif not c:
-            c = [_prefix_token(tokenizer)]
-        pairs.append((c, cont))
-    return pairs
-
-
-def encode_pair(
-    tokenizer, context: str, continuation: str, *, add_bos_token: bool = False
-) -> tuple[list[int], list[int]]:
-    """lm-eval's context/continuation tokenization of one request.
-
-    Returns ``(context_ids, continuation_ids)``, lists of int token ids; the model scores
-    ``continuation_ids`` given ``context_ids``.
-    """
-    return _encode_requests(tokenizer, [Request(context, continuation, 0, 0)], add_bos_token)[0]
-
-
-# --------------------------------------------------------------------------------------------
-# Scoring
-# --------------------------------------------------------------------------------------------
-
-
-def _model_device(model) -> torch.device:
-    try:
-        return next(model.parameters()).device
-    except StopIteration:
-        return torch.device("cpu")
-
-
-def _default_max_length(model) -> int:
-    config = getattr(model, "config", None)
-    for attr in ("max_position_embeddings", "n_positions", "n_ctx"):
-        value = getattr(config, attr, None)
-        if isinstance(value, int) and value > 0:
-            return value
-    return 2048
-
-
-def _accepts_logits_to_keep(model) -> bool:
-    try:
-        return "logits_to_keep" in inspect.signature(model.forward).parameters
-    except (TypeError, ValueError):
-        return False
-
-
-def score_requests(
-    model,
-    pairs: Sequence[tuple[Sequence[int], Sequence[int]]],
-    *,
-    batch_size: int = 8,
-    max_length: int | None = None,
-    progress: bool = True,
-    desc: str = "scoring",
-) -> list[tuple[float, bool]]:
-    """Log-likelihood of each continuation given its context.
-
-    ``pairs``: ``(context_ids, continuation_ids)`` token-id sequences, the context non-empty.
-    Returns, in input order, ``(loglikelihood, is_greedy)``: the summed natural-log probability
-    (float, computed in float32) of the continuation tokens, and whether every continuation token
-    is the argmax of the model's next-token distribution.
-
-    Each model input is ``(context + continuation)[:-1]`` left-truncated to ``max_length`` tokens
-    (default: the model config's ``max_position_embeddings``), a LongTensor of shape
-    ``[batch, T]`` right-padded with token 0 and an attention mask of the same shape (int64,
-    1 = real token).
-    """
-    if not isinstance(batch_size, int) or batch_size < 1:
-        raise ZeroShotError(f"batch_size must be a positive integer, got {batch_size!r}")
-    if max_length is None:
-        max_length = _default_max_length(model)
-    device = _model_device(model)
-    keep_arg = _accepts_logits_to_keep(model)
-
-    inputs: list[list[int]] = []
-    targets: list[list[int]] = []
-    for ctx, cont in pairs:
-        cont = [int(t) for t in cont]
-        if not cont:
-            raise ZeroShotError("a request has an empty continuation")
-        full = [int(t) for t in ctx] + cont
-        inp = full[-(max_length + 1):][:-1]
-        if len(cont) > len(inp):  # continuation alone longer than the window
-            cont = cont[-len(inp):]
-        inputs.append(inp)
-        targets.append(cont)
-
-    order = sorted(range(len(inputs)), key=lambda i: (-len(inputs[i]), i))
-    results: list[tuple[float, bool] | None] = [None] * len(inputs)
-    from tqdm.auto import tqdm
-
-    was_training = getattr(model, "training", False)
-    model.eval()
-    try:
-        with torch.inference_mode():
-            starts = range(0, len(order), batch_size)
-            for start in tqdm(starts, desc=desc, disable=not progress, unit="batch"):
-                idx = order[start:start + batch_size]
-                lengths = [len(inputs[i]) for i in idx]
-                width = max(lengths)
-                ids = torch.zeros((len(idx), width), dtype=torch.long)
-                mask = torch.zeros((len(idx), width), dtype=torch.long)
-                for row, i in enumerate(idx):
-                    ids[row, : lengths[row]] = torch.tensor(inputs[i], dtype=torch.long)
-                    mask[row, : lengths[row]] = 1
-                # Positions whose logits are needed: the last len(cont) of each row's input.
-                first = min(lengths[row] - len(targets[i]) for row, i in enumerate(idx))
-                kwargs: dict[str, Any] = {"attention_mask": mask.to(device), "use_cache": False}
-                offset = 0
-                if keep_arg:
-                    kwargs["logits_to_keep"] = width - first
-                    offset = first
-                logits = model(input_ids=ids.to(device), **kwargs).logits
-                for row, i in enumerate(idx):
-                    n = len(targets[i])
-                    lo = lengths[row] - n - offset
-                    step = logits[row, lo:lo + n].float().log_softmax(dim=-1)
-                    tgt = torch.tensor(targets[i], dtype=torch.long, device=step.device)
-                    ll = step.gather(1, tgt[:, None]).sum().item()
-                    greedy = bool((step.argmax(dim=-1) == tgt).all().item())
-                    results[i] = (float(ll), greedy)
-    finally:
-        if was_training:
-            model.train()
-    return results  # type: ignore[return-value]
+    batch_size: int = setting(8, "requests per forward pass", minimum=1)
+    limit: int | None = setting(None, "score only the first N documents of each task (default: all)", type=int)
 
 
 # --------------------------------------------------------------------------------------------
@@ -501,8 +152,8 @@ def evaluate_task(
     task: str,
     path: str | os.PathLike,
     *,
-    batch_size: int = 8,
-    limit: int | None = None,
+    batch_size: int = ZeroShotSettings.batch_size,
+    limit: int | None = ZeroShotSettings.limit,
     progress: bool = True,
     add_bos_token: bool | None = None,
     max_length: int | None = None,
@@ -530,8 +181,8 @@ def evaluate_tasks(
     tokenizer,
     tasks: Mapping[str, str | os.PathLike],
     *,
-    batch_size: int = 8,
-    limit: int | None = None,
+    batch_size: int = ZeroShotSettings.batch_size,
+    limit: int | None = ZeroShotSettings.limit,
     progress: bool = True,
     add_bos_token: bool | None = None,
     max_length: int | None = None,

@@ -33,7 +33,7 @@ from torch import nn
 from bitstack.artifact.manifest import Manifest
 from bitstack.codecs import get_codec
 from bitstack.errors import BudgetError
-from bitstack.memory import format_bytes
+from bitstack.memory import BitsPerParam, format_sizes, parse_budget
 from bitstack.runtime.linear import BitStackLinear
 
 
@@ -94,13 +94,26 @@ def repack_reserve(manifest: Manifest, target: int, packed: Mapping[str, int]) -
     return reserve
 
 
+def budget_bytes(manifest: Manifest, memory: "str | int | float | BitsPerParam | None", dtype: torch.dtype) -> int | None:
+    """The byte budget of ``memory`` for this artifact at ``dtype``: a size (``"120MB"``, an int)
+    as is, bits per parameter (``"3.5bits"``) as the non-decomposed bytes at ``dtype`` plus that
+    many bits per decomposed parameter; ``None`` stays ``None`` (the whole stack)."""
+    if memory is None:
+        return None
+    budget = memory if isinstance(memory, BitsPerParam) else parse_budget(memory)
+    if isinstance(budget, BitsPerParam):
+        return budget.to_bytes(base_bytes_at(manifest, dtype), manifest.decomposed_params())
+    return budget
+
+
 def check_floor(manifest: Manifest, prefix: list[int], budget: int | None) -> None:
     """:class:`BudgetError` when ``budget`` is below the floor (``prefix``: :func:`prefix_bytes_at`)."""
     floor = prefix[manifest.floor_blocks]
     if budget is not None and budget < floor:
+        wanted, low, full = format_sizes(budget, floor, prefix[-1])
         raise BudgetError(
-            f"memory budget {format_bytes(budget)} is below this artifact's floor of {format_bytes(floor)} "
-            f"({floor} bytes); the full stack needs {format_bytes(prefix[-1])} ({prefix[-1]} bytes)"
+            f"memory budget {wanted} is below this artifact's floor of {low} "
+            f"({floor} bytes); the full stack needs {full} ({prefix[-1]} bytes)"
         )
 
 

@@ -18,10 +18,10 @@ from bitstack.artifact.reader import CONVERT_CHUNK_BYTES, open_artifact
 from bitstack.config import resolve_dtype
 from bitstack.devices import resolve_device
 from bitstack.errors import ArtifactError, InputError
-from bitstack.memory import parse_memory
+from bitstack.memory import parse_budget
 from bitstack.models.rotation import prepare_loaded_rotations
 from bitstack.remote.urls import with_cache_dir
-from bitstack.runtime.budget import check_floor, memory_bytes, prefix_bytes_at
+from bitstack.runtime.budget import budget_bytes, check_floor, memory_bytes, prefix_bytes_at
 from bitstack.runtime.linear import BitStackLinear
 from bitstack.runtime.save import install_save_hook
 from bitstack.runtime.stack import LiveStack
@@ -84,7 +84,8 @@ def load(path: str | Path, memory: str | int | None = None, *, device: torch.dev
     Args:
         path: artifact directory, or its URL (``https://HOST/PATH/ART``, ``hf://ORG/REPO[@REV]``:
             only the budget's prefix of the stack is fetched, into a local cache; docs/remote.md).
-        memory: budget for resident weight bytes (``"120MB"``, ``"1.5GiB"``, an int); the model
+        memory: budget for resident weight bytes (``"120MB"``, ``"1.5GiB"``, an int, or bits per
+            decomposed parameter: ``"3.5bits"``); the model
             gets the longest prefix of the block stack that fits.  ``None`` loads the whole stack.
             In kernel mode (CUDA with Triton, for the codecs that have kernels) the prefix also
             leaves room for repacking the weights, now and at a later shrink
@@ -107,7 +108,7 @@ def load(path: str | Path, memory: str | int | None = None, *, device: torch.dev
         The model in eval mode; ``model.bitstack`` describes the loaded stack, and
         :func:`bitstack.memory_bytes` gives its resident bytes (always ≤ ``memory``).
     """
-    budget = None if memory is None else parse_memory(memory)
+    wanted = None if memory is None else parse_budget(memory)  # fails fast, before the artifact is opened
     device = resolve_device(device)
     reader = open_artifact(path, verify=verify, remote=with_cache_dir(remote, cache_dir))
     try:
@@ -116,6 +117,7 @@ def load(path: str | Path, memory: str | int | None = None, *, device: torch.dev
         manifest = reader.manifest
         dtype = resolve_dtype(dtype, manifest.compression.get("dtype", "bfloat16"))
         prefix = prefix_bytes_at(manifest, dtype)
+        budget = budget_bytes(manifest, wanted, dtype)
         check_floor(manifest, prefix, budget)  # fails fast, before the model is built
         model = _build_skeleton(manifest)
         stack = LiveStack(reader, bitstack_linears(model, manifest, dtype), 0, dtype, device, budget, prefix)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from torch import nn
 
+from bitstack.memory import format_sizes
 from bitstack.runtime.budget import memory_bytes
 
 
@@ -25,3 +26,14 @@ def memory_report(model: nn.Module) -> dict:
         "bits_per_param": round(8 * (resident - base) / manifest.decomposed_params(), 4),
         "base_bytes": base,
     }
+
+
+def budget_note(model: nn.Module) -> str | None:
+    """A line to tell the user when the budget is more than the whole stack needs (every block is
+    then loaded and the rest of the budget is unused); ``None`` otherwise."""
+    state = model.bitstack
+    full = state.prefix_bytes[-1]
+    if state.budget is None or state.budget <= full:
+        return None
+    budget, needed = format_sizes(state.budget, full)
+    return f"budget {budget} is more than the whole stack needs ({needed}): every block is loaded"

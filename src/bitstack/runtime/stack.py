@@ -12,15 +12,15 @@ from __future__ import annotations
 
 import threading
 import time
+import types
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from bitstack.artifact.reader import ArtifactReader
-from bitstack.errors import InputError
-from bitstack.memory import parse_memory
-from bitstack.runtime.budget import blocks_for_budget
+from bitstack.artifact.reader import ArtifactReader, open_artifact
+from bitstack.errors import ArtifactError, InputError
+from bitstack.runtime.budget import blocks_for_budget, budget_bytes, memory_bytes
 from bitstack.runtime.linear import BitStackLinear, append_blocks, packed_groups
 
 
@@ -74,19 +74,39 @@ class LiveStack:
         return self.prefix_bytes[-1]
 
     def attach(self, model: nn.Module) -> None:
-        """Make every eager forward pass of ``model`` hold the lock.  A forward that
-        ``torch.compile`` traces takes no lock (a lock is no graph operation): resize a compiled
-        model between its calls, not during one."""
+        """Make every eager forward pass of ``model`` hold the lock (a forward that
+        ``torch.compile`` traces takes none: a lock is no graph operation, so resize a compiled
+        model between its calls, not during one); make ``model.to(dtype or device)`` (and
+        ``.float()``, ``.half()``, ``.cuda()`` …) refuse a change that the accounting cannot follow,
+        and ``model.get_memory_footprint()`` report the resident bytes.  The hooks are bound
+        methods, so ``copy.deepcopy(model)`` gives them to the copy's own stack."""
+        self._handles = [model.register_forward_pre_hook(self._enter),
+                         model.register_forward_hook(self._leave, always_call=True)]
+        model._apply = types.MethodType(_guarded_apply, model)
+        model.get_memory_footprint = types.MethodType(_memory_footprint, model)
 
-        def enter(module, args):
-            if not torch.compiler.is_compiling():
-                self.lock.acquire()
+    def _enter(self, module, args) -> None:
+        if not torch.compiler.is_compiling():
+            self.lock.acquire()
 
-        def leave(module, args, output):
-            if not torch.compiler.is_compiling():
-                self.lock.release()
+    def _leave(self, module, args, output) -> None:
+        if not torch.compiler.is_compiling():
+            self.lock.release()
 
-        self._handles = [model.register_forward_pre_hook(enter), model.register_forward_hook(leave, always_call=True)]
+    def __deepcopy__(self, memo: dict) -> "LiveStack":
+        """The stack of a deep-copied model: its own reader (file handles), locks and modules (the
+        copies of this stack's modules, through ``memo``), the same loaded prefix and budget."""
+        import copy
+
+        location = getattr(self.reader, "url", self.reader.path)  # a remote artifact's reader keeps its URL
+        reader = open_artifact(location, verify=self.reader.verify, remote=getattr(self.reader, "options", None))
+        if reader.manifest != self.manifest:
+            reader.close()
+            raise ArtifactError(f"{self.reader.path} changed on disk since the model was loaded: load it again instead of copying")
+        new = LiveStack(reader, {}, self.loaded, self.dtype, self.device, self.budget, list(self.prefix_bytes))
+        memo[id(self)] = new
+        new.modules = copy.deepcopy(self.modules, memo)
+        return new
 
     def blocks_for(self, budget: int | None) -> int:
         """The prefix a budget holds (``None``: the whole stack): the longest that fits, with room
@@ -105,7 +125,7 @@ class LiveStack:
         load's, so the prefix is the one a fresh load at ``memory`` would hold (:meth:`blocks_for`).
         """
         started = time.perf_counter()
-        budget = None if memory is None else parse_memory(memory)
+        budget = budget_bytes(self.manifest, memory, self.dtype)
         with self._resize_lock:
             return self._move_to(self.blocks_for(budget), budget, started)
 
@@ -142,6 +162,29 @@ class LiveStack:
         read = self.prefix_bytes[target] - self.prefix_bytes[old] if target > old else 0
         return ResizeReport(old, target, self.prefix_bytes[old], self.prefix_bytes[target], read,
                             time.perf_counter() - started)
+
+
+def _guarded_apply(model: nn.Module, fn, recurse: bool = True):
+    """``nn.Module._apply`` of a loaded model: an :class:`InputError` if ``fn`` would change the
+    dtype or the device of any parameter or buffer (the blocks, the codecs' buffers and the memory
+    accounting would not follow); the dtype and device of a BitStack model are chosen at
+    :func:`bitstack.load`.  ``fn`` is tried on an empty tensor of each (dtype, device) present."""
+    state = model.bitstack
+    kinds = dict.fromkeys([(state.dtype, state.device)] + [(t.dtype, t.device) for t in list(model.parameters()) + list(model.buffers())])
+    for dtype, device in kinds:
+        moved = fn(torch.empty(0, dtype=dtype, device=device))
+        if isinstance(moved, torch.Tensor) and (moved.dtype != dtype or moved.device != device):
+            raise InputError(
+                f"a loaded BitStack model cannot change its tensors from {dtype} on {device} to {moved.dtype} on "
+                f"{moved.device} in place (the budget of {state.dtype} weights on {state.device} would no longer "
+                "hold): load it again with bitstack.load(path, memory, device=..., dtype=...)")
+    return type(model)._apply(model, fn, recurse)
+
+
+def _memory_footprint(model: nn.Module, return_buffers: bool = True) -> int:
+    """``PreTrainedModel.get_memory_footprint`` of a loaded model: its resident weight bytes
+    (:func:`bitstack.memory_bytes`: blocks included, which transformers' own count misses)."""
+    return memory_bytes(model)
 
 
 def resize(model: nn.Module, memory: str | int | None) -> ResizeReport:

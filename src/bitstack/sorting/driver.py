@@ -40,8 +40,9 @@ from tqdm.auto import tqdm
 from bitstack.artifact.atomic import atomic_write_bytes
 from bitstack.artifact.reader import open_artifact
 from bitstack.calibration.samples import calibration_samples, check_source
+from bitstack.codecs.base import setting
 from bitstack.config import SORT_STRATEGIES
-from bitstack.errors import InputError
+from bitstack.errors import InputError, StorageError, storage_error
 from bitstack.runtime.loader import load_tokenizer
 from bitstack.sorting.measure import StackEvaluator
 from bitstack.sorting.resort import resort_artifact, stack_order
@@ -63,15 +64,16 @@ class SortSettings:
     seed: validation windows and the ``random`` strategy.
     """
 
-    val: str = "self"
-    val_windows: int = 4
-    val_seqlen: int = 256
-    batch_size: int = 4
-    greedy_step: int = 8
-    greedy_max_age: int = 256
-    seed: int = 0
-    device: str | None = None
-    dtype: str | None = None
+    val: str = setting("self", "validation text for fisher/average/greedy: a text file, or 'self' (sampled from the model)")
+    val_windows: int = setting(4, "validation windows")
+    val_seqlen: int = setting(256, "tokens per validation window")
+    batch_size: int = setting(4, "windows per forward pass")
+    greedy_step: int = setting(8, "greedy: blocks accepted per round")
+    greedy_max_age: int = setting(256, "greedy: re-measure a gain older than this many blocks")
+    seed: int = setting(0, "seed of the validation windows and of random")
+    device: str | None = setting(None, "cpu, cuda … (default: cuda if available)", type=str)
+    dtype: str | None = setting(None, "compute dtype (default: the artifact's)", type=str,
+                                choices=("bfloat16", "float16", "float32"))
 
     def __post_init__(self) -> None:
         for name in ("val_windows", "val_seqlen", "batch_size", "greedy_step"):
@@ -345,8 +347,15 @@ def compute_order(path: str | Path, strategy: str, settings: SortSettings | None
 
 
 def sort_artifact(path: str | Path, strategy: str, settings: SortSettings | None = None, *,
-                  shard_mb: float | None = None, use_cache: bool = True, progress: bool = True) -> SortResult:
-    """Compute ``strategy``'s order for the artifact at ``path`` and rewrite it atomically."""
-    result = compute_order(path, strategy, settings, use_cache=use_cache, progress=progress)
-    resort_artifact(path, result.order, sort_info=result.info, shard_mb=shard_mb, progress=progress)
+                  shard_mb: float | None = None, use_cache: bool = True, progress: bool = True,
+                  dest: str | Path | None = None) -> SortResult:
+    """Compute ``strategy``'s order for the artifact at ``path`` and rewrite it atomically (into
+    the new folder ``dest`` instead, when given, leaving ``path`` as it is)."""
+    try:
+        result = compute_order(path, strategy, settings, use_cache=use_cache, progress=progress)
+        resort_artifact(path, result.order, sort_info=result.info, shard_mb=shard_mb, progress=progress, dest=dest)
+    except StorageError:
+        raise
+    except OSError as err:  # a full or read-only disk: the original is intact, measurements stay cached
+        raise storage_error(err, "sort stopped", "rerun the same command: the measurements done so far are kept") from err
     return result

@@ -14,7 +14,8 @@ import shutil
 from pathlib import Path
 from typing import Sequence
 
-from bitstack.artifact.manifest import Manifest
+from bitstack.artifact.atomic import atomic_write_bytes
+from bitstack.artifact.manifest import MANIFEST_NAME, Manifest
 from bitstack.artifact.reader import open_artifact
 from bitstack.artifact.writer import finish, write_shards
 from bitstack.sorting.strategies import check_head_first, check_order
@@ -39,6 +40,7 @@ def resort_artifact(
     sort_info: dict | None = None,
     shard_mb: float | None = None,
     progress: bool = True,
+    dest: str | Path | None = None,
 ) -> Path:
     """Rewrite ``path`` so that its stack follows ``order``.
 
@@ -51,13 +53,14 @@ def resort_artifact(
             validation settings, forward passes; not its "seconds" or "cache" path, so that the same
             command writes the same manifest); ``compression["sort"]`` is set from its ``strategy``.
         shard_mb: target shard size (default: the artifact's ``compression["shard_mb"]``, else 64).
+        dest: write the re-sorted artifact into this new folder instead and leave ``path`` as it is.
     Returns:
-        ``path``.
+        ``path``, or ``dest`` when given.
     Raises:
         InputError for an invalid order; ArtifactError for a corrupted artifact.
     """
     path = Path(path)
-    work = resort_dir(path)
+    work = resort_dir(path) if dest is None else Path(dest)
     with open_artifact(path, verify=True) as reader:
         manifest = reader.manifest
         num_blocks = [w.num_blocks for w in manifest.weights]
@@ -103,6 +106,13 @@ def resort_artifact(
         except BaseException:
             shutil.rmtree(work, ignore_errors=True)
             raise
+    if dest is not None:
+        try:
+            atomic_write_bytes(work / MANIFEST_NAME, new.to_json().encode("utf-8"))
+        except BaseException:
+            shutil.rmtree(work, ignore_errors=True)
+            raise
+        return work
     try:
         return finish(path, work, new, overwrite=True)
     except BaseException:

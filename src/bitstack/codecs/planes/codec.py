@@ -43,14 +43,18 @@ class PlanesCodec(Codec):
         # the joint signs of all weights with one column loop per input width: the same signs
         joint = {}
         if settings.signs == "joint":
-            chosen = {n: w for n, w in weights.items() if _feedback_ok(w, calib_tokens) and hessians[n] is not None}
+            chosen = {n: w for n, w in weights.items() if self._feedback_ok(settings, w, calib_tokens)
+                      and hessians[n] is not None}
             joint = joint_signs_for(chosen, {n: hessians[n] for n in chosen}, niter, settings.group_size,
                                     settings.level_weight_values(), damp=settings.damp, clip_ratios=_clip_ratios(settings))
         return {n: self._decompose(w, settings, niter, hessians[n], calib_tokens, joint.get(n)) for n, w in weights.items()}
 
+    def _feedback_ok(self, settings: PlanesSettings, weight: torch.Tensor, calib_tokens: int) -> bool:
+        return not self.settings_used(settings, calib_tokens=calib_tokens, in_features=weight.shape[1])
+
     def _decompose(self, weight: torch.Tensor, settings: PlanesSettings, niter: int, hessian: torch.Tensor | None,
                    calib_tokens: int, joint: torch.Tensor | None) -> Decomposition:
-        feedback_ok = _feedback_ok(weight, calib_tokens)
+        feedback_ok = self._feedback_ok(settings, weight, calib_tokens)
         result = plane_decompose(weight, niter, settings.group_size, hessian=hessian,
                                  feedback=settings.signs == "hessian" and feedback_ok, damp=settings.damp,
                                  level_weights=(settings.level_weight_values()
@@ -58,6 +62,13 @@ class PlanesCodec(Codec):
                                  clip_ratios=_clip_ratios(settings), joint=joint)
         return Decomposition({"group_size": settings.group_size}, result.blocks,
                              {"plane_offset": result.offset, "plane_step": result.step}, result.residual_sq)
+
+    def settings_used(self, settings: PlanesSettings, *, calib_tokens: int, in_features: int) -> dict[str, Any]:
+        # error feedback needs a well-determined Hessian: with fewer calibration tokens than
+        # FEEDBACK_TOKENS_PER_INPUT x in_features, round to nearest instead
+        if settings.signs != "nearest" and calib_tokens < FEEDBACK_TOKENS_PER_INPUT * in_features:
+            return {"signs": "nearest"}
+        return {}
 
     def block_parts(self, weight: Any) -> Parts:
         out_features, in_features = weight.out_features, weight.in_features
@@ -103,12 +114,6 @@ class PlanesCodec(Codec):
 
     def repack_transient(self, weight: Any, blocks: int, delta: int, layout: int) -> int:
         return runtime.repack_transient(weight.out_features * ((weight.in_features + 7) // 8), blocks, delta)
-
-
-def _feedback_ok(weight: torch.Tensor, calib_tokens: int) -> bool:
-    """Error feedback needs a well-determined Hessian: with fewer calibration tokens than
-    FEEDBACK_TOKENS_PER_INPUT x in_features, the signs round to nearest instead."""
-    return calib_tokens >= FEEDBACK_TOKENS_PER_INPUT * weight.shape[1]
 
 
 def _clip_ratios(settings: PlanesSettings) -> tuple[float, ...]:

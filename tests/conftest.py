@@ -17,12 +17,6 @@ def _deterministic():
     yield
 
 
-def sqnr_db(ref: torch.Tensor, approx: torch.Tensor) -> float:
-    """Signal-to-quantization-noise ratio in dB."""
-    noise = (ref.double() - approx.double()).norm()
-    return float(20 * torch.log10(ref.double().norm() / noise.clamp_min(1e-300)))
-
-
 def _compress_tiny(tmp_path_factory, name: str, **settings):
     from tiny_models import tiny_model, tiny_tokenizer
 

@@ -1,6 +1,6 @@
 import pytest
 import torch
-from conftest import sqnr_db
+from numerics import sqnr_db
 
 from bitstack.codecs import get_codec
 from bitstack.codecs.avd.decompose import avd_decompose, reconstruct

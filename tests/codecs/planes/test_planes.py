@@ -1,6 +1,6 @@
 import pytest
 import torch
-from conftest import sqnr_db
+from numerics import sqnr_db
 
 from bitstack.core.packing import unpack_signs
 from bitstack.codecs.planes.decompose import plane_decompose

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from bitstack.config import CompressConfig
 from bitstack.errors import BitstackError, InputError
+from bitstack.serve.cli import add_parser as add_serve_parser
 
 
 def _config_options(parser: argparse.ArgumentParser) -> None:
@@ -438,6 +439,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the points as one JSON object")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_curve)
+    add_serve_parser(sub)
     return parser
 
 

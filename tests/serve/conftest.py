@@ -21,16 +21,24 @@ CHAT_TEMPLATE = ("{% for m in messages %}{{ m['content'] }} {% endfor %}"
 
 @pytest.fixture(scope="session")
 def serve_artifact(tmp_path_factory):
-    """A compressed tiny Llama (2 layers, codec planes, float32) whose tokenizer has a chat template."""
-    from tiny_models import tiny_model, tiny_tokenizer
+    """A compressed tiny Llama (2 layers, codec planes, float32) whose tokenizer has a chat
+    template; calibrated on a word file and sorted by the proxy order (no sampling: fast)."""
+    import random
+
+    from tiny_models import WORDS, tiny_model, tiny_tokenizer
 
     import bitstack
     from bitstack.config import CompressConfig
 
+    folder = tmp_path_factory.mktemp("serve")
+    calib = folder / "calib.txt"
+    rng = random.Random(0)
+    calib.write_text(" ".join(rng.choice(WORDS) for _ in range(2000)))
     tokenizer = tiny_tokenizer()
     tokenizer.chat_template = CHAT_TEMPLATE
-    path = tmp_path_factory.mktemp("serve") / "tiny-serve.bstk"
-    config = CompressConfig(nsamples=4, seqlen=32, niter=4, dtype="float32", batch_size=2, group_size=16, shard_mb=0.01)
+    path = folder / "tiny-serve.bstk"
+    config = CompressConfig(nsamples=4, seqlen=32, niter=4, dtype="float32", batch_size=2, group_size=16, shard_mb=0.01,
+                            sort="proxy", calib=str(calib))
     bitstack.compress(tiny_model("llama", num_hidden_layers=2), path, config, tokenizer=tokenizer, device="cpu",
                       progress=False)
     return path

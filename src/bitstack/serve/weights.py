@@ -79,7 +79,7 @@ class Weights:
         else:
             self.floor = self.full = memory_bytes(model)
             self._params = sum(p.numel() for p in model.parameters())
-            self._fixed_bits = 8.0 * self.full / max(self._params, 1)
+            self._fixed_bits = 8.0 * next(p for p in model.parameters() if p.is_floating_point()).element_size()
         self.step = grow_step or max((self.full - self.floor) // 8, 1)  # bytes per grow (a shrink waits at most one)
         self.hysteresis = hysteresis if hysteresis is not None else (self.full - self.floor) // 32  # against churn
         self._allot = self.resident_bytes
@@ -105,7 +105,10 @@ class Weights:
 
     @property
     def bits_per_param(self) -> float:
-        """Bits per decomposed parameter of the resident blocks (a float model: its dtype's bits)."""
+        """Bits per decomposed parameter of the resident blocks (a float model: its dtype's bits).
+
+        Blocks are dtype-independent (uint8 signs, float16 u, v), so this is read from the
+        manifest's stored sizes."""
         if self._fixed_bits is not None:
             return self._fixed_bits
         manifest = self.stack.manifest

@@ -34,7 +34,7 @@ def test_fixed_and_auto_targets():
 def test_shrink_at_once_grow_in_the_background_past_the_hysteresis(serve_artifact):
     model = bitstack.load(serve_artifact, None, device="cpu")
     events = []
-    weights = Weights(model, on_resize=events.append).start()
+    weights = Weights(model, on_resize=events.append, grow_delay=0.3).start()
     try:
         floor, full = weights.floor, weights.full
         assert weights.resizable and weights.resident_bytes == full == weights.allotment
@@ -43,11 +43,14 @@ def test_shrink_at_once_grow_in_the_background_past_the_hysteresis(serve_artifac
         assert weights.resident_bytes <= middle and weights.allotment == middle  # synchronous
         assert events and events[-1].direction == "shrink" and events[-1].new_bytes == weights.resident_bytes
         resident = weights.resident_bytes
-        weights.allot(middle + weights.hysteresis - 1)  # within the hysteresis: stays
-        time.sleep(0.6)
+        for _ in range(8):  # within the hysteresis: stays, however long
+            weights.allot(middle + weights.hysteresis - 1)
+            time.sleep(0.1)
         assert weights.resident_bytes == resident
-        weights.allot(full)
-        assert wait_for(lambda: weights.resident_bytes == full)
+        weights.allot(full)  # room, but not for grow_delay yet
+        time.sleep(0.4)
+        assert weights.resident_bytes == resident
+        assert wait_for(lambda: weights.allot(full) or weights.resident_bytes == full)  # the room lasts: grows
         assert events[-1].direction == "grow"
         weights.allot(0)  # below the floor: the floor
         assert weights.resident_bytes == floor

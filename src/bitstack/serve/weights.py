@@ -59,11 +59,15 @@ class Weights:
 
     ``grow_step``: bytes read per background grow (default: 1/8 of floor..full); ``hysteresis``:
     how far the allotment must exceed the weights before they grow (default: 1/32 of
-    floor..full); ``on_resize`` is called with a :class:`ResizeEvent` after every resize that
-    changed blocks.
+    floor..full), for at least ``grow_delay`` seconds (requests coming and going do not make
+    the weights churn); ``on_resize`` is called with a :class:`ResizeEvent` after every resize
+    that changed blocks.
+
+    Resizes are ordered: a shrink waits for a grow step under way, then applies the latest
+    allotment, so a stale grow never lands after a shrink.
     """
 
-    def __init__(self, model, *, grow_step: int | None = None, hysteresis: int | None = None,
+    def __init__(self, model, *, grow_step: int | None = None, hysteresis: int | None = None, grow_delay: float = 1.0,
                  on_resize: Callable[[ResizeEvent], None] | None = None):
         from bitstack import memory_bytes
 
@@ -82,9 +86,12 @@ class Weights:
             self._fixed_bits = 8.0 * next(p for p in model.parameters() if p.is_floating_point()).element_size()
         self.step = grow_step or max((self.full - self.floor) // 8, 1)  # bytes per grow (a shrink waits at most one)
         self.hysteresis = hysteresis if hysteresis is not None else (self.full - self.floor) // 32  # against churn
+        self.grow_delay = grow_delay
         self._allot = self.resident_bytes
         self._want = self._allot
-        self._lock = threading.Lock()
+        self._room_since: float | None = None  # since when the allotment has exceeded the weights
+        self._lock = threading.Lock()  # guards _allot, _want, _room_since
+        self._order = threading.Lock()  # held across deciding and doing one resize
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -117,21 +124,28 @@ class Weights:
     def allot(self, allotment: int, slack: int = 0) -> None:
         """Give the weights ``allotment`` bytes: shrink now (``slack`` bytes lower, never under
         the floor) when it is below what they hold or may hold; let the grower read blocks up to
-        it when it exceeds that by the hysteresis (or is the full stack)."""
+        it once it has exceeded that by the hysteresis (or reached the full stack) for
+        ``grow_delay`` seconds."""
         if not self.resizable:
             return
         allotment = max(self.floor, min(self.full, allotment))
+        now = time.monotonic()
         with self._lock:
             shrink = allotment < self._allot or allotment < self.resident_bytes
-            grow = not shrink and (allotment >= self._allot + self.hysteresis or allotment == self.full > self._allot)
+            room = not shrink and (allotment >= self._allot + self.hysteresis or allotment == self.full > self._allot)
+            self._room_since = (self._room_since or now) if room else None
+            grow = room and now - self._room_since >= self.grow_delay
             if shrink:
                 self._want = self._allot = max(self.floor, allotment - slack)
             elif grow:
                 self._want = allotment
             else:
-                self._want = min(self._want, allotment)
+                self._want = min(self._want, max(self._allot, allotment))
         if shrink:
-            self._resize(self._want)
+            with self._order:  # after a grow step under way
+                with self._lock:
+                    budget = self._allot
+                self._resize(budget)
         elif grow:
             self._wake.set()
 
@@ -153,12 +167,13 @@ class Weights:
             self._wake.wait(0.5)
             self._wake.clear()
             while not self._stop.is_set():
-                with self._lock:
-                    if self._want <= self._allot:
-                        break
-                    self._allot = min(self._want, self._allot + self.step)
-                    budget = self._allot
-                self._resize(budget)
+                with self._order:
+                    with self._lock:
+                        if self._want <= self._allot:
+                            break
+                        self._allot = min(self._want, self._allot + self.step)
+                        budget = self._allot
+                    self._resize(budget)
 
     def start(self) -> "Weights":
         if self.resizable and self._thread is None:

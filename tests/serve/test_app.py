@@ -54,6 +54,8 @@ def completion(**fields):
     (completion(prompt={"text": "x"}), "prompt"),
     (completion(stop=["a", "b", "c", "d", "e"]), "stop"),
     (completion(max_tokens=101), "max_tokens"),
+    (completion(seed=2**70), "seed"),
+    (completion(stream_options={"include_usage": True}), None),
 ])
 def test_bad_completion_requests_get_400(srv, body, param):
     assert_error(srv.request("POST", "/v1/completions", body), 400, param)

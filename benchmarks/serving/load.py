@@ -85,10 +85,11 @@ def one_request(port: int, model: str, prompt: str, max_tokens: int, client: int
     return record
 
 
-def _admin(port: int, key: str, memory) -> None:
+def _admin(port: int, key: str, memory, reserve=None) -> None:
     connection = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+    body = {"memory": memory} if reserve is None else {"memory": memory, "reserve": reserve}
     try:
-        connection.request("POST", "/admin/memory", body=json.dumps({"memory": memory}),
+        connection.request("POST", "/admin/memory", body=json.dumps(body),
                            headers={"Content-Type": "application/json", "Authorization": f"Bearer {key}"})
         response = connection.getresponse()
         response.read()
@@ -117,11 +118,12 @@ def cotenant(device: str, size: int, period: float, stop) -> None:
 
 def run_phase(server, *, clients: int, duration: float, max_tokens: int, prompt_words: int, waves: tuple | None,
               wave_period: float, interval: float = 0.1, temperature: float = 0.0, cotenant_bytes: int = 0,
-              seed: int = 0) -> dict:
+              auto_reserve: str | None = None, seed: int = 0) -> dict:
     """Serve ``server`` (from :func:`bitstack.serve.server.build`) under load; see the module docstring.
 
     ``waves``: (high, low) targets in bytes: high first, then low and high in turn every
-    ``wave_period / 2`` seconds; None for a fixed target.  ``cotenant_bytes``: run :func:`cotenant` on the server's device.
+    ``wave_period / 2`` seconds; None for the server's own target.  ``auto_reserve``: switch the
+    server to ``auto`` with this reserve first (with a co-tenant).  ``cotenant_bytes``: run :func:`cotenant` on the server's device.
     """
     import multiprocessing
 
@@ -170,6 +172,8 @@ def run_phase(server, *, clients: int, duration: float, max_tokens: int, prompt_
             stop.wait(interval)
 
     helpers = [threading.Thread(target=sampler, daemon=True)]
+    if auto_reserve is not None:
+        _admin(port, server.admin_key, "auto", auto_reserve)
     if waves is not None:
         _admin(port, server.admin_key, waves[0])
         helpers.append(threading.Thread(target=waver, daemon=True))

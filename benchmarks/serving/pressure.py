@@ -94,7 +94,7 @@ def plot(samples: list[dict], path: Path, title: str) -> Path:
     top.set_title(title, fontsize=10)
     mid.plot(t, [s["bits_per_param"] for s in samples], color="tab:orange")
     mid.set_ylabel("bits / param")
-    low.plot(t, [s["tokens_per_second"] for s in samples], color="tab:cyan", label="tokens/s")
+    low.plot(t, [s["tokens_per_second"] for s in samples], color="tab:cyan", label="tokens/s (last 5 s)")
     low.plot(t, [s["running"] for s in samples], color="tab:brown", label="running")
     low.plot(t, [s["queue_length"] for s in samples], color="tab:gray", label="queued")
     low.set_xlabel("seconds")
@@ -142,7 +142,6 @@ def main(argv=None) -> int:
     device = engine.device.type
     cotenant = parse_memory(args.cotenant) if args.cotenant else 0
     if cotenant:
-        engine.target.set("auto", args.reserve)
         waves, target_text = None, f"auto (reserve {args.reserve}), co-tenant {format_bytes(cotenant)} in waves"
     else:
         waves, target_text = (high, low), f"{format_bytes(low)} <-> {format_bytes(high)}"
@@ -150,7 +149,8 @@ def main(argv=None) -> int:
           f"{args.clients} clients need {format_bytes(need)} of KV + working memory; targets {target_text}", flush=True)
     phase = run_phase(server, clients=args.clients, duration=args.duration, max_tokens=args.max_tokens,
                       prompt_words=args.prompt_words, waves=waves, wave_period=args.wave_period,
-                      temperature=args.temperature, cotenant_bytes=cotenant)
+                      temperature=args.temperature, cotenant_bytes=cotenant,
+                      auto_reserve=args.reserve if cotenant else None)
     summary = phase["summary"]
     print("bitstack:", summary, flush=True)
     rows = [row("bitstack " + Path(args.artifact).name, target_text, args.clients, summary)]

@@ -120,9 +120,9 @@ def test_refused_when_the_floor_and_the_request_do_not_fit(srv, client):
 
     engine = srv.server.engine
     small = engine._committed([Request(2, 3)])
-    state = srv.admin_memory(engine.weights.floor + small)
+    state = srv.admin_memory(engine.weights.floor + small)  # the floor and a small request: no more
     try:
-        assert state["weight_resident_bytes"] < state["weight_full_bytes"]  # shed blocks: nothing runs, target is small
+        assert state["target_bytes"] == engine.weights.floor + small
         status, head, body = srv.request("POST", "/v1/completions", {"model": MODEL, "prompt": "the cat", "max_tokens": 200})
         assert status == 503 and int(head["retry-after"]) > 0
         assert body["error"]["code"] == "insufficient_memory" and "retry later" in body["error"]["message"]

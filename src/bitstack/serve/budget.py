@@ -6,8 +6,9 @@ Pure functions of byte counts (docs/serve.md explains the rule):
   ``rows`` admitted requests hold at most ``rows × longest × kv_per_token`` bytes, ``longest``
   being the largest ``prompt + max_tokens`` among them (:func:`kv_reserve_bytes`), plus one
   layer's worth for the concatenation that appends a token or a row;
-* working memory (activations of the largest forward pass the admitted requests can cause) is
-  estimated from the model's shape (:func:`working_bytes`);
+* working memory (activations of the largest forward pass the admitted requests can cause, and
+  the scratch of a compressed linear's product) is estimated from the model's shape
+  (:func:`working_bytes`);
 * the weights get what remains, between their floor and the full stack
   (:func:`weight_allotment`);
 * a request is admitted only if the floor, the KV of every admitted request and its own, and the
@@ -30,15 +31,17 @@ class ModelShape:
     vocab: int
     itemsize: int  # bytes per element of the compute dtype
     context: int  # maximum positions (prompt + generated tokens)
+    weight_elements: int = 0  # out × in of the largest compressed linear (0: a float model)
+    weight_inputs: int = 0  # the largest in_features of a compressed linear
 
     @classmethod
-    def from_config(cls, config, itemsize: int) -> "ModelShape":
+    def from_config(cls, config, itemsize: int, weight_elements: int = 0, weight_inputs: int = 0) -> "ModelShape":
         hidden = int(config.hidden_size)
         intermediate = getattr(config, "intermediate_size", None) or getattr(config, "ffn_dim", None) or 4 * hidden
         context = getattr(config, "max_position_embeddings", None) or 2048
         return cls(layers=int(config.num_hidden_layers), hidden=hidden, intermediate=int(intermediate),
                    heads=int(config.num_attention_heads), vocab=int(config.vocab_size), itemsize=itemsize,
-                   context=int(context))
+                   context=int(context), weight_elements=weight_elements, weight_inputs=weight_inputs)
 
 
 @dataclass(frozen=True)
@@ -77,16 +80,29 @@ def forward_bytes(shape: ModelShape, tokens: int, context: int, logit_rows: int)
     return tokens * per_token + logit_rows * shape.vocab * (shape.itemsize + 8)
 
 
+LUT_TOKENS = 16  # forwards of up to this many tokens may use lookup tables instead of a rebuilt weight
+
+
+def weight_transient_bytes(shape: ModelShape) -> int:
+    """Scratch of one compressed linear's product (one linear at a time): the larger of a rebuilt
+    dense weight (accumulated in float32, then cast: 16 + itemsize bytes per element of the
+    largest linear) and the CPU lookup tables of up to :data:`LUT_TOKENS` tokens (float32
+    tables of 256 entries per input byte, twice: 512 bytes per token and input feature).
+    ``benchmarks/serving/working_memory.py`` checks it against measured peaks."""
+    return max(shape.weight_elements * (16 + shape.itemsize), LUT_TOKENS * shape.weight_inputs * 512)
+
+
 def working_bytes(shape: ModelShape, requests: list[Request], prefill_chunk: int) -> int:
     """Working memory the admitted ``requests`` can need: the larger of one decode step of all
-    of them and one prefill chunk of the longest prompt (the engine runs one at a time)."""
+    of them and one prefill chunk of the longest prompt (the engine runs one at a time), plus
+    :func:`weight_transient_bytes`."""
     if not requests:
         return 0
     longest = max(r.final_length for r in requests)
     decode = forward_bytes(shape, len(requests), longest, len(requests))
     prompt = max(r.prompt_tokens for r in requests)
     prefill = forward_bytes(shape, min(prefill_chunk, prompt), prompt, 1)
-    return max(decode, prefill)
+    return max(decode, prefill) + weight_transient_bytes(shape)
 
 
 def committed_bytes(requests: list[Request], shape: ModelShape, kv_per_token: int, prefill_chunk: int) -> int:

@@ -100,7 +100,11 @@ class Engine:
         self.device = target.device
         self.runner = ModelRunner(model, self.device)
         itemsize = next(p for p in model.parameters() if p.is_floating_point()).element_size()
-        self.shape = budget.ModelShape.from_config(model.config, itemsize)
+        stack = self.weights.stack
+        linears = stack.manifest.weights if stack is not None else []
+        self.shape = budget.ModelShape.from_config(model.config, itemsize,
+                                                   max((w.out_features * w.in_features for w in linears), default=0),
+                                                   max((w.in_features for w in linears), default=0))
         self.batch = DecodeBatch(self.runner)
         self.waiting: deque[Sequence] = deque()
         self.prefilling: deque[Sequence] = deque()

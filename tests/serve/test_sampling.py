@@ -44,3 +44,12 @@ def test_low_temperature_concentrates_and_top_p_excludes():
     nucleus = SamplingParams(temperature=1.0, top_p=0.5, seed=1)
     gen = make_generator(nucleus)
     assert {sample_row(logits, nucleus, gen) for _ in range(200)} == {2}  # p(2) = 0.665 alone reaches 0.5
+
+
+def test_mixed_rows_sample_each_from_its_own_generator():
+    logits = torch.randn(3, 50, generator=torch.Generator().manual_seed(3))
+    params = [SamplingParams(temperature=0.0), SamplingParams(temperature=0.8, seed=4), SamplingParams(temperature=1.2, seed=9)]
+    out = next_tokens(logits, params, [make_generator(p) for p in params])
+    assert out[0] == int(logits[0].argmax())
+    assert out[1] == sample_row(logits[1], params[1], make_generator(params[1]))
+    assert out[2] == sample_row(logits[2], params[2], make_generator(params[2]))

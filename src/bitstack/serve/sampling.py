@@ -68,8 +68,13 @@ def sample_row(logits: torch.Tensor, params: SamplingParams, generator: torch.Ge
 def next_tokens(logits: torch.Tensor, params: list[SamplingParams], generators: list[torch.Generator | None]) -> list[int]:
     """The next token of every row: ``logits`` (rows, vocab) -> one int per row.
 
-    Greedy rows take one batched argmax on the logits' device; sampled rows are drawn on the CPU
-    from their own generator.
+    Greedy rows take one batched argmax on the logits' device; sampled rows are copied to the
+    CPU at once and drawn there, each from its own generator.
     """
-    greedy = torch.argmax(logits, dim=-1).tolist()
-    return [greedy[i] if p.greedy else sample_row(logits[i], p, generators[i]) for i, p in enumerate(params)]
+    tokens = torch.argmax(logits, dim=-1).tolist()
+    sampled = [i for i, p in enumerate(params) if not p.greedy]
+    if sampled:
+        rows = logits[torch.tensor(sampled, device=logits.device)].to("cpu", torch.float32)
+        for row, i in zip(rows, sampled):
+            tokens[i] = sample_row(row, params[i], generators[i])
+    return tokens

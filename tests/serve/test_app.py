@@ -8,7 +8,7 @@ import json
 import re
 
 import pytest
-from conftest import running
+from serve.helpers import running
 
 from bitstack.errors import InputError
 from bitstack.serve.server import check_host

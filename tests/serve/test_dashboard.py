@@ -11,7 +11,7 @@ import shutil
 import time
 
 import pytest
-from conftest import running, wait_for
+from serve.helpers import running, wait_for
 
 MODEL = "tiny-serve.bstk"
 FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",

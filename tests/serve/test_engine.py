@@ -6,7 +6,7 @@ import threading
 
 import pytest
 import torch
-from conftest import wait_for
+from serve.helpers import wait_for
 
 import bitstack
 from bitstack.serve.engine import Engine, EngineConfig, Sequence

@@ -8,7 +8,7 @@ import json
 import threading
 
 import pytest
-from conftest import running, wait_for
+from serve.helpers import running, wait_for
 
 openai = pytest.importorskip("openai", reason="the serve tests need the openai client (dev extra)")
 

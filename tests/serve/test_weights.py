@@ -2,7 +2,7 @@ import time
 
 import pytest
 import torch
-from conftest import wait_for
+from serve.helpers import wait_for
 
 import bitstack
 from bitstack.errors import InputError

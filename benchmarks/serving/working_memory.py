@@ -4,8 +4,8 @@ memory rule reserves (:func:`bitstack.serve.budget.working_bytes`).
 For prefill chunks and decode batches of several sizes, the peak of the bytes allocated during
 one forward pass (beyond what existed before it: weights and KV cache) is measured:
 
-* CPU: with ``torch.profiler`` (``profile_memory=True``), replaying every allocation and free
-  in time order;
+* CPU: with ``torch.profiler`` (``profile_memory=True``), replaying its allocation timeline
+  (a private API of torch: ``_memory_profile()``);
 * CUDA: ``torch.cuda.max_memory_allocated`` minus the allocated bytes before the pass.
 
 The rule holds when every measured peak is at most the estimate (the "ratio" column is
@@ -23,68 +23,85 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def cpu_peak(fn) -> int:
-    """Peak bytes allocated on the CPU while ``fn`` runs, above the bytes at its start."""
+SENTINEL_BYTES = 7919  # a marker allocation of this size starts the measured window
+
+
+def cpu_peak(setup, fn) -> int:
+    """Peak bytes allocated on the CPU while ``fn(setup())`` runs, above the bytes at its start.
+
+    Replays the profiler's allocation timeline (``torch.profiler`` with ``profile_memory``; its
+    ``_memory_profile()`` gives every create and destroy with its time).  ``setup`` runs inside
+    the profile: the profiler sees no frees of blocks allocated before it started (the KV cache
+    that a decode step replaces), so the state is built under it, and a marker allocation
+    starts the measured window."""
+    import torch
     from torch.profiler import ProfilerActivity, profile
 
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        fn()
-    changes = []
-    for event in prof.events():
-        delta = event.cpu_memory_usage if event.name == "[memory]" else event.self_cpu_memory_usage
-        if delta:
-            changes.append((event.time_range.start, delta))
-    current = peak = 0
-    for _, delta in sorted(changes):
-        current += delta
-        peak = max(peak, current)
-    return peak
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True, record_shapes=True, with_stack=True) as prof:
+        state = setup()
+        marker = torch.empty(SENTINEL_BYTES, dtype=torch.uint8)
+        del marker
+        fn(state)
+    events = sorted((t, action.name, size) for t, action, _, size in prof._memory_profile().timeline if t >= 0)
+    start = next(t for t, action, size in events if action == "CREATE" and size == SENTINEL_BYTES)
+    current = at_start = peak = 0
+    for t, action, size in events:
+        current += size if action == "CREATE" else -size if action == "DESTROY" else 0
+        if t <= start:
+            at_start = peak = current
+        else:
+            peak = max(peak, current)
+    return peak - at_start
 
 
-def cuda_peak(fn, device) -> int:
+def cuda_peak(setup, fn, device) -> int:
     import torch
 
+    state = setup()
     torch.cuda.synchronize(device)
     before = torch.cuda.memory_allocated(device)
     torch.cuda.reset_peak_memory_stats(device)
-    fn()
+    fn(state)
     torch.cuda.synchronize(device)
     return torch.cuda.max_memory_allocated(device) - before
 
 
 def measure(engine, cases: list[tuple[str, int, int]]) -> list[list]:
-    """Rows [kind, tokens, context, measured, estimate, ratio] for each (kind, rows/tokens, context)."""
+    """Rows [pass, tokens or rows, context, measured, estimate, ratio] for each (pass, n, context)."""
     import torch
 
-    from bitstack.serve.budget import Request, forward_bytes, weight_transient_bytes
+    from bitstack.serve.budget import forward_bytes, weight_transient_bytes
     from bitstack.serve.kvbatch import DecodeBatch
 
     runner, shape, device = engine.runner, engine.shape, engine.device
-    peak = cuda_peak if device.type == "cuda" else (lambda fn, _device: cpu_peak(fn))
+    peak = (lambda setup, fn: cuda_peak(setup, fn, device)) if device.type == "cuda" else cpu_peak
     gen = torch.Generator().manual_seed(0)
     rows = []
     with torch.no_grad():
         for kind, n, context in cases:
             if kind == "prefill":
                 prompt = torch.randint(0, shape.vocab, (context,), generator=gen).to(device)
-                cache, _ = runner.prefill(prompt[:context - n], None) if context > n else (None, None)
-                measured = peak(lambda: runner.prefill(prompt[context - n:], cache), device)
+
+                def setup():
+                    return runner.prefill(prompt[:context - n], None)[0] if context > n else None
+
+                measured = peak(setup, lambda cache: runner.prefill(prompt[context - n:], cache))
                 estimate = forward_bytes(shape, n, context, 1) + weight_transient_bytes(shape)
-                requests = [Request(context, 1)]
             else:
-                batch = DecodeBatch(runner)
-                for i in range(n):
-                    prompt = torch.randint(0, shape.vocab, (context,), generator=gen).to(device)
-                    cache, _ = runner.prefill(prompt, None)
-                    batch.insert(i, cache, context)
+                prompts = [torch.randint(0, shape.vocab, (context,), generator=gen).to(device) for _ in range(n)]
                 tokens = [int(t) for t in torch.randint(0, shape.vocab, (n,), generator=gen)]
-                measured = peak(lambda: batch.step(tokens), device)
-                requests = [Request(context, 1)] * n
-                estimate = forward_bytes(shape, n, context + 1, n) + weight_transient_bytes(shape)
-            # the rule reserves the KV append transient separately (one layer of the batch, in the KV reserve)
-            append = n * (context + 1) * runner.kv_per_token // runner.layers if kind == "decode" else 0
-            rows.append([kind, n, context, measured, estimate + append, round(measured / (estimate + append), 3)])
-            del requests
+
+                def setup():
+                    batch = DecodeBatch(runner)
+                    for i, prompt in enumerate(prompts):
+                        batch.insert(i, runner.prefill(prompt, None)[0], context)
+                    return batch
+
+                measured = peak(setup, lambda batch: batch.step(tokens))
+                # plus the KV append transient, which the rule reserves with the KV (one layer of the batch)
+                estimate = (forward_bytes(shape, n, context + 1, n) + weight_transient_bytes(shape)
+                            + n * (context + 1) * runner.kv_per_token // runner.layers)
+            rows.append([kind, n, context, measured, estimate, round(measured / estimate, 3)])
     return rows
 
 

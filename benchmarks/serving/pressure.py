@@ -49,6 +49,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--float", dest="float_model", default=None, help="float baseline: smollm2-135m, a .gguf or a model folder")
     p.add_argument("--float-memory", default=None, help="the float model's fixed target (default: its weights + the "
                    "clients' KV and working memory)")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's; 1 on a crowded CPU)")
     p.add_argument("--out", default=None, help="result JSON (default: benchmarks/results/serving/pressure_DEVICE.json)")
     p.add_argument("--png", default=None, help="memory and bits/param over time (default: the result's name .png)")
     return p.parse_args(argv)
@@ -131,6 +132,13 @@ def main(argv=None) -> int:
     from bitstack.serve.options import ServeOptions
     from bitstack.serve.server import build
 
+    import os
+
+    import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    load_before = os.getloadavg()[0]
     base = dict(device=args.device, dtype=args.dtype, max_batch=args.clients, max_queue=4 * args.clients,
                 queue_timeout=600.0, port=0, max_tokens_limit=max(args.max_tokens, 16))
     server = build(args.artifact, ServeOptions(memory="1TB", **base))
@@ -157,7 +165,10 @@ def main(argv=None) -> int:
     extra = {"bitstack": summary, "low_bytes": low, "high_bytes": high, "need_bytes": need, "prompt_tokens_max": prompt_tokens,
              "floor_bytes": engine.weights.floor, "full_bytes": engine.weights.full, "max_tokens": args.max_tokens,
              "wave_period_s": args.wave_period, "duration_s": args.duration}
-    notes = [f"{args.clients} streaming clients, {args.max_tokens} tokens each (ignore_eos), prompts of "
+    compression = engine.weights.stack.manifest.compression
+    notes = ["artifact compressed with " + ", ".join(f"{k} {compression.get(k)}" for k in
+                                                    ("calib", "nsamples", "seqlen", "codec", "niter", "signs", "clip", "sort")),
+             f"{args.clients} streaming clients, {args.max_tokens} tokens each (ignore_eos), prompts of "
              f"{args.prompt_words} words (<= {prompt_tokens} tokens); the target halves and doubles every "
              f"{args.wave_period / 2:g} s" if waves else f"{args.clients} clients; auto target with a co-tenant"]
     if args.float_model:
@@ -185,6 +196,10 @@ def main(argv=None) -> int:
                         float_phase["summary"]))
         extra.update(float=float_phase["summary"], float_weights_bytes=weights, float_memory_bytes=fixed,
                      float_at_high=refusal)
+    extra["load_average_1min"] = [round(load_before, 2), round(os.getloadavg()[0], 2)]
+    extra["torch_threads"] = torch.get_num_threads()
+    notes.append(f"{torch.get_num_threads()} torch thread(s); 1-minute load average {load_before:.1f} at start, "
+                 f"{os.getloadavg()[0]:.1f} at the end")
     out = Path(args.out) if args.out else ROOT / "benchmarks" / "results" / "serving" / f"pressure_{device}.json"
     png = Path(args.png) if args.png else out.with_suffix(".png")
     plot(phase["samples"], png, f"bitstack serve under memory waves ({args.clients} clients, {device})")

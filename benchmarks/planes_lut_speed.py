@@ -38,8 +38,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=15)
     args = parser.parse_args(argv)
 
-    from bitstack.core.planes import plane_decompose, planes_reconstruct
-    from bitstack.core.planes_lut import planes_linear_lut
+    from bitstack.codecs.planes.decompose import plane_decompose
+    from bitstack.codecs.planes.grid import planes_reconstruct
+    from bitstack.codecs.planes.lut import planes_linear_lut
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)

@@ -4,7 +4,7 @@ import torch
 from tiny_models import tiny_model, tiny_tokenizer
 
 import bitstack
-from bitstack.compressor import FEEDBACK_TOKENS_PER_INPUT
+from bitstack.codecs.planes.settings import FEEDBACK_TOKENS_PER_INPUT
 from bitstack.config import CompressConfig
 from bitstack.runtime.linear import BitStackLinear
 

@@ -1,6 +1,6 @@
 """Short fuzzing runs (a few hundred cases): only BitstackError may escape the parsers and the reader.
 
-The long runs (>= 10,000 cases) are ``benchmarks/fuzz_parsers.py``.
+The long runs (>= 10,000 cases) are ``python -m benchmarks.reliability.fuzz_parsers``.
 """
 
 import json

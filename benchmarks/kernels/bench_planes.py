@@ -1,11 +1,11 @@
-"""Validate and time the codec-``planes`` Triton kernels on a GPU (issue 5, "fast inference").
+"""Validate and time the codec-``planes`` Triton kernels on a GPU.
 
 Phases (``--phases``, default ``validate,probe,table``):
 
 * ``validate``: the planes decode kernel (several launch configurations, split-K on and off), the
   row rebuild and the chunked prefill, fp16 and bf16, odd shapes (K not a multiple of 8 or of the
   group, N odd, groups of 32/64/128/256) and real ones, against the float32 PyTorch reference
-  (:func:`bitstack.kernels.planes_reference.planes_linear_reference`); fresh random inputs,
+  (:func:`bitstack.kernels.planes.reference.planes_linear_reference`); fresh random inputs,
   output memory poisoned with NaN first; split-K repeatability.  **Any failure aborts the run
   before anything is timed** (exit code 1).
 * ``probe``: decode launch parameters on 14336x4096 and 4096x14336 at J = 4, 1 token; the
@@ -17,20 +17,20 @@ Phases (``--phases``, default ``validate,probe,table``):
   vs fp16 and the kernel's achieved GB/s, counting sign bytes + grid bytes (offset, step) + x + y
   once.  All
   times are CUDA-graph replays with the L2 flushed before each (``triton.testing.do_bench``,
-  median), as in ``bench_kernels.py``, whose timing helpers this script uses; the device copy
-  bandwidth is measured in the same run.
+  median, ``_timing.py``); the device copy bandwidth is measured in the same run.
 
-Usage (GPU): ``python benchmarks/kernels/bench_planes.py --json $OUT/planes.json``
-CPU dry run of the logic (Triton interpreter, tiny shapes): ``TRITON_INTERPRET=1 python
-benchmarks/kernels/bench_planes.py --smoke``.
+    python -m benchmarks.kernels.bench_planes --phases table --shapes 14336x4096 --tokens 1,16,2048 --blocks 3,4
+    TRITON_INTERPRET=1 python -m benchmarks.kernels.bench_planes --smoke    # CPU dry run, tiny shapes
+
+Writes a result file (``benchmarks/resultfile.py``; default
+``benchmarks/results/kernels/bench_planes.json``, none for ``--smoke``): the table's rows, and the
+validation and probe rows under ``extra``.
 """
 
 from __future__ import annotations
 
 import argparse
-import functools
 import json
-import math
 import sys
 import time
 from pathlib import Path
@@ -38,19 +38,17 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parents[1] / "src"))
-sys.path.insert(0, str(HERE))
+if __package__ in (None, ""):  # run as a file: make this tree's benchmarks package importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-import bench_kernels as bk  # noqa: E402  (timing helpers: bench, bench_graph, copy_bandwidth, poison)
-
+from benchmarks.kernels._timing import Timing, default_out, device_info, log, poison, rel_err  # noqa: E402
+from benchmarks.resultfile import write_result  # noqa: E402
 from bitstack.core.packing import pack_signs  # noqa: E402
 from bitstack.kernels import PLANES_DECODE_MAX_TOKENS, PackedPlanes, planes_linear  # noqa: E402
-from bitstack.kernels.planes_reference import planes_linear_naive, planes_linear_reference  # noqa: E402
+from bitstack.kernels.planes.reference import planes_linear_naive, planes_linear_reference  # noqa: E402
 
 SHAPES = [(14336, 4096), (4096, 14336), (4096, 4096), (1024, 4096)]  # (out, in) = F.linear weight
 TOL = {torch.float16: 3e-3, torch.bfloat16: 1.5e-2}
-log = bk.log
 
 
 def random_planes(N: int, K: int, J: int, group: int, device, seed: int, exact_signs: bool = False) -> PackedPlanes:
@@ -67,17 +65,14 @@ def random_planes(N: int, K: int, J: int, group: int, device, seed: int, exact_s
     return PackedPlanes(signs, offset, step, N, K, group)
 
 
-def rel_err(y, ref) -> float:
-    return ((y.float() - ref.float()).norm() / ref.float().norm()).item()
-
-
 def grid_bytes(p: PackedPlanes) -> int:
     return p.offset.numel() * 2 + p.step.numel() * 2
 
 
 # ---------------------------------------------------------------------------------------------
-def phase_validate(device, results, args) -> bool:
-    from bitstack.kernels.planes import DECODE_MAX_M, PlanesDecodeConfig, planes_decode_launch, planes_linear_prefill
+def phase_validate(device, tm: Timing, results: dict, args) -> bool:
+    from bitstack.kernels.planes.decode import DECODE_MAX_M, PlanesDecodeConfig, planes_decode_launch
+    from bitstack.kernels.planes.rebuild import planes_linear_prefill
 
     rows, failures = [], []
     cases = [  # N, K, J, tokens, group (each J and token count compiles the kernels anew: few cases)
@@ -87,7 +82,7 @@ def phase_validate(device, results, args) -> bool:
     if args.validate_all:
         cases += [(1001, 1030, 3, 3, 128), (333, 577, 1, 2, 32), (4096, 4096, 2, 1, 128), (14336, 4096, 16, 1, 128),
                   (4096, 4096, 4, 300, 64)]
-    if bk.SMOKE:
+    if tm.smoke:
         cases = [(37, 70, 2, 1, 16), (24, 300, 3, 3, 32), (40, 256, 2, 20, 64)]
     decode_cfgs = [dict(), dict(splits=3), dict(block_n=64, block_k=512)]
     if args.validate_all:
@@ -106,7 +101,7 @@ def phase_validate(device, results, args) -> bool:
                 variants += [("decode", c) for c in decode_cfgs]
             variants += [("prefill", dict(chunk_bytes=2 * K * 64))]
             for kind, c in variants:
-                bk.poison(M * N * 2, device)
+                poison(M * N * 2, device)
                 name = f"{kind}/{c}"
                 try:
                     if kind == "planes_linear":
@@ -115,7 +110,7 @@ def phase_validate(device, results, args) -> bool:
                         y = planes_decode_launch(x, packed, bias, PlanesDecodeConfig(**c))
                     else:
                         y = planes_linear_prefill(x, packed, bias, **c)
-                    if not bk.SMOKE:
+                    if not tm.smoke:
                         torch.cuda.synchronize()
                     err = rel_err(y, ref)
                     ok = bool(torch.isfinite(y).all()) and err < TOL[dtype] and y.dtype == dtype
@@ -129,10 +124,10 @@ def phase_validate(device, results, args) -> bool:
         log(f"  validate {N}x{K} J={J} M={M} g={group}: "
             f"max err {max(r['err'] for r in rows[-2 * len(variants):]):.2e}")
     # split-K repeatability: the fp32 atomics add in varying order, nothing else may move
-    NR, KR = (64, 512) if bk.SMOKE else (4096, 14336)
+    NR, KR = (64, 512) if tm.smoke else (4096, 14336)
     packed = random_planes(NR, KR, 3, 128, device, seed=3)
     x = torch.randn(1, KR, device=device).half()
-    ys = [planes_decode_launch(x, packed, None, PlanesDecodeConfig(splits=8)).float() for _ in range(2 if bk.SMOKE else 20)]
+    ys = [planes_decode_launch(x, packed, None, PlanesDecodeConfig(splits=8)).float() for _ in range(2 if tm.smoke else 20)]
     spread = max((y - ys[0]).abs().max().item() for y in ys)
     scale = ys[0].abs().max().item()
     rows.append(dict(kernel="decode split-K repeat", spread=spread, ok=spread <= 2e-3 * scale))
@@ -146,26 +141,26 @@ def phase_validate(device, results, args) -> bool:
 
 
 # ---------------------------------------------------------------------------------------------
-def phase_probe(device, results, args) -> dict:
-    from bitstack.kernels.planes import PlanesDecodeConfig, default_decode_config, planes_decode_launch
+def phase_probe(device, tm: Timing, results: dict, args) -> dict:
+    from bitstack.kernels.planes.decode import PlanesDecodeConfig, decode_config, planes_decode_launch
 
     configs = json.loads(args.probe_configs) if args.probe_configs else [
         dict(), dict(block_n=32, block_k=256), dict(block_n=64, block_k=128, programs_per_sm=16),
         dict(block_n=16, block_k=256), dict(block_n=32, block_k=512), dict(block_n=32, programs_per_sm=8),
         dict(block_n=32, num_warps=2), dict(block_n=64, num_warps=8)]
-    shapes = [(128, 512)] if bk.SMOKE else [(14336, 4096), (4096, 14336)]
+    shapes = [(128, 512)] if tm.smoke else [(14336, 4096), (4096, 14336)]
     score, rows = {}, []
     for (N, K) in shapes:
         w = torch.randn(N, K, device=device).half()
         x = torch.randn(1, K, device=device).half()
-        t_lin = bk.bench_graph(lambda: F.linear(x, w))
+        t_lin = tm.graph(lambda: F.linear(x, w))
         packed = random_planes(N, K, 4, 128, device, seed=4)
         ref = planes_linear_reference(x, packed)
         for c in configs:
-            cfg = PlanesDecodeConfig(**c) if c else default_decode_config(1, N, K, 4)
+            cfg = PlanesDecodeConfig(**c) if c else decode_config(1, 4)
             try:
                 err = rel_err(planes_decode_launch(x, packed, None, cfg), ref)
-                t = bk.bench_graph(lambda: planes_decode_launch(x, packed, None, cfg))
+                t = tm.graph(lambda: planes_decode_launch(x, packed, None, cfg))
             except Exception as exc:
                 log("  probe failed", N, K, c, repr(exc)[:300])
                 continue
@@ -177,20 +172,20 @@ def phase_probe(device, results, args) -> dict:
             rows.append(dict(N=N, K=K, J=4, M=1, cfg=c, us=t, lin_us=t_lin, speedup=t_lin / t, err=err))
             log(f"  probe decode {N}x{K} J=4 {c}: {t:.1f} us (fp16 {t_lin:.1f}, x{t_lin / t:.2f}) err {err:.1e}")
     best = json.loads(min(score, key=score.get)) if score else {}
-    log(f"  chosen decode config: {best or 'default_decode_config'}")
+    log(f"  chosen decode config: {best or 'decode_config'}")
     results["probe"] = rows
     results["chosen_decode"] = best
     return best
 
 
 # ---------------------------------------------------------------------------------------------
-def phase_table(device, results, args, bw: float, dec_kw: dict, save=lambda: None) -> list[dict]:
+def phase_table(device, tm: Timing, results: dict, args, bw: float, dec_kw: dict, save=lambda: None) -> list[dict]:
     """``kernel_us``: ``planes_linear`` (its dispatch and default launch parameters, as the runtime
     runs it); ``decode_us``/``prefill_us``: both paths at 2..16 tokens; ``decode_tuned_us``: the
     decode kernel with ``dec_kw`` (the probe's choice or --decode-config), when given."""
     from bitstack.kernels import planes_linear_decode
-    from bitstack.kernels.planes import PlanesDecodeConfig, planes_decode_launch, planes_linear_prefill
-    from bitstack.kernels.planes import DECODE_MAX_M
+    from bitstack.kernels.planes.decode import DECODE_MAX_M, PlanesDecodeConfig, planes_decode_launch
+    from bitstack.kernels.planes.rebuild import planes_linear_prefill
 
     dcfg = PlanesDecodeConfig(**dec_kw) if dec_kw else None
     rows = []
@@ -200,7 +195,7 @@ def phase_table(device, results, args, bw: float, dec_kw: dict, save=lambda: Non
         w = torch.randn(N, K, device=device).half()
         for M in [int(m) for m in args.tokens.split(",")]:
             x = torch.randn(M, K, device=device).half()
-            t_lin = bk.bench_graph(lambda: F.linear(x, w))
+            t_lin = tm.graph(lambda: F.linear(x, w))
             for J in blocks:
                 packed = random_planes(N, K, J, args.group, device, seed=J)
                 moved = packed.nbytes + grid_bytes(packed) + 2 * (M * K + M * N)
@@ -213,15 +208,15 @@ def phase_table(device, results, args, bw: float, dec_kw: dict, save=lambda: Non
                     if not err < TOL[torch.float16]:
                         raise RuntimeError(f"kernel result off by {err:.2e} relative")
                     if not args.skip_naive and (not args.naive_blocks or J in naive_blocks):
-                        row["naive_us"] = bk.bench_graph(lambda: planes_linear_naive(x, packed))
-                    row["kernel_us"] = bk.bench_graph(lambda: planes_linear(x, packed))
+                        row["naive_us"] = tm.graph(lambda: planes_linear_naive(x, packed))
+                    row["kernel_us"] = tm.graph(lambda: planes_linear(x, packed))
                     row["path"] = "decode" if M <= PLANES_DECODE_MAX_TOKENS else "prefill"
                     if dcfg is not None and M <= DECODE_MAX_M:
-                        row["decode_tuned_us"] = bk.bench_graph(lambda: planes_decode_launch(x, packed, None, dcfg))
+                        row["decode_tuned_us"] = tm.graph(lambda: planes_decode_launch(x, packed, None, dcfg))
                     if 1 < M <= 16:  # both paths around the dispatch threshold
                         if M <= DECODE_MAX_M:
-                            row["decode_us"] = bk.bench_graph(lambda: planes_linear_decode(x, packed))
-                        row["prefill_us"] = bk.bench_graph(lambda: planes_linear_prefill(x, packed, None))
+                            row["decode_us"] = tm.graph(lambda: planes_linear_decode(x, packed))
+                        row["prefill_us"] = tm.graph(lambda: planes_linear_prefill(x, packed, None))
                 except Exception as exc:
                     row["error"] = repr(exc)[:300]
                     log("  table ERROR", row)
@@ -247,60 +242,71 @@ def with_ratios(row: dict, bw: float) -> dict:
     return row
 
 
-def markdown_table(rows, bw) -> str:
-    lines = ["| out×in | tokens | J | fp16 F.linear µs | naive µs | kernel µs (path) | kernel / fp16 time | speed-up vs fp16 | "
-             "GB/s (% of copy) | decode µs | prefill µs | decode, tuned µs |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+COLUMNS = ["out×in", "tokens", "J", "fp16 F.linear µs", "naive µs", "kernel µs", "path", "kernel / fp16 time",
+           "speed-up vs fp16", "kernel GB/s", "% of copy", "decode µs", "prefill µs", "decode, tuned µs"]
+
+
+def table_cells(r: dict) -> list:
+    """One row of :data:`COLUMNS` (numbers rounded; None where a path was not timed)."""
+    def num(key, digits=1):
+        return None if r.get(key) is None else round(r[key], digits)
+
+    return [f"{r['N']}×{r['K']}", r["M"], r["J"], num("lin_us"), num("naive_us"), num("kernel_us"), r["path"],
+            num("ratio_vs_fp16", 2), num("speedup_vs_fp16", 2), round(r["kernel_GBs"]), round(r["pct_of_copy"]),
+            num("decode_us"), num("prefill_us"), num("decode_tuned_us")]
+
+
+def markdown_table(rows: list[dict]) -> str:
+    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
     for r in rows:
-        f = functools.partial(bk.cell, r)
         if "kernel_us" not in r:
             lines.append(f"| {r['N']}×{r['K']} | {r['M']} | {r['J']} | {r['lin_us']:.1f} | error: {r.get('error')} |")
-            continue
-        lines.append(f"| {r['N']}×{r['K']} | {r['M']} | {r['J']} | {r['lin_us']:.1f} | {f('naive_us')} | "
-                     f"{r['kernel_us']:.1f} ({r['path']}) | {r['ratio_vs_fp16']:.2f} | {r['speedup_vs_fp16']:.2f}× | "
-                     f"{r['kernel_GBs']:.0f} ({r['pct_of_copy']:.0f}%) | {f('decode_us')} | {f('prefill_us')} | "
-                     f"{f('decode_tuned_us')} |")
+        else:
+            lines.append("| " + " | ".join("–" if v is None else str(v) for v in table_cells(r)) + " |")
     return "\n".join(lines)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--phases", default="validate,probe,table")
-    ap.add_argument("--shapes", default=",".join(f"{n}x{k}" for n, k in SHAPES))
-    ap.add_argument("--tokens", default="1,16,2048")
-    ap.add_argument("--blocks", default="1,2,3,4,5,6,7,8")
-    ap.add_argument("--group", type=int, default=128)
+    ap.add_argument("--phases", default="validate,probe,table", help="comma-separated: validate, probe, table")
+    ap.add_argument("--shapes", default=",".join(f"{n}x{k}" for n, k in SHAPES), help="OUTxIN weight shapes")
+    ap.add_argument("--tokens", default="1,16,2048", help="token counts of the table")
+    ap.add_argument("--blocks", default="1,2,3,4,5,6,7,8", help="block counts J of the table")
+    ap.add_argument("--group", type=int, default=128, help="group size of the grids")
     ap.add_argument("--decode-config", default="", help="JSON kwargs of PlanesDecodeConfig (else the probe's choice)")
     ap.add_argument("--probe-configs", default="", help="JSON list of PlanesDecodeConfig kwargs to probe")
-    ap.add_argument("--skip-naive", action="store_true")
+    ap.add_argument("--skip-naive", action="store_true", help="do not time the naive path (rebuild, then F.linear)")
     ap.add_argument("--naive-blocks", default="", help="time the naive path only at these J (it is slow)")
     ap.add_argument("--validate-all", action="store_true", help="more shapes and launch configurations")
-    ap.add_argument("--json", default="", help="write every row and check here")
+    ap.add_argument("--out", default=None, help="result file, rewritten after each shape and token count (default: "
+                    "benchmarks/results/kernels/bench_planes.json; none with --smoke)")
     ap.add_argument("--smoke", action="store_true", help="CPU interpreter dry run (TRITON_INTERPRET=1), tiny sizes")
     args = ap.parse_args()
-    bk.SMOKE = args.smoke
+    tm = Timing(smoke=args.smoke)
+    out = args.out if args.out is not None else (None if args.smoke else default_out("bench_planes"))
     if args.smoke:
         args.shapes, args.tokens, args.blocks = "40x256,33x300", "1,9", "1,3"
     device = torch.device("cpu" if args.smoke else "cuda")
-    import triton
-
-    results = {"command": " ".join(sys.argv), "torch": torch.__version__, "triton": triton.__version__}
-    if not args.smoke:
-        results["device"] = torch.cuda.get_device_name(device)
-        results["sms"] = torch.cuda.get_device_properties(device).multi_processor_count
+    results = device_info(device)
     log(results)
     t0 = time.time()
-    bw = bk.copy_bandwidth(device)
+    bw = tm.copy_bandwidth(device)
     results["copy_GBs"] = bw
     log(f"device copy bandwidth {bw:.0f} GB/s (read + write)")
 
     def save():
-        if args.json:
-            Path(args.json).write_text(json.dumps(results, indent=1, default=str))
+        if out:
+            rows = [table_cells(r) for r in results.get("table", []) if "kernel_us" in r]
+            write_result(out, title="Codec planes kernels against fp16 F.linear", topic="kernels", columns=COLUMNS,
+                         rows=rows, extra=results,
+                         notes=f"Kernel = planes_linear as the runtime calls it (decode paths up to "
+                         f"{PLANES_DECODE_MAX_TOKENS} tokens, chunked prefill above); CUDA-graph replay, L2 flushed, "
+                         f"median; device copy {bw:.0f} GB/s measured in the same run; GB/s counts sign, grid, x "
+                         "and y bytes once; random signs and grids.")
 
     phases = args.phases.split(",")
     if "validate" in phases:
-        ok = phase_validate(device, results, args)
+        ok = phase_validate(device, tm, results, args)
         save()
         log(f"[{time.time() - t0:.0f}s] validate done")
         if not ok:
@@ -309,21 +315,18 @@ def main() -> None:
             raise SystemExit("validation FAILED: nothing timed")
     dec_kw = json.loads(args.decode_config) if args.decode_config else {}
     if "probe" in phases and not args.decode_config:
-        dec_kw = phase_probe(device, results, args)
+        dec_kw = phase_probe(device, tm, results, args)
         save()
         log(f"[{time.time() - t0:.0f}s] probe done")
     if "table" in phases:
         try:
-            rows = phase_table(device, results, args, bw, dec_kw, save)
+            rows = phase_table(device, tm, results, args, bw, dec_kw, save)
         finally:
             save()
         log(f"[{time.time() - t0:.0f}s] table done")
-        md = markdown_table(rows, bw)
-        results["table_md"] = md
-        save()
         log(f"\ndevice copy bandwidth {bw:.0f} GB/s; decode config {dec_kw or 'default'}; "
-            f"planes_linear: decode kernel up to {PLANES_DECODE_MAX_TOKENS} tokens, chunked prefill above")
-        log(md)
+            f"planes_linear: decode kernels up to {PLANES_DECODE_MAX_TOKENS} tokens, chunked prefill above")
+        log(markdown_table(rows))
     log(f"total {time.time() - t0:.0f}s")
 
 

@@ -1,13 +1,14 @@
 """``bitstack.compress``: float causal LM -> BitStack artifact.
 
-Pipeline (each step a call into the pure functions of :mod:`bitstack.core`):
+Pipeline (each step a call into pure functions: :mod:`bitstack.core`, the codec's, the sort's):
 
 1. load the float model and tokenizer; find the decoder layers and their linears;
 2. draw calibration samples and capture the hidden states entering the first layer;
 3. layer by layer: run the layer while accumulating per-channel activation norms of every
-   linear's input; turn them into scales s; fold 1/s into the producing op where the family
-   table allows (else keep it as a run-time input scale); decompose every W·diag(s) with AVD;
-   write the layer's blocks to a work file;
+   linear's input (and the Hessians Σ x xᵀ when the codec asks for them); turn them into scales s
+   (raised to the configured or the codec's power); fold 1/s into the producing op where the
+   family table allows (else keep it as a run-time input scale); decompose every W·diag(s) with
+   the codec (:class:`bitstack.codecs.base.Codec`); write the layer's blocks to a work file;
 4. order all blocks into the universal stack, write base weights and block shards in stack
    order, the tokenizer, and finally the manifest; move the directory into place.
 
@@ -20,38 +21,36 @@ did, before folding), then the saved folded parameters are put back.
 
 from __future__ import annotations
 
+import copy
 import os
+import shutil
 import sys
 from pathlib import Path
 
 import torch
+from safetensors import safe_open
 from torch import nn
 from tqdm.auto import tqdm
 
 from bitstack import __version__
+from bitstack.artifact.atomic import atomic_write_bytes
 from bitstack.artifact.layout import block_tensor_names
-from bitstack.artifact.manifest import Manifest, WeightEntry
+from bitstack.artifact.manifest import MANIFEST_NAME, Manifest, WeightEntry
 from bitstack.artifact.workdir import LayerRecord, WorkDir, run_fingerprint
 from bitstack.artifact.writer import BaseTensorSpec, finish, partial_dir, write_base, write_shards, write_tokenizer
 from bitstack.calibration.layerwise import LayerInputs, capture_layer_inputs, run_layer
 from bitstack.calibration.samples import calibration_samples, check_source, source_digest
-from bitstack.config import CompressConfig
-from bitstack.core.avd import ResidualBlock, avd_decompose, block_nbytes
-from bitstack.core.ordering import WeightStats, universal_order
-from bitstack.core.planes import CLIP_RATIOS, plane_decompose, search_scale_power
+from bitstack.codecs import get_codec
+from bitstack.codecs.base import Block, WeightShape
+from bitstack.config import CompressConfig, resolve_dtype
 from bitstack.core.scaling import activation_scale
 from bitstack.devices import resolve_device
 from bitstack.errors import BitstackError, InputError, UnsupportedModelError
 from bitstack.models.architecture import find_decoder_layers, layer_linears, plan_folds
 from bitstack.models.folding import fold_into_norm, fold_into_rows
-from bitstack.runtime.loader import resolve_dtype
-
-
-# Signs "joint"/"hessian" spread rounding errors through the calibration Hessian of a linear's
-# input; with fewer tokens than this many per input column the Hessian is (near) singular and the
-# feedback fits the calibration set instead of the model (SmolLM2 with 4 x 64 tokens: the 6-block
-# stack 13.5% above float, against under 10% with nearest signs), so such linears round to nearest.
-FEEDBACK_TOKENS_PER_INPUT = 2
+from bitstack.models.source import load_float_model
+from bitstack.sorting.driver import SortSettings, cache_dir, sort_artifact
+from bitstack.sorting.strategies import WeightStats, universal_order
 
 
 def _check_output(output: Path, overwrite: bool) -> None:
@@ -75,22 +74,21 @@ def _compress_layer(layer: nn.Module, linears: dict[str, nn.Linear], inputs: Lay
 
     Returns the layer's outputs (computed before folding: the next layer's inputs), its block
     tensors and its :class:`LayerRecord`.  ``first_weight`` numbers the layer's first linear
-    among all decomposed weights (it seeds the truncated SVDs).
+    among all decomposed weights (it seeds the codec's randomness, e.g. avd's truncated SVDs).
     """
-    planes = config.codec == "planes"
-    outputs, channel_stats = run_layer(layer, inputs, linears, hessians=planes)
+    codec, settings = get_codec(config.codec), config.codec_settings()
+    outputs, channel_stats = run_layer(layer, inputs, linears, hessians=codec.needs_hessian(settings))
     scales = {name: activation_scale(st.norm_sum, st.count) for name, st in channel_stats.items()}
     folds = plan_folds(model.config.model_type, layer, linears, model.config)
     rules = list({id(r): r for r in folds.values()}.values())
     groups = [list(rule.consumers) for rule in rules] + [[name] for name in linears if name not in folds]
-    powers = config.scale_powers()
     for consumers in groups:  # linears that read one input share one scale
         shared = torch.stack([scales[c] for c in consumers]).mean(dim=0)
-        if len(powers) > 1:  # the exponent whose round-to-nearest planes lose the least output
-            power = search_scale_power([linears[c].weight.detach().float() for c in consumers],
-                                       [channel_stats[c].hessian for c in consumers], shared, powers, config.group_size)
+        if config.scale_power == "auto":
+            power = codec.auto_scale_power([linears[c].weight.detach().float() for c in consumers],
+                                           [channel_stats[c].hessian for c in consumers], shared, settings)
         else:
-            power = powers[0]
+            power = float(config.scale_power)
         shared = shared if power == 1 else shared ** power
         for consumer in consumers:
             scales[consumer] = shared
@@ -104,31 +102,21 @@ def _compress_layer(layer: nn.Module, linears: dict[str, nn.Linear], inputs: Lay
         scaled = linear.weight.detach().float() * scales[name][None, :]
         if not torch.isfinite(scaled).all():
             raise InputError(f"{full} has NaN or infinite weights or calibration activations: the model cannot be compressed")
-        if planes:
-            rank, group_size = 0, config.group_size
-            s = scales[name]
-            hessian = channel_stats[name].hessian / s[:, None] / s[None, :]  # of the scaled inputs x / s
-            # error feedback needs a well-determined Hessian: with fewer calibration tokens than
-            # FEEDBACK_TOKENS_PER_INPUT x in_features, round to nearest instead
-            feedback_ok = config.nsamples * config.seqlen >= FEEDBACK_TOKENS_PER_INPUT * linear.in_features
-            result = plane_decompose(scaled, config.niter, group_size, hessian=hessian,
-                                     feedback=config.signs == "hessian" and feedback_ok, damp=config.damp,
-                                     level_weights=(config.level_weight_values()
-                                                    if config.signs == "joint" and feedback_ok else None),
-                                     clip_ratios=CLIP_RATIOS if config.clip == "search" else (1.0,))
-            record.plane_params[full] = (result.offset.cpu(), result.step.cpu())
-        else:
-            rank, group_size = min(config.rank, linear.out_features, linear.in_features), 0
-            result = avd_decompose(scaled, config.niter, rank, oversample=config.svd_oversample,
-                                   power_iters=config.svd_power_iters, seed=config.seed + first_weight + number)
+        s, hessian = scales[name], channel_stats[name].hessian
+        result = codec.decompose(scaled, settings, niter=config.niter,
+                                 hessian=None if hessian is None else hessian / s[:, None] / s[None, :],  # of x / s
+                                 calib_tokens=config.nsamples * config.seqlen, seed=config.seed + first_weight + number)
+        shape = WeightShape(linear.out_features, linear.in_features, result.params)
         for i, block in enumerate(result.blocks):
-            for tensor_name, tensor in zip(block_tensor_names(full, i), (block.u, block.v, block.signs)):
+            for tensor_name, tensor in zip(block_tensor_names(full, i, codec.block_parts(shape)), block.tensors):
                 blocks.append((tensor_name, tensor.cpu()))
+        if result.base:
+            record.base[full] = {part: tensor.cpu() for part, tensor in result.base.items()}
         if name not in folds:
             record.input_scales[full] = (1.0 / scales[name]).cpu()
-        nbytes = block_nbytes(linear.out_features, linear.in_features, rank)
-        record.weights.append(WeightEntry(full, linear.out_features, linear.in_features, rank, group_size, config.niter,
-                                          nbytes, linear.bias is not None, name not in folds))
+        record.weights.append(WeightEntry(full, linear.out_features, linear.in_features, codec.name, result.params,
+                                          config.niter, codec.block_nbytes(shape), linear.bias is not None,
+                                          name not in folds))
         record.residual_sq[full] = tuple(result.residual_sq)
     dense = {f"{name}.weight" for name in linears}
     record.state.update({n: p.detach().cpu().clone() for n, p in layer.named_parameters() if n not in dense})
@@ -136,9 +124,10 @@ def _compress_layer(layer: nn.Module, linears: dict[str, nn.Linear], inputs: Lay
 
 
 def _base_tensors(model: nn.Module, skip: set[str], input_scales: dict[str, torch.Tensor], dtype: torch.dtype,
-                  plane_params: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> tuple[list[BaseTensorSpec], dict[str, str]]:
+                  weights: list[WeightEntry], codec_base: dict[str, dict[str, torch.Tensor]]
+                  ) -> tuple[list[BaseTensorSpec], dict[str, str]]:
     """Every parameter and buffer not decomposed (each storage once), plus run-time scales and
-    the group grids of ``planes`` weights (float16 buffers: stored and loaded as they are)."""
+    the codecs' base buffers of every weight (stored as the codec declares them)."""
     specs: list[BaseTensorSpec] = []
     aliases: dict[str, str] = {}
     first_name: dict[int, str] = {}
@@ -157,9 +146,9 @@ def _base_tensors(model: nn.Module, skip: set[str], input_scales: dict[str, torc
             specs.append(BaseTensorSpec(name, value.cpu(), kind))
     for name, inv_scale in input_scales.items():
         specs.append(BaseTensorSpec(f"{name}.input_scale", inv_scale.to(dtype).cpu(), "param"))
-    for name, (offset, step) in plane_params.items():
-        specs.append(BaseTensorSpec(f"{name}.plane_offset", offset.to(torch.float16).cpu(), "buffer"))
-        specs.append(BaseTensorSpec(f"{name}.plane_step", step.to(torch.float16).cpu(), "buffer"))
+    for weight in weights:
+        for part, (part_dtype, _) in get_codec(weight.codec).base_buffers(weight).items():
+            specs.append(BaseTensorSpec(f"{weight.name}.{part}", codec_base[weight.name][part].to(part_dtype).cpu(), "buffer"))
     return specs, aliases
 
 
@@ -168,8 +157,6 @@ def _sampler(model: nn.Module, config: CompressConfig, device: torch.device) -> 
     than float32 there; the copy lives only while sampling), elsewhere the model itself."""
     if config.calib != "self" or device.type != "cpu":
         return model
-    import copy
-
     return copy.deepcopy(model).to(torch.bfloat16)
 
 
@@ -196,8 +183,6 @@ def compress(
     Returns:
         The artifact path.
     """
-    from bitstack.models.source import load_float_model
-
     if config is None:
         config = CompressConfig()
     elif not isinstance(config, CompressConfig):
@@ -246,7 +231,7 @@ def compress(
         weights: list[WeightEntry] = []
         stats: list[WeightStats] = []
         input_scales: dict[str, torch.Tensor] = {}
-        plane_params: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        codec_base: dict[str, dict[str, torch.Tensor]] = {}
         decomposed: set[str] = set()
         inputs = None
         bar = tqdm(total=sum(len(l) for l in all_linears), desc="decomposing", unit="weight", disable=not progress)
@@ -271,7 +256,7 @@ def compress(
                 stats.append(WeightStats(record.residual_sq[entry.name], entry.block_bytes))
                 decomposed.add(f"{entry.name}.weight")
             input_scales.update(record.input_scales)
-            plane_params.update(record.plane_params)
+            codec_base.update(record.base)
             for linear in linears.values():  # the dense weight is no longer needed
                 linear.weight.data = torch.empty(0, device=linear.weight.device)
             bar.update(len(linears))
@@ -281,20 +266,19 @@ def compress(
 
         # fisher/average/greedy need the finished artifact: they start from proxy and re-sort below
         order = universal_order(stats, config.sort if config.sort in ("proxy", "random") else "proxy", seed=config.seed)
-        base_specs, aliases = _base_tensors(model, decomposed, input_scales, storage_dtype, plane_params)
+        base_specs, aliases = _base_tensors(model, decomposed, input_scales, storage_dtype, weights, codec_base)
         base_section, base_bytes = write_base(work.partial, base_specs, aliases)
-
-        from safetensors import safe_open
 
         handles: dict[int, object] = {}
         layer_of = {w.name: int(w.name[len(decoder.path) + 1 :].split(".", 1)[0]) for w in weights}
 
-        def get_block(w: int, i: int) -> ResidualBlock:
+        def get_block(w: int, i: int) -> Block:
             layer = layer_of[weights[w].name]
             if layer not in handles:
                 handles[layer] = safe_open(str(work.layer_path(layer)), framework="pt")
-            u, v, signs = (handles[layer].get_tensor(n) for n in block_tensor_names(weights[w].name, i))
-            return ResidualBlock(signs=signs, u=u, v=v)
+            parts = get_codec(weights[w].codec).block_parts(weights[w])
+            names = block_tensor_names(weights[w].name, i, parts)
+            return Block(**{part: handles[layer].get_tensor(n) for (part, _, _), n in zip(parts, names)})
 
         shards, stack = write_shards(work.partial, weights, order, get_block, shard_bytes=int(config.shard_mb * 1000 * 1000), progress=progress)
         handles.clear()
@@ -331,12 +315,6 @@ def compress(
         # measured orders re-sort the complete artifact while it is still <out>.partial, so that a
         # kill during the sort leaves no artifact at <out>: the same command then starts over
         # (a partial folder without work files is stale) and writes the same bytes
-        import shutil
-
-        from bitstack.artifact.atomic import atomic_write_bytes
-        from bitstack.artifact.manifest import MANIFEST_NAME
-        from bitstack.sorting import SortSettings, cache_dir, sort_artifact
-
         manifest.validate()
         atomic_write_bytes(work.partial / MANIFEST_NAME, manifest.to_json().encode("utf-8"))
         sort_artifact(work.partial, config.sort, SortSettings(val=config.calib, seed=config.seed, device=str(device)),

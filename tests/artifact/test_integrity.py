@@ -158,7 +158,7 @@ def _drop(path):
 
 @pytest.mark.parametrize("mutate,message", [
     (_set(("weights", 0, "surprise"), 1), r"weights\[0\] has unknown field"),
-    (_drop(("weights", 1, "rank")), r"weights\[1\] is missing field"),
+    (_drop(("weights", 1, "params")), r"weights\[1\] is missing field"),
     (_set(("stack", 5, "extra"), "x"), r"stack\[5\] has unknown field"),
     (_drop(("stack", 2, "shard")), r"stack\[2\] is missing field"),
     (_set(("shards", 0, "extra"), 0), r"shards\[0\] has unknown field"),
@@ -182,7 +182,7 @@ def _drop(path):
     (_set(("stack", 0, "offset"), -1), "points outside its shard"),
     (_set(("shards", 0, "file"), "/abs/path"), "unsafe file name"),
     (_set(("tokenizer", "dir"), "../x"), "unsafe file name"),
-    (_set(("format_version",), 3), "newer than this bitstack reads"),
+    (_set(("format_version",), 4), "newer than this bitstack reads"),
     (_set(("format_version",), "1"), "integer format_version"),
 ])
 def test_nested_records_are_strict(tiny_artifact, mutate, message):

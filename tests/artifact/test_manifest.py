@@ -29,7 +29,7 @@ def test_roundtrip(tiny_artifact):
     (lambda d: d["shards"][0].update(file="../../etc/passwd"), "unsafe"),
     (lambda d: d.update(format="gguf"), "not a bitstack manifest"),
     (lambda d: d["weights"][0].update(block_bytes=7), "block_bytes"),
-    (lambda d: d["weights"][0].update(rank="4"), "type"),
+    (lambda d: d["weights"][0]["params"].update(group_size="4"), "type"),
 ])
 def test_bad_manifests_are_rejected(tiny_artifact, mutate, message):
     path, _, _ = tiny_artifact

@@ -25,10 +25,11 @@ pytest.importorskip("triton", reason="triton is not installed (pip install trito
 
 import bitstack  # noqa: E402
 from bitstack.artifact.reader import ArtifactReader  # noqa: E402
-from bitstack.core.avd import ResidualBlock  # noqa: E402
+from bitstack.codecs.avd.runtime import PackedBlockView  # noqa: E402
+from bitstack.codecs.base import Block  # noqa: E402
 from bitstack.kernels._checks import interpret_mode  # noqa: E402
 from bitstack.runtime.budget import prefix_bytes_at, repack_reserve  # noqa: E402
-from bitstack.runtime.linear import BitStackLinear, PackedBlockView, set_kernels  # noqa: E402
+from bitstack.runtime.linear import BitStackLinear, set_kernels  # noqa: E402
 
 if not interpret_mode():
     pytest.skip("the kernel path runs on the CPU in Triton's interpreter (TRITON_INTERPRET=1)", allow_module_level=True)
@@ -70,8 +71,8 @@ def _check_packed(model):
         for i, view in enumerate(module.blocks):
             assert view.signs.untyped_storage().data_ptr() == p.signs.untyped_storage().data_ptr()
             assert view.signs.data_ptr() == p.signs[i].data_ptr()
-            if module.group_size:  # planes: stored-layout signs, empty u and v, the grids referenced
-                assert isinstance(p, PackedPlanes) and type(view) is ResidualBlock
+            if module.codec.name == "planes":  # planes: stored-layout signs, empty u and v, the grids referenced
+                assert isinstance(p, PackedPlanes) and type(view) is Block
                 assert view.u.numel() == view.v.numel() == 0
                 assert p.offset is module.plane_offset and p.step is module.plane_step
             else:
@@ -107,16 +108,17 @@ def test_repack_is_exact_and_keeps_memory_bytes(artifact):
     _check_packed(model)
     assert bitstack.memory_bytes(model) == before
     for name, module in model.bitstack.modules.items():
-        for view, stored in zip(module.blocks, fresh.bitstack.modules[name].blocks, strict=True):
-            back = view if module.group_size else view.stored()  # planes views keep the stored layout
+        base = module.codec_base()
+        for i, (view, stored) in enumerate(zip(module.blocks, fresh.bitstack.modules[name].blocks, strict=True)):
+            back = view if module.codec.name == "planes" else view.stored()  # planes views keep the stored layout
             assert torch.equal(back.signs, stored.signs) and torch.equal(view.u, stored.u) and torch.equal(view.v, stored.v)
-            assert torch.equal(view.dense(), stored.dense())
+            assert torch.equal(module.codec.contribution(module, view, i, base), module.codec.contribution(module, stored, i, base))
         assert torch.equal(module.dense_weight(), fresh.bitstack.modules[name].dense_weight())
     assert set_kernels(model, False) == 0  # back to the stored layout, fresh tensors
     for name, module in model.bitstack.modules.items():
         assert module.packed is None
         for block, stored in zip(module.blocks, fresh.bitstack.modules[name].blocks, strict=True):
-            assert type(block) is ResidualBlock
+            assert type(block) is Block
             assert torch.equal(block.signs, stored.signs) and torch.equal(block.u, stored.u) and torch.equal(block.v, stored.v)
     assert bitstack.memory_bytes(model) == before
 
@@ -131,7 +133,7 @@ def test_kernel_logits_match_pure_path(artifact, dtype):
     set_kernels(fast, True)
     _check_packed(fast)
     g = torch.Generator().manual_seed(1)
-    planes = any(module.group_size for module in _layers(fast))
+    planes = any(module.codec.name == "planes" for module in _layers(fast))
     # avd: decode kernel (<= 4 tokens at this rank) and chunked prefill; planes: the one-token
     # kernel for 1 token, the few-token kernel for 12 (and for 3: test_resize_rebuilds_...), the
     # chunked prefill for 20
@@ -166,7 +168,7 @@ def test_resize_rebuilds_the_packed_form(artifact):
         elif extra == 1:
             gc.collect()
             assert old_signs() is None
-        if extra == 6 or not any(module.group_size for module in _layers(model)):  # (the interpreter is slow:
+        if extra == 6 or not any(module.codec.name == "planes" for module in _layers(model)):  # (the interpreter is slow:
             # planes logits after the last resize only; its packed signs are compared exactly after every
             # resize by test_peak_memory.py::test_repack_in_parts_equals_an_all_at_once_pack)
             reference = bitstack.load(path, prefix[blocks], device="cpu", dtype=dtype)  # the same blocks
@@ -216,14 +218,14 @@ def test_planes_kernel_mode_survives_a_device_round_trip_and_new_grids(tiny_arti
 def test_planes_more_blocks_than_the_kernels_take_use_the_pure_path(tiny_artifact):
     """A planes weight with more than 16 blocks (the kernels' limit) stays packed and computes on
     the pure path, with the same result."""
-    from bitstack.kernels.planes_layout import KERNEL_MAX_BLOCKS
+    from bitstack.kernels.dispatch import KERNEL_MAX_BLOCKS
 
     path, _, _ = tiny_artifact
     model = bitstack.load(path, device="cpu", dtype="float16")
     set_kernels(model, True)
     module = _layers(model)[0]
     while len(module.blocks) <= KERNEL_MAX_BLOCKS:  # copies of its blocks: still a valid planes stack
-        module.blocks.append(ResidualBlock(module.blocks[0].signs.clone(), module.blocks[0].u, module.blocks[0].v))
+        module.blocks.append(Block(u=module.blocks[0].u, v=module.blocks[0].v, signs=module.blocks[0].signs.clone()))
     module.blocks_changed()
     assert module.packed is not None and module.packed.num_blocks == KERNEL_MAX_BLOCKS + 1
     x = torch.randn(2, module.in_features).half()

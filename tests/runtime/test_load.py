@@ -118,7 +118,7 @@ def test_artifact_has_no_pickle_and_json_manifest(tiny_artifact):
     assert "manifest.json" in names and "base.safetensors" in names and "tokenizer" in names
     assert not any(n.endswith((".bin", ".pt", ".pkl")) for n in names)
     data = json.loads((path / "manifest.json").read_text())
-    assert data["format"] == "bitstack" and data["format_version"] == 2
+    assert data["format"] == "bitstack" and data["format_version"] == 3
     assert data["prefix_bytes"][0] == data["base_bytes"]
     assert len(data["prefix_bytes"]) == len(data["stack"]) + 1
 

@@ -173,17 +173,18 @@ def _repack_bound(weight, blocks: int, delta: int) -> int:
     converted to the bit-plane layout (codec avd), ``bitplane_from_standard`` adds 25 bytes of
     scratch per byte of one block's signs at these shapes, its output (1x) and its 8-byte shift
     table.  Codec planes (rank 0) packs its signs as they are: the new signs tensor alone."""
-    parts = [weight.out_features * ((weight.in_features + 7) // 8), weight.out_features * weight.rank * 2,
-             weight.rank * weight.in_features * 2]
+    rank = weight.params.get("rank", 0)  # codec planes: no u, v
+    parts = [weight.out_features * ((weight.in_features + 7) // 8), weight.out_features * rank * 2,
+             rank * weight.in_features * 2]
     stages = [blocks * part + delta * sum(parts[:t]) for t, part in enumerate(parts)]
-    if delta > 0 and not weight.group_size:
+    if delta > 0 and weight.codec == "avd":
         stages[0] += 26 * parts[0] + 8
     return max(stages)
 
 
 def _pack_groups(m) -> dict[str, int]:
     """{weight: its sign group in kernel mode}: the default bit-plane group (avd), 0 (planes)."""
-    return {w.name: 0 if w.group_size else 32 for w in m.weights}
+    return {w.name: 0 if w.codec == "planes" else 32 for w in m.weights}
 
 
 def _blocks_per_weight(m, loaded: int) -> dict[str, int]:
@@ -254,10 +255,10 @@ def test_kernel_mode_load_transient_is_one_weight_part(artifact):
 @pytest.mark.skipif(not _kernel_mode_available(), reason="kernel mode on the CPU needs Triton's interpreter")
 def test_repack_in_parts_equals_an_all_at_once_pack(artifact):
     """After grows and shrinks in kernel mode, every weight's packed tensors are exactly those that
-    ``bitstack.kernels.layout.repack`` (codec avd) or ``pack_planes`` (codec planes) builds at once
+    ``bitstack.kernels.avd.layout.repack`` (codec avd) or ``pack_planes`` (codec planes) builds at once
     from freshly loaded stored blocks."""
     from bitstack.kernels import pack_planes
-    from bitstack.kernels.layout import repack
+    from bitstack.kernels.avd.layout import repack
     from bitstack.runtime.linear import set_kernels
 
     path = artifact
@@ -271,9 +272,9 @@ def test_repack_in_parts_equals_an_all_at_once_pack(artifact):
         fresh = bitstack.load(path, prefix[model.bitstack.loaded], device="cpu", dtype=torch.float16)  # the same blocks
         for name, module in model.bitstack.modules.items():
             stored = fresh.bitstack.modules[name].blocks
-            if module.group_size:
+            if module.codec.name == "planes":
                 expected = pack_planes([b.signs for b in stored], module.plane_offset, module.plane_step,
-                                       module.group_size, in_features=module.in_features)
+                                       module.params["group_size"], in_features=module.in_features)
                 parts = ("signs",)
                 assert torch.equal(module.plane_offset, fresh.bitstack.modules[name].plane_offset)
             else:

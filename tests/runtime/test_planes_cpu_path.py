@@ -6,15 +6,16 @@ from unittest import mock
 import torch
 import torch.nn.functional as F
 
-from bitstack.core import planes_lut
-from bitstack.core.planes import plane_decompose
+from bitstack.codecs.planes import lut as planes_lut
+from bitstack.codecs.planes.decompose import plane_decompose
 from bitstack.runtime.linear import LUT_MAX_TOKENS, BitStackLinear
 
 
 def _planes_layer(out_features=24, in_features=100, group_size=16, blocks=3) -> BitStackLinear:
     dec = plane_decompose(torch.randn(out_features, in_features, generator=torch.Generator().manual_seed(3)),
                           blocks, group_size)
-    layer = BitStackLinear(in_features, out_features, 0, bias=True, input_scale=False, group_size=group_size)
+    layer = BitStackLinear(in_features, out_features, codec="planes", params={"group_size": group_size}, bias=True,
+                           input_scale=False)
     layer.plane_offset.copy_(dec.offset)
     layer.plane_step.copy_(dec.step)
     layer.bias.data.normal_()
@@ -32,7 +33,7 @@ def test_few_tokens_take_the_lookup_tables_many_the_rebuild():
         calls.append(args[0].shape)
         return real(*args, **kwargs)
 
-    with mock.patch("bitstack.runtime.linear.planes_linear_lut", spy), torch.no_grad():
+    with mock.patch("bitstack.codecs.planes.runtime.planes_linear_lut", spy), torch.no_grad():
         for tokens in (1, LUT_MAX_TOKENS, LUT_MAX_TOKENS + 1):
             x = torch.randn(1, tokens, 100)
             want = F.linear(x, layer.dense_weight(), layer.bias)
@@ -46,6 +47,6 @@ def test_few_tokens_take_the_lookup_tables_many_the_rebuild():
 def test_gradients_take_the_rebuild():
     layer = _planes_layer()
     x = torch.randn(2, 100, requires_grad=True)
-    with mock.patch("bitstack.runtime.linear.planes_linear_lut", side_effect=AssertionError("lut with grad")):
+    with mock.patch("bitstack.codecs.planes.runtime.planes_linear_lut", side_effect=AssertionError("lut with grad")):
         layer(x).sum().backward()
     assert x.grad is not None

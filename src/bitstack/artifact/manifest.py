@@ -1,30 +1,9 @@
 """The artifact manifest (``manifest.json``): what the artifact holds, in what order, how big.
 
-Format version 2, one JSON object (version 1, which had no codecs, is still read: its weights
-are ``group_size`` 0):
-
-- ``format``: ``"bitstack"``; ``format_version``: 1; ``library_version``: writer's version.
-- ``model``: ``source`` (what was compressed), ``config`` (the transformers config dict),
-  ``generation_config`` (dict or null).
-- ``tokenizer``: ``{"dir": "tokenizer", "files": {name: sha256}}`` or null.
-- ``compression``: the :class:`~bitstack.config.CompressConfig` used.
-- ``base``: ``file``, ``sha256`` of the whole file, ``tensors`` (list of ``{name, kind, dtype,
-  shape}``; kind ``param`` is cast to the load dtype, ``buffer`` keeps its dtype), ``aliases``
-  (``{name: name it shares storage with}``, e.g. a tied LM head).
-- ``weights``: the decomposed linears ``{name, out_features, in_features, rank, group_size,
-  num_blocks, block_bytes, bias, input_scale}`` (``bias``/``input_scale``: whether base holds
-  ``NAME.bias`` / ``NAME.input_scale``).  ``group_size`` 0: codec ``avd``, blocks of rank
-  ``rank`` >= 1.  ``group_size`` g > 0: codec ``planes`` (:mod:`bitstack.core.planes`), rank 0
-  (``u`` and ``v`` are empty), and base holds the buffers ``NAME.plane_offset`` and
-  ``NAME.plane_step`` (float16, (out, ceil(in / g))).
-- ``shards``: ``{file, bytes, sha256}`` of each block shard, in stack order.
-- ``stack``: the universal order, one entry per block ``{tensor, index, shard, offset, bytes,
-  xxh3_128}``: ``tensor`` names the weight, ``index`` is the block's iteration, ``offset`` is its
-  position in the shard's data section, where it is stored as ``u`` (float16 (out, r)), ``v``
-  (float16 (r, in)) then ``signs`` (uint8 (out, ceil(in/8))) back to back.
-- ``floor_blocks``: length of the head (first block of every weight); ``base_bytes``;
-  ``prefix_bytes``: resident bytes with the first n blocks loaded, n = 0 … len(stack), at the
-  stored dtypes.
+Format version 3, one JSON object; ``docs/format.md`` describes every field, and what versions 1
+and 2 (still read: :func:`_upgrade_weights`) meant.  Each ``weights`` entry names its ``codec`` and
+carries that codec's ``params``; what they mean, a block's parts and the weight's base buffers are
+the codec's (:mod:`bitstack.codecs`), and so is their validation.
 """
 
 from __future__ import annotations
@@ -35,12 +14,13 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from bitstack.artifact.safetensors_io import DTYPES
+from bitstack.artifact.safetensors_io import DTYPE_NAMES, DTYPES
+from bitstack.codecs import codec_names, get_codec
 from bitstack.config import STORAGE_DTYPES
 from bitstack.errors import ArtifactError
 
 FORMAT_NAME = "bitstack"
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 MANIFEST_NAME = "manifest.json"
 MAX_MANIFEST_BYTES = 512 * 1000 * 1000
 
@@ -62,8 +42,8 @@ class WeightEntry:
     name: str
     out_features: int
     in_features: int
-    rank: int
-    group_size: int  # 0: codec avd (rank-k magnitudes); > 0: codec planes (rank 0)
+    codec: str  # a name of bitstack.codecs
+    params: dict  # the codec's parameters of this weight (docs/format.md)
     num_blocks: int
     block_bytes: int
     bias: bool
@@ -123,10 +103,23 @@ class Manifest:
     def decomposed_params(self) -> int:
         return sum(w.out_features * w.in_features for w in self.weights)
 
+    @property
+    def codecs(self) -> tuple[str, ...]:
+        """The codecs of the weights, each once, in weight order."""
+        return tuple(dict.fromkeys(w.codec for w in self.weights))
+
+    def codec_summary(self) -> str:
+        """The weights' codecs and parameters in words, each distinct one once: e.g.
+        'codec planes, groups of 128' (``Codec.describe``)."""
+        return "; ".join(dict.fromkeys(f"codec {w.codec}, {get_codec(w.codec).describe(w.params)}" for w in self.weights))
+
     # ---- (de)serialisation ------------------------------------------------------------------
     def to_json(self) -> str:
+        """The manifest in the current format (a manifest read from an older version is held in the
+        current schema; only ``format_version`` remembers the version it was read from)."""
         data = asdict(self)
-        ordered = {"format": data.pop("format"), "format_version": data.pop("format_version"), **data}
+        data.pop("format_version")
+        ordered = {"format": data.pop("format"), "format_version": FORMAT_VERSION, **data}
         return json.dumps(ordered, indent=1) + "\n"
 
     @classmethod
@@ -154,9 +147,8 @@ class Manifest:
         if version < 1:
             raise ArtifactError(f"{what} has invalid format version {version}")
         _check_keys(data, {f.name for f in fields(cls)}, what)
-        if version == 1 and isinstance(data["weights"], list):  # version 1 knew only codec avd
-            data = {**data, "weights": [{**e, "group_size": 0} if isinstance(e, dict) and "group_size" not in e else e
-                                        for e in data["weights"]]}
+        if version < FORMAT_VERSION and isinstance(data["weights"], list):
+            data = {**data, "weights": _upgrade_weights(data["weights"], version, what)}
         try:
             manifest = cls(
                 format=data["format"],
@@ -236,21 +228,7 @@ class Manifest:
         for w in self.weights:
             if w.name in seen or not w.name:
                 raise ArtifactError(f"{what}: weight {w.name!r} is empty or listed twice")
-            if min(w.out_features, w.in_features) < 1 or w.num_blocks < 0 or w.group_size < 0 \
-                    or (w.rank < 1 if w.group_size == 0 else w.rank != 0):
-                raise ArtifactError(f"{what}: weight {w.name!r} has non-positive sizes (or a rank that its "
-                                    "group_size forbids: planes weights have rank 0)")
-            if w.group_size:
-                groups = -(-w.in_features // w.group_size)
-                for part in ("plane_offset", "plane_step"):
-                    spec = base_specs.get(f"{w.name}.{part}")
-                    if spec is None or spec["kind"] != "buffer" or spec["dtype"] != "F16" \
-                            or spec["shape"] != [w.out_features, groups]:
-                        raise ArtifactError(f"{what}: weight {w.name!r} (group_size {w.group_size}) needs the base "
-                                            f"buffer {w.name}.{part}, float16 of shape [{w.out_features}, {groups}]")
-            expected = w.out_features * ((w.in_features + 7) // 8) + 2 * w.rank * (w.out_features + w.in_features)
-            if w.block_bytes != expected:
-                raise ArtifactError(f"{what}: weight {w.name!r} says block_bytes={w.block_bytes}, its shapes give {expected}")
+            _check_weight(w, base_specs, f"{what}: weight {w.name!r}")
             seen[w.name] = 0
         files: set[str] = set()
         for s in self.shards:
@@ -285,6 +263,45 @@ class Manifest:
             expected_prefix.append(expected_prefix[-1] + b.bytes)
         if list(self.prefix_bytes) != expected_prefix:
             raise ArtifactError(f"{what}: prefix_bytes do not match base_bytes plus the block sizes")
+
+
+def _upgrade_weights(entries: list, version: int, what: str) -> list:
+    """Weight entries of format ``version`` < 3 in the version-3 schema: each codec claims the
+    entries it wrote (``Codec.legacy_params``), whose legacy keys become ``codec`` and ``params``."""
+    upgraded = []
+    for i, entry in enumerate(entries):
+        if not isinstance(entry, dict):
+            upgraded.append(entry)  # rejected by the record check
+            continue
+        for name in codec_names():
+            claimed = get_codec(name).legacy_params(entry, version)
+            if claimed is not None:
+                params, keys = claimed
+                entry = {**{k: v for k, v in entry.items() if k not in keys}, "codec": name, "params": params}
+                break
+        else:
+            raise ArtifactError(f"{what}: weights[{i}] fits no codec of format version {version}")
+        upgraded.append(entry)
+    return upgraded
+
+
+def _check_weight(w: WeightEntry, base_specs: dict[str, dict], what: str) -> None:
+    """A weight entry's sizes, codec, parameters, base buffers and block size."""
+    if min(w.out_features, w.in_features) < 1 or w.num_blocks < 0:
+        raise ArtifactError(f"{what} has non-positive sizes")
+    if w.codec not in codec_names():
+        raise ArtifactError(f"{what} has codec {w.codec!r}, which this bitstack does not know "
+                            f"({', '.join(codec_names())})")
+    codec = get_codec(w.codec)
+    codec.check_params(w.params, what)
+    for part, (dtype, shape) in codec.base_buffers(w).items():
+        spec = base_specs.get(f"{w.name}.{part}")
+        if spec is None or spec["kind"] != "buffer" or spec["dtype"] != DTYPE_NAMES[dtype] or spec["shape"] != list(shape):
+            raise ArtifactError(f"{what} (codec {w.codec}, {codec.describe(w.params)}) needs the base buffer "
+                                f"{w.name}.{part}, {DTYPE_NAMES[dtype]} of shape {list(shape)}")
+    expected = codec.block_nbytes(w)
+    if w.block_bytes != expected:
+        raise ArtifactError(f"{what} says block_bytes={w.block_bytes}, its shapes give {expected}")
 
 
 def _itemsize(dtype_name: str) -> int:
@@ -334,7 +351,8 @@ def _record(cls: type, entry: Any, what: str) -> Any:
     _check_keys(entry, set(spec), what)
     for name, typ in spec.items():
         value = entry[name]
-        ok = {"str": isinstance(value, str), "int": type(value) is int, "bool": type(value) is bool}[typ]
+        ok = {"str": isinstance(value, str), "int": type(value) is int, "bool": type(value) is bool,
+              "dict": isinstance(value, dict)}[typ]
         if not ok:
             raise ArtifactError(f"{what}: field {name!r} must be of type {typ}")
     return cls(**entry)

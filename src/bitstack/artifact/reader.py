@@ -22,10 +22,11 @@ from typing import BinaryIO
 import torch
 import xxhash
 
-from bitstack.artifact.layout import block_from_buffer, block_parts, block_tensor_names
+from bitstack.artifact.layout import block_from_buffer, block_tensor_names, part_spans
 from bitstack.artifact.manifest import MANIFEST_NAME, MAX_MANIFEST_BYTES, BlockEntry, Manifest
 from bitstack.artifact.safetensors_io import DTYPES, SafetensorsHeader, read_header, read_into, sha256_file
-from bitstack.core.avd import ResidualBlock
+from bitstack.codecs import get_codec
+from bitstack.codecs.base import Block
 from bitstack.errors import ArtifactError, InputError
 
 
@@ -35,8 +36,20 @@ CONVERT_CHUNK_BYTES = 1 << 20  # default bound on the stored bytes held at once 
 _CONVERT_ALIGN = 64  # elements: chunks of a converted tensor are multiples of this (see _read_converted)
 
 
+def open_artifact(path: str | Path, *, verify: bool = True) -> "ArtifactReader":
+    """The reader of the artifact at ``path``: what the library opens every artifact with.
+
+    verify: check every block read against its xxh3-128 and the base and tokenizer files against
+    their sha256 (off: only sizes and headers are checked).
+    """
+    return ArtifactReader(path, verify=verify)
+
+
 class ArtifactReader:
-    """An open artifact directory.  Use as a context manager, or call :meth:`close`."""
+    """An open artifact directory.  Use as a context manager, or call :meth:`close`.
+
+    Library code opens artifacts through :func:`open_artifact`.
+    """
 
     def __init__(self, path: str | Path, *, verify: bool = True):
         if not isinstance(path, (str, os.PathLike)):
@@ -53,7 +66,8 @@ class ArtifactReader:
         self.manifest = Manifest.from_json(manifest_path.read_bytes(), what=str(manifest_path))
         self._handles: dict[int, BinaryIO] = {}
         self._headers: dict[int, SafetensorsHeader] = {}
-        self._weights = {w.name: w for w in self.manifest.weights}
+        self._parts = {w.name: get_codec(w.codec).block_parts(w) for w in self.manifest.weights}  # on-disk parts
+        self._spans = {name: part_spans(parts) for name, parts in self._parts.items()}
         self._staging: list[torch.Tensor] | None = None
 
     # ---- lifecycle ----------------------------------------------------------------------
@@ -127,16 +141,13 @@ class ArtifactReader:
         for block in self.manifest.stack:
             if block.shard != number:
                 continue
-            weight = self._weights[block.tensor]
-            offset = block.offset
-            for name, (dtype, shape) in zip(
-                block_tensor_names(block.tensor, block.index), block_parts(weight.out_features, weight.in_features, weight.rank)
-            ):
+            spans = self._spans[block.tensor]
+            names = block_tensor_names(block.tensor, block.index, self._parts[block.tensor])
+            for name, (_, begin, end, dtype, shape) in zip(names, spans):
                 info = header.tensors.get(name)
-                nbytes = shape[0] * shape[1] * torch.empty((), dtype=dtype).element_size()
-                if info is None or info.dtype != dtype or info.shape != shape or info.begin != offset or info.end != offset + nbytes:
+                if (info is None or info.dtype != dtype or info.shape != shape or info.begin != block.offset + begin
+                        or info.end != block.offset + end):
                     raise ArtifactError(f"{path}: block {block.index} of {block.tensor} does not match the manifest ({name})")
-                offset += nbytes
 
     def _shard_of(self, entry: BlockEntry) -> tuple[BinaryIO, SafetensorsHeader]:
         """:meth:`_shard` for a block; a missing or malformed shard's error names the block too."""
@@ -152,20 +163,19 @@ class ArtifactReader:
         what = f"{path} (block {entry.index} of {entry.tensor})"
         return read_into(handle, header.data_start + entry.offset, entry.bytes, what=what), what
 
-    def _as_block(self, position: int, buffer: torch.Tensor, device) -> ResidualBlock:
+    def _as_block(self, position: int, buffer: torch.Tensor, device) -> Block:
         if device is not None and (device.type if isinstance(device, torch.device) else torch.device(device).type) != "cpu":
             buffer = buffer.to(device)
-        weight = self._weights[self.manifest.stack[position].tensor]
-        return block_from_buffer(buffer, weight.out_features, weight.in_features, weight.rank)
+        return block_from_buffer(buffer, self._spans[self.manifest.stack[position].tensor])
 
-    def read_block(self, position: int, device: torch.device | str | None = None) -> ResidualBlock:
+    def read_block(self, position: int, device: torch.device | str | None = None) -> Block:
         """The block at ``position`` in the stack, as views of one buffer on ``device``."""
         buffer, what = self._read_raw(position)
         if self.verify:
             _check_digest(buffer, self.manifest.stack[position].xxh3_128, what)
         return self._as_block(position, buffer, device)
 
-    def read_blocks(self, start: int, stop: int, device: torch.device | str | None = None) -> list[tuple[BlockEntry, ResidualBlock]]:
+    def read_blocks(self, start: int, stop: int, device: torch.device | str | None = None) -> list[tuple[BlockEntry, Block]]:
         """Blocks ``start <= position < stop`` of the stack, in order, all verified.
 
         Each block gets its own buffer of exactly its size (so that it can be freed alone), but
@@ -207,7 +217,7 @@ class ArtifactReader:
             position = end
         return runs
 
-    def _read_blocks_cuda(self, start: int, stop: int, device: torch.device) -> list[tuple[BlockEntry, ResidualBlock]]:
+    def _read_blocks_cuda(self, start: int, stop: int, device: torch.device) -> list[tuple[BlockEntry, Block]]:
         """GPU variant of :meth:`read_blocks`: no host copy is kept.
 
         Runs are read into one of two reusable pinned staging buffers; while the next run is read

@@ -9,8 +9,9 @@ A compression writes into ``<out>.partial/``; its progress lives in ``<out>.part
 - ``samples.safetensors``: the calibration token ids, int64 (nsamples, seqlen).
 - ``layer-XXXXX.safetensors``, one per finished decoder layer: its residual blocks, the values of
   the layer's other parameters after folding (``state:NAME``), the run-time input scales
-  (``input_scale:WEIGHT``) and the residual energies (``residual_sq:WEIGHT``, float64); the
-  metadata holds the layer's manifest weight entries.
+  (``input_scale:WEIGHT``), the codecs' base buffers (``base:WEIGHT.PART``) and the residual
+  energies (``residual_sq:WEIGHT``, float64); the metadata holds the layer's manifest weight
+  entries.
 - ``progress.json``: the sha256 of every finished layer file, in layer order, rewritten after
   each layer.  A layer counts as finished only if its file matches.
 - ``lock``: held (``flock``) by the process working here; the kernel drops it when the process dies.
@@ -45,8 +46,7 @@ SAMPLES = "samples.safetensors"
 PROGRESS = "progress.json"
 LOCK = "lock"
 
-_STATE, _SCALE, _ENERGY = "state:", "input_scale:", "residual_sq:"
-_OFFSET, _STEP = "plane_offset:", "plane_step:"
+_STATE, _SCALE, _ENERGY, _BASE = "state:", "input_scale:", "residual_sq:", "base:"
 
 
 @dataclass
@@ -58,14 +58,14 @@ class LayerRecord:
     input_scales: per weight name without a fold, the run-time scale 1/s (float32 (in,)).
     state: the layer's parameters other than the decomposed weights, after folding, by name
         relative to the layer.
-    plane_params: per weight name of codec ``planes``, its (offset, step), float16 (out, G).
+    base: per weight name, its codec's base buffers {part: tensor} (``Codec.base_buffers``).
     """
 
     weights: list[WeightEntry]
     residual_sq: dict[str, tuple[float, ...]]
     input_scales: dict[str, torch.Tensor]
     state: dict[str, torch.Tensor]
-    plane_params: dict[str, tuple[torch.Tensor, torch.Tensor]] = dataclasses.field(default_factory=dict)
+    base: dict[str, dict[str, torch.Tensor]] = dataclasses.field(default_factory=dict)
 
 
 def weights_digest(model: nn.Module) -> str:
@@ -264,8 +264,8 @@ class WorkDir:
         tensors += [(_STATE + name, t.detach().cpu()) for name, t in record.state.items()]
         tensors += [(_SCALE + name, t.detach().cpu()) for name, t in record.input_scales.items()]
         tensors += [(_ENERGY + name, torch.tensor(e, dtype=torch.float64)) for name, e in record.residual_sq.items()]
-        for name, (offset, step) in record.plane_params.items():
-            tensors += [(_OFFSET + name, offset.detach().cpu()), (_STEP + name, step.detach().cpu())]
+        tensors += [(f"{_BASE}{name}.{part}", t.detach().cpu()) for name, parts in record.base.items()
+                    for part, t in parts.items()]
         metadata = {"bitstack": "work-layer", "layer": str(index),
                     "weights": json.dumps([dataclasses.asdict(w) for w in record.weights])}
         digest = write_safetensors(self.layer_path(index), tensors, metadata)
@@ -289,9 +289,9 @@ class WorkDir:
                 record.input_scales[key] = tensor
             elif kind + ":" == _ENERGY:
                 record.residual_sq[key] = tuple(tensor.tolist())
-            elif kind + ":" in (_OFFSET, _STEP):
-                offset, step = record.plane_params.get(key, (None, None))
-                record.plane_params[key] = (tensor, step) if kind + ":" == _OFFSET else (offset, tensor)
+            elif kind + ":" == _BASE:
+                weight, _, part = key.rpartition(".")
+                record.base.setdefault(weight, {})[part] = tensor
         return record
 
 

@@ -17,10 +17,11 @@ import xxhash
 from tqdm.auto import tqdm
 
 from bitstack.artifact.atomic import atomic_open, atomic_write_bytes
-from bitstack.artifact.layout import block_tensor_names
+from bitstack.artifact.layout import block_tensor_names, part_spans
 from bitstack.artifact.manifest import MANIFEST_NAME, BlockEntry, Manifest, ShardEntry, WeightEntry
 from bitstack.artifact.safetensors_io import DTYPE_NAMES, encode_header, sha256_file, tensor_bytes, write_safetensors
-from bitstack.core.avd import ResidualBlock
+from bitstack.codecs import get_codec
+from bitstack.codecs.base import Block
 from bitstack.errors import InputError
 
 BASE_FILE = "base.safetensors"
@@ -37,18 +38,6 @@ class BaseTensorSpec:
     name: str
     tensor: torch.Tensor
     kind: str  # "param" (cast to the load dtype) or "buffer" (kept as stored)
-
-
-def prepare_output(path: str | Path, *, overwrite: bool) -> Path:
-    """Check the output path and return a fresh ``<path>.partial`` work directory."""
-    path = Path(path)
-    if path.exists() and not overwrite:
-        raise InputError(f"output {path} already exists: choose another path or pass --overwrite")
-    if not path.parent.exists():
-        raise InputError(f"output folder {path.parent} does not exist")
-    work = partial_dir(path)
-    work.mkdir(exist_ok=True)
-    return work
 
 
 def write_base(work: Path, tensors: list[BaseTensorSpec], aliases: dict[str, str]) -> tuple[dict, int]:
@@ -70,7 +59,7 @@ def write_shards(
     work: Path,
     weights: list[WeightEntry],
     order: list[tuple[int, int]],
-    get_block: Callable[[int, int], ResidualBlock],
+    get_block: Callable[[int, int], Block],
     *,
     shard_bytes: int,
     progress: bool = True,
@@ -87,19 +76,15 @@ def write_shards(
         size += nbytes
     shards: list[ShardEntry] = []
     stack: list[BlockEntry] = []
+    parts = [get_codec(weight.codec).block_parts(weight) for weight in weights]  # on-disk parts of each weight
     bar = tqdm(total=len(order), desc="writing block shards", unit="block", disable=not progress)
     for number, group in enumerate(g for g in groups if g):
         name = f"blocks-{number:05d}.safetensors"
         entries = []
         for w, i in group:
-            weight = weights[w]
-            u_name, v_name, s_name = block_tensor_names(weight.name, i)
-            r, o, n = weight.rank, weight.out_features, weight.in_features
-            entries += [
-                (u_name, torch.float16, (o, r), 2 * o * r),
-                (v_name, torch.float16, (r, n), 2 * r * n),
-                (s_name, torch.uint8, (o, (n + 7) // 8), o * ((n + 7) // 8)),
-            ]
+            names = block_tensor_names(weights[w].name, i, parts[w])
+            entries += [(tensor, dtype, shape, end - begin)
+                        for tensor, (_, begin, end, dtype, shape) in zip(names, part_spans(parts[w]))]
         digest = hashlib.sha256()
         offset = 0
         with atomic_open(work / name) as handle:
@@ -108,9 +93,12 @@ def write_shards(
             digest.update(head)
             for w, i in group:
                 block = get_block(w, i)
+                if tuple(block.parts) != tuple(part for part, _, _ in parts[w]):
+                    raise ValueError(f"block {i} of {weights[w].name} has parts {tuple(block.parts)}, "
+                                     f"its codec stores {tuple(part for part, _, _ in parts[w])}")
                 block_digest = xxhash.xxh3_128()
                 nbytes = 0
-                for part in (block.u, block.v, block.signs):
+                for part in block.tensors:
                     data = tensor_bytes(part)
                     handle.write(data)
                     digest.update(data)

@@ -1,4 +1,5 @@
-"""Pure tensor math of BitStack: sign packing, truncated SVD, AVD, activation scales, ordering.
+"""Pure tensor math shared by the codecs: sign packing, activation scales.
 
-Nothing here does I/O or keeps state; drivers pass every input explicitly.
+Nothing here does I/O or keeps state; drivers pass every input explicitly.  Each codec's own math
+lives in its folder (:mod:`bitstack.codecs`), the sorting strategies in :mod:`bitstack.sorting`.
 """

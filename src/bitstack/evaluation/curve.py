@@ -17,6 +17,7 @@ Memory is resident weight bytes at the compute dtype (see the README); bits/para
 
 from __future__ import annotations
 
+import bisect
 import csv
 import json
 import math
@@ -25,8 +26,19 @@ from pathlib import Path
 from typing import Sequence
 
 import torch
+from tqdm.auto import tqdm
 
+from bitstack.artifact.atomic import atomic_write_bytes
+from bitstack.artifact.reader import open_artifact
+from bitstack.calibration.samples import tokenize_text
+from bitstack.config import resolve_dtype
 from bitstack.errors import BudgetError, InputError
+from bitstack.evaluation.perplexity import token_windows
+from bitstack.memory import format_bytes, parse_memory
+from bitstack.runtime.budget import base_bytes_at
+from bitstack.runtime.loader import load_tokenizer
+from bitstack.sorting.measure import StackEvaluator
+from bitstack.sorting.resort import stack_order
 
 CSV_FIELDS = ("label", "budget_bytes", "memory_bytes", "bits_per_param", "blocks", "ppl", "nll")
 
@@ -59,10 +71,6 @@ def spread_budgets(floor_bytes: int, full_bytes: int, points: int) -> list[int]:
 
 def _prefix_for(prefix_bytes: Sequence[int], floor_blocks: int, budget: int) -> int:
     """Longest prefix (>= the floor) that fits ``budget``; BudgetError below the floor."""
-    import bisect
-
-    from bitstack.memory import format_bytes
-
     if budget < prefix_bytes[floor_blocks]:
         raise BudgetError(f"budget {format_bytes(budget)} is below the floor {format_bytes(prefix_bytes[floor_blocks])}")
     return bisect.bisect_right(prefix_bytes, budget) - 1
@@ -73,13 +81,11 @@ def evaluate_order(evaluator, order: Sequence[tuple[int, int]], budgets: Sequenc
     """Perplexity of ``evaluator``'s artifact with its blocks in ``order``, at each budget.
 
     Args:
-        evaluator: a :class:`~bitstack.evaluation.stack_eval.StackEvaluator`.
+        evaluator: a :class:`~bitstack.sorting.measure.StackEvaluator`.
         order: (weight index, block index) pairs, head first (e.g. a strategy's order).
         budgets: resident-byte budgets (at the evaluator's dtype), each >= the floor.
         windows: int64 (n, seqlen) token windows, each scored on its own.
     """
-    from tqdm.auto import tqdm
-
     prefix = [evaluator.prefix_bytes[0]]
     for w, _ in order:
         prefix.append(prefix[-1] + evaluator.block_bytes[w])
@@ -107,13 +113,6 @@ def measure_curve(path: str | Path, text: str, *, budgets: Sequence[int | str] |
     ``skip_below_floor`` drops budgets under this artifact's floor instead of raising (useful
     when several artifacts share one list of budgets).
     """
-    from bitstack.artifact.resort import stack_order
-    from bitstack.calibration.samples import tokenize_text
-    from bitstack.evaluation.perplexity import token_windows
-    from bitstack.evaluation.stack_eval import StackEvaluator
-    from bitstack.memory import parse_memory
-    from bitstack.runtime.loader import load_tokenizer
-
     if (budgets is None) == (points is None):
         raise InputError("give either budgets or points")
     evaluator = StackEvaluator(path, device=device, dtype=dtype, batch_size=batch_size)
@@ -124,8 +123,6 @@ def measure_curve(path: str | Path, text: str, *, budgets: Sequence[int | str] |
         wanted = [parse_memory(b) for b in budgets]
         below = [b for b in wanted if b < floor]
         if below and not skip_below_floor:
-            from bitstack.memory import format_bytes
-
             raise BudgetError(f"budget {format_bytes(below[0])} is below the floor of {path} ({format_bytes(floor)}, "
                               f"full stack {format_bytes(full)}): choose budgets from the floor up")
         wanted = [b for b in wanted if b >= floor]
@@ -138,11 +135,7 @@ def measure_curve(path: str | Path, text: str, *, budgets: Sequence[int | str] |
 def artifact_axes(path: str | Path, dtype: torch.dtype | str | None = None) -> tuple[int, int]:
     """(non-decomposed bytes at the compute dtype, decomposed parameters) of an artifact — what
     the bits/param axis of :func:`plot_curves` needs."""
-    from bitstack.artifact.reader import ArtifactReader
-    from bitstack.runtime.budget import base_bytes_at
-    from bitstack.runtime.loader import resolve_dtype
-
-    with ArtifactReader(path, verify=False) as reader:
+    with open_artifact(path, verify=False) as reader:
         manifest = reader.manifest
         dtype = resolve_dtype(dtype, manifest.compression.get("dtype", "bfloat16"))
         return base_bytes_at(manifest, dtype), manifest.decomposed_params()
@@ -228,8 +221,6 @@ def write_curve(series: dict[str, list[CurvePoint]], prefix: str | Path, *, base
     The JSON holds ``meta`` (e.g. the command's settings), ``base_bytes``, ``params`` and every
     point; the CSV has the columns of :data:`CSV_FIELDS`.
     """
-    from bitstack.artifact.atomic import atomic_write_bytes
-
     prefix = Path(prefix)
     if not prefix.parent.exists():
         raise InputError(f"output folder {prefix.parent} does not exist")

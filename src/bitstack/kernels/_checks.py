@@ -1,13 +1,11 @@
-"""Argument checks shared by the kernels and their references (pure PyTorch)."""
+"""Host-side helpers shared by both codecs' kernels and references (pure PyTorch, no Triton):
+argument checks, Triton's interpreter mode, ``next_pow2``."""
 
 from __future__ import annotations
 
 import os
 
 import torch
-
-from bitstack.kernels.layout import PackedBitStack
-from bitstack.kernels.planes_layout import PackedPlanes
 
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16)
 
@@ -17,33 +15,35 @@ def interpret_mode() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 
-def check_linear_args(x: torch.Tensor, packed: PackedBitStack, bias: torch.Tensor | None, *,
-                      need_gpu: bool) -> None:
-    """Raise ValueError with a clear message unless ``(x, packed, bias)`` is a valid call.
-
-    x: float16 or bfloat16, shape (..., K) with K = packed.in_features, on packed's device.
-    bias: None or a float tensor of shape (N,) on the same device.
-    need_gpu: the Triton kernels need CUDA tensors unless ``TRITON_INTERPRET=1``.
-    """
-    if not isinstance(packed, PackedBitStack):
-        raise ValueError(f"packed must be a PackedBitStack (see bitstack.kernels.repack), got {type(packed).__name__}")
-    packed.validate()
-    _check_x_and_bias(x, packed.in_features, packed.out_features, packed.device, bias, need_gpu=need_gpu)
+def next_pow2(n: int) -> int:
+    """The smallest power of two >= n (1 for n <= 1)."""
+    return 1 << max(0, (n - 1).bit_length())
 
 
-def check_planes_args(x: torch.Tensor, packed: PackedPlanes, bias: torch.Tensor | None, *,
-                      need_gpu: bool) -> None:
-    """:func:`check_linear_args` for the planes kernels: ``packed`` a valid :class:`PackedPlanes`."""
-    if not isinstance(packed, PackedPlanes):
-        raise ValueError(f"packed must be a PackedPlanes (see bitstack.kernels.pack_planes), got {type(packed).__name__}")
-    packed.validate()
-    _check_x_and_bias(x, packed.in_features, packed.out_features, packed.device, bias, need_gpu=need_gpu)
+def check_parts(owner: str, expect: dict, blocks: int) -> None:
+    """ValueError unless every ``name: (tensor, dtype, shape)`` of ``expect`` is a contiguous tensor
+    of that dtype and shape on the first one's device, and ``blocks`` >= 1 (``owner`` names the
+    packed class in the messages)."""
+    device = next(iter(expect.values()))[0].device
+    for name, (t, dtype, shape) in expect.items():
+        if not isinstance(t, torch.Tensor):
+            raise ValueError(f"{owner}.{name} must be a torch.Tensor, got {type(t).__name__}")
+        if t.dtype != dtype:
+            raise ValueError(f"{owner}.{name} must be {dtype}, got {t.dtype}")
+        if tuple(t.shape) != shape:
+            raise ValueError(f"{owner}.{name} must have shape {shape}, got {tuple(t.shape)}")
+        if not t.is_contiguous():
+            raise ValueError(f"{owner}.{name} must be contiguous")
+        if t.device != device:
+            raise ValueError(f"{owner}.{name} is on {t.device}, signs on {device}")
+    if blocks < 1:
+        raise ValueError(f"{owner} holds no block")
 
 
-def _check_x_and_bias(x: torch.Tensor, K: int, N: int, device: torch.device, bias: torch.Tensor | None, *,
-                      need_gpu: bool) -> None:
-    """x: float16/bfloat16 (..., K) on ``device``; bias None or float (N,) on x's device; CUDA if
-    ``need_gpu`` (unless Triton's interpreter is on)."""
+def check_x_and_bias(x: torch.Tensor, K: int, N: int, device: torch.device, bias: torch.Tensor | None, *,
+                     need_gpu: bool) -> None:
+    """ValueError unless x is float16/bfloat16 (..., K) on ``device``, bias None or float (N,) on x's
+    device, and both on CUDA if ``need_gpu`` (unless Triton's interpreter is on)."""
     if not isinstance(x, torch.Tensor):
         raise ValueError(f"x must be a torch.Tensor, got {type(x).__name__}")
     if x.dtype not in SUPPORTED_DTYPES:
@@ -61,4 +61,5 @@ def _check_x_and_bias(x: torch.Tensor, K: int, N: int, device: torch.device, bia
             raise ValueError(f"bias is on {bias.device} but x is on {x.device}")
     if need_gpu and not interpret_mode() and x.device.type != "cuda":
         raise ValueError("the Triton kernels need CUDA tensors (or TRITON_INTERPRET=1 for the CPU interpreter); "
-                         "use the pure-PyTorch references (bitstack.kernels.reference, planes_reference) on CPU")
+                         "use the pure-PyTorch references (bitstack.kernels.avd.reference, "
+                         "bitstack.kernels.planes.reference) on CPU")

@@ -1,9 +1,9 @@
-"""Memory budgets: how many blocks of the stack fit, and the bytes actually resident.
+"""Memory accounting, in one place: resident bytes, prefix bytes, the repack reserve, budgets.
 
 Resident weight bytes = the non-decomposed weights (embeddings, norms, LM head, biases, runtime
-input scales, buffers) at their loaded dtypes, each storage counted once (a tied LM head is
-free), plus the bytes of every loaded block (packed signs + float16 u, v; codec planes: the
-signs alone, its grids being base buffers).
+input scales, the codecs' base buffers) at their loaded dtypes, each storage counted once (a tied
+LM head is free), plus the bytes of every loaded block (its parts; a codec's byte counts are its
+own: ``Codec.block_nbytes``, ``Codec.repack_transient``).
 
 Kernel mode (weights stored packed, :mod:`bitstack.runtime.linear`) changes a weight's blocks by
 repacking it, which holds more than the final bytes for a moment.  The prefix chosen for a
@@ -31,8 +31,10 @@ import torch
 from torch import nn
 
 from bitstack.artifact.manifest import Manifest
+from bitstack.codecs import get_codec
 from bitstack.errors import BudgetError
 from bitstack.memory import format_bytes
+from bitstack.runtime.linear import BitStackLinear
 
 
 def base_bytes_at(manifest: Manifest, dtype: torch.dtype) -> int:
@@ -65,7 +67,7 @@ def repack_reserve(manifest: Manifest, target: int, packed: Mapping[str, int]) -
 
     * the **arrival**: every weight is repacked, one after the other, once all its blocks are
       read, so the peak is ``prefix[target]`` + the largest
-      :func:`~bitstack.runtime.linear.repack_transient` of the weights (J = its blocks at
+      ``Codec.repack_transient`` of the weights (J = its blocks at
       ``target``, all of them new).  A resize to ``target`` repacks fewer weights, each with
       fewer new blocks, and a repack's transient grows with both, so this room covers it too;
     * the **departure** from ``target``: a later shrink repacks a weight of J blocks into J' < J
@@ -73,27 +75,33 @@ def repack_reserve(manifest: Manifest, target: int, packed: Mapping[str, int]) -
       for every weight that can lose a block (more blocks than at the floor).  Keeping it free
       means that the shrink stays within the budget this prefix was chosen for.
 
-    ``packed``: {name: sign group} of the weights stored packed (``BitStackLinear.pack_group``:
-    0 for codec planes, whose repack converts nothing and holds the new signs alone; others
-    contribute nothing: the pure-PyTorch path has no transient).  Exact for a load's arrival
+    ``packed``: {name: packed layout} of the weights stored packed (``BitStackLinear.pack_group``;
+    the others contribute nothing: the pure-PyTorch path has no transient).  Exact for a load's arrival
     (``tests/peak_meter.py`` measures it to the byte), an upper bound for a resize's and for the
     departure (a shrink repacks weights in stack order, and those repacked first have freed bytes
     by the time the others run)."""
-    from bitstack.runtime.linear import repack_transient
-
     if not packed:
         return 0
     weights = {w.name: w for w in manifest.weights if w.name in packed}
     after, floor = _counts(manifest, target), _counts(manifest, manifest.floor_blocks)
     reserve = 0
     for name, w in weights.items():
-        shape = (w.out_features, w.in_features, w.rank)
-        J, group = after[name], packed[name]
+        codec, J, layout = get_codec(w.codec), after[name], packed[name]
         if J > 0:
-            reserve = max(reserve, repack_transient(*shape, J, J, group))
+            reserve = max(reserve, codec.repack_transient(w, J, J, layout))
         if J > floor[name]:
-            reserve = max(reserve, repack_transient(*shape, J - 1, -1, group))
+            reserve = max(reserve, codec.repack_transient(w, J - 1, -1, layout))
     return reserve
+
+
+def check_floor(manifest: Manifest, prefix: list[int], budget: int | None) -> None:
+    """:class:`BudgetError` when ``budget`` is below the floor (``prefix``: :func:`prefix_bytes_at`)."""
+    floor = prefix[manifest.floor_blocks]
+    if budget is not None and budget < floor:
+        raise BudgetError(
+            f"memory budget {format_bytes(budget)} is below this artifact's floor of {format_bytes(floor)} "
+            f"({floor} bytes); the full stack needs {format_bytes(prefix[-1])} ({prefix[-1]} bytes)"
+        )
 
 
 def blocks_for_budget(manifest: Manifest, budget: int | None, dtype: torch.dtype, *,
@@ -102,7 +110,7 @@ def blocks_for_budget(manifest: Manifest, budget: int | None, dtype: torch.dtype
 
     ``budget=None`` means the whole stack.  Raises :class:`BudgetError` below the floor.
 
-    ``packed`` ({name: sign group} of the weights that kernel mode stores packed): the longest
+    ``packed`` ({name: packed layout} of the weights that kernel mode stores packed): the longest
     prefix whose resident bytes *plus* :func:`repack_reserve` (a load's room, which covers any
     resize to that prefix and a later shrink from it) fit ``budget``.  Loads and resizes use this
     one rule: a budget gives the same prefix whether it is loaded or resized to, whatever came
@@ -116,12 +124,7 @@ def blocks_for_budget(manifest: Manifest, budget: int | None, dtype: torch.dtype
         return len(manifest.stack)
     prefix = prefix_bytes_at(manifest, dtype)
     floor_blocks = manifest.floor_blocks
-    floor = prefix[floor_blocks]
-    if budget < floor:
-        raise BudgetError(
-            f"memory budget {format_bytes(budget)} is below this artifact's floor of {format_bytes(floor)} "
-            f"({floor} bytes); the full stack needs {format_bytes(prefix[-1])} ({prefix[-1]} bytes)"
-        )
+    check_floor(manifest, prefix, budget)
     plain = bisect.bisect_right(prefix, budget) - 1
     if not packed:
         return plain
@@ -141,8 +144,6 @@ def memory_bytes(model: nn.Module) -> int:
     Parameters and buffers are counted once per storage; the blocks of every
     :class:`~bitstack.runtime.linear.BitStackLinear` add their storages' bytes.
     """
-    from bitstack.runtime.linear import BitStackLinear
-
     seen: dict[tuple[str, int], int] = {}
 
     def add(tensor: torch.Tensor) -> None:
@@ -155,6 +156,6 @@ def memory_bytes(model: nn.Module) -> int:
     for module in model.modules():
         if isinstance(module, BitStackLinear):
             for block in module.blocks:
-                for tensor in (block.signs, block.u, block.v):
+                for tensor in block.tensors:
                     add(tensor)
     return sum(seen.values())

@@ -1,8 +1,10 @@
 """``bitstack.load``: build a transformers model from an artifact at a memory budget.
 
 The model skeleton is built on the meta device (no memory), every decomposed linear is replaced
-by a :class:`BitStackLinear`, the base tensors are assigned from ``base.safetensors`` and the
-longest prefix of the block stack that fits the budget is read — and nothing else.
+by an empty :class:`BitStackLinear`, the base tensors are assigned from ``base.safetensors``, and
+the live stack grows from no block to the longest prefix that fits the budget through
+:meth:`LiveStack.move_to`, the code of every resize: the prefix is chosen once, and nothing else is
+read.
 """
 
 from __future__ import annotations
@@ -12,27 +14,14 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from bitstack.artifact.reader import CONVERT_CHUNK_BYTES, ArtifactReader
+from bitstack.artifact.reader import CONVERT_CHUNK_BYTES, open_artifact
+from bitstack.config import resolve_dtype
 from bitstack.devices import resolve_device
 from bitstack.errors import ArtifactError, InputError
 from bitstack.memory import parse_memory
-from bitstack.runtime.budget import blocks_for_budget, memory_bytes, prefix_bytes_at
-from bitstack.runtime.linear import BitStackLinear, append_blocks, packed_groups
+from bitstack.runtime.budget import check_floor, memory_bytes, prefix_bytes_at
+from bitstack.runtime.linear import BitStackLinear
 from bitstack.runtime.stack import LiveStack
-
-_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
-
-
-def resolve_dtype(dtype: torch.dtype | str | None, default: str) -> torch.dtype:
-    if dtype is None:
-        dtype = default
-    if isinstance(dtype, torch.dtype):
-        if dtype not in _DTYPES.values():
-            raise InputError(f"dtype must be one of {', '.join(_DTYPES)}, got {dtype}")
-        return dtype
-    if dtype not in _DTYPES:
-        raise InputError(f"dtype must be one of {', '.join(_DTYPES)}, got {dtype!r}")
-    return _DTYPES[dtype]
 
 
 def default_device() -> torch.device:
@@ -92,13 +81,13 @@ def load(path: str | Path, memory: str | int | None = None, *, device: torch.dev
         path: artifact directory.
         memory: budget for resident weight bytes (``"120MB"``, ``"1.5GiB"``, an int); the model
             gets the longest prefix of the block stack that fits.  ``None`` loads the whole stack.
-            In kernel mode (CUDA with Triton, both codecs) the prefix also leaves room for
-            repacking the weights, now and at a later shrink
+            In kernel mode (CUDA with Triton, for the codecs that have kernels) the prefix also
+            leaves room for repacking the weights, now and at a later shrink
             (:func:`~bitstack.runtime.budget.repack_reserve`), so that the peak stays within the
             budget; a budget below the floor plus that room still loads the floor.
         device: where the weights live (default: CUDA if available, else CPU).
         dtype: dtype of the non-decomposed weights and of computation (default: the artifact's
-            storage dtype).  Blocks always keep uint8 signs and float16 u, v.
+            storage dtype).  Blocks and the codecs' base buffers keep their stored dtypes.
         verify: check every tensor read against the manifest's sha256.
     Returns:
         The model in eval mode; ``model.bitstack`` describes the loaded stack, and
@@ -106,35 +95,19 @@ def load(path: str | Path, memory: str | int | None = None, *, device: torch.dev
     """
     budget = None if memory is None else parse_memory(memory)
     device = resolve_device(device)
-    reader = ArtifactReader(path, verify=verify)
+    reader = open_artifact(path, verify=verify)
     try:
         manifest = reader.manifest
         dtype = resolve_dtype(dtype, manifest.compression.get("dtype", "bfloat16"))
-        count = blocks_for_budget(manifest, budget, dtype)  # fails fast below the floor, before the model is built
+        prefix = prefix_bytes_at(manifest, dtype)
+        check_floor(manifest, prefix, budget)  # fails fast, before the model is built
         model = _build_skeleton(manifest)
-        modules: dict[str, BitStackLinear] = {}
-        for weight in manifest.weights:
-            parent_name, _, child = weight.name.rpartition(".")
-            try:
-                parent = model.get_submodule(parent_name)
-                original = getattr(parent, child)
-            except AttributeError as err:
-                raise ArtifactError(f"the artifact decomposes {weight.name!r}, which the model does not have") from err
-            if not isinstance(original, nn.Linear) or (original.out_features, original.in_features) != (weight.out_features, weight.in_features):
-                raise ArtifactError(f"{weight.name!r} in the artifact does not match the model's layer")
-            module = BitStackLinear(weight.in_features, weight.out_features, weight.rank, bias=weight.bias,
-                                    input_scale=weight.input_scale, device="meta", dtype=dtype,
-                                    group_size=weight.group_size)
-            setattr(parent, child, module)
-            modules[weight.name] = module
-        packed = packed_groups(modules, device)
-        if packed:  # kernel mode: leave room for the repacks (budget.repack_reserve)
-            count = blocks_for_budget(manifest, budget, dtype, packed=packed)
+        stack = LiveStack(reader, _bitstack_linears(model, manifest, dtype), 0, dtype, device, budget, prefix)
+        count = stack.blocks_for(budget)  # kernel mode: with room for the repacks (budget.repack_reserve)
         # Converting a base tensor to ``dtype`` holds one chunk of its stored bytes on top of the
         # base read so far: a chunk no larger than the blocks still to be read (at least the
         # floor's, one per weight) keeps the peak within the final resident bytes, so within the
         # budget.  (Only an artifact without blocks would leave no room: one stored element.)
-        prefix = prefix_bytes_at(manifest, dtype)
         chunk = max(1, min(CONVERT_CHUNK_BYTES, prefix[count] - prefix[0]))
         for name, tensor in reader.read_base(dtype, chunk_bytes=chunk).items():
             _assign(model, name, tensor.to(device))
@@ -143,25 +116,42 @@ def load(path: str | Path, memory: str | int | None = None, *, device: torch.dev
         missing = [n for n, t in list(model.named_parameters()) + list(model.named_buffers()) if t.device.type == "meta"]
         if missing:
             raise ArtifactError(f"the artifact lacks tensors the model needs: {', '.join(missing[:5])}")
-        append_blocks(modules, reader.read_blocks(0, count, device))
-        for module in modules.values():
-            module.blocks_changed()  # kernel mode (CUDA + Triton): repack weight by weight
         model.eval()
-        model.bitstack = LiveStack(reader, modules, count, dtype, device, budget, prefix_bytes_at(manifest, dtype))
-        model.bitstack.attach(model)
+        model.bitstack = stack
+        stack.attach(model)
+        stack.move_to(count, budget)  # from no block to the prefix, as a resize grows
     except BaseException:
         reader.close()
         raise
     resident = memory_bytes(model)
-    expected = model.bitstack.prefix_bytes[count]
+    expected = stack.prefix_bytes[count]
     if resident != expected:
         raise ArtifactError(f"loaded model holds {resident} bytes, the manifest predicts {expected}")
     return model
 
 
+def _bitstack_linears(model: nn.Module, manifest, dtype: torch.dtype) -> dict[str, BitStackLinear]:
+    """Replace every decomposed linear of ``model`` by an empty :class:`BitStackLinear` on the meta
+    device; returns them by weight name."""
+    modules: dict[str, BitStackLinear] = {}
+    for weight in manifest.weights:
+        parent_name, _, child = weight.name.rpartition(".")
+        try:
+            parent = model.get_submodule(parent_name)
+            original = getattr(parent, child)
+        except AttributeError as err:
+            raise ArtifactError(f"the artifact decomposes {weight.name!r}, which the model does not have") from err
+        if not isinstance(original, nn.Linear) or (original.out_features, original.in_features) != (weight.out_features, weight.in_features):
+            raise ArtifactError(f"{weight.name!r} in the artifact does not match the model's layer")
+        module = BitStackLinear.for_weight(weight, device="meta", dtype=dtype)
+        setattr(parent, child, module)
+        modules[weight.name] = module
+    return modules
+
+
 def load_tokenizer(path: str | Path):
     """The tokenizer stored in an artifact."""
-    with ArtifactReader(path, verify=True) as reader:
+    with open_artifact(path, verify=True) as reader:
         tokenizer = reader.load_tokenizer()
     if tokenizer is None:
         raise InputError(f"artifact {path} has no tokenizer")

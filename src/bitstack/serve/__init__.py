@@ -4,6 +4,6 @@ Modules: :mod:`~bitstack.serve.budget` (the memory rule), :mod:`~bitstack.serve.
 (weights and target), :mod:`~bitstack.serve.kvbatch` (the left-padded decode batch),
 :mod:`~bitstack.serve.engine` (continuous batching), :mod:`~bitstack.serve.app` and
 :mod:`~bitstack.serve.generation` (HTTP), :mod:`~bitstack.serve.server` (wiring),
-:mod:`~bitstack.serve.cli`.  docs/serve.md describes the server.  Importing this package is
+:mod:`~bitstack.cli.serve`.  docs/serve.md describes the server.  Importing this package is
 light; FastAPI and uvicorn (the ``serve`` extra) are needed only to run it.
 """

@@ -2,7 +2,7 @@
 engine, serve the app with uvicorn.
 
 :func:`build` is the one place that wires model, tokenizer, target, engine and app together;
-the CLI (:mod:`bitstack.serve.cli`), the tests and the pressure benchmark all use it.
+the CLI (:mod:`bitstack.cli.serve`), the tests and the pressure benchmark all use it.
 """
 
 from __future__ import annotations

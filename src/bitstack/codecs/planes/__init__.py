@@ -1,0 +1,1 @@
+"""Codec ``planes``: bit-plane residual blocks on per-(row, group) grids (``codec.PlanesCodec``)."""

@@ -19,11 +19,15 @@ from bitstack.cli import main
 SRC = str(Path(__file__).resolve().parents[2] / "src")
 
 
-def test_serve_starts_answers_and_stops_on_ctrl_c(serve_artifact):
+def start(artifact, *options: str) -> subprocess.Popen:
+    """``bitstack serve ARTIFACT --port 0 --device cpu OPTIONS`` in a new process (this tree's source)."""
     env = {**os.environ, "PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    proc = subprocess.Popen([sys.executable, "-m", "bitstack.cli", "serve", str(serve_artifact), "--port", "0",
-                             "--memory", "1MB", "--device", "cpu"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, env=env)
+    return subprocess.Popen([sys.executable, "-m", "bitstack.cli", "serve", str(artifact), "--port", "0", "--device",
+                             "cpu", *options], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+
+
+def test_serve_starts_answers_and_stops_on_ctrl_c(serve_artifact):
+    proc = start(serve_artifact, "--memory", "1MB")
     try:
         line = proc.stdout.readline()
         match = re.match(r"bitstack serve: tiny-serve\.bstk on http://127\.0\.0\.1:(\d+)/v1 \(weights [0-9.]+ kB = "
@@ -41,6 +45,34 @@ def test_serve_starts_answers_and_stops_on_ctrl_c(serve_artifact):
             raise
     err = proc.stderr.read()
     assert code == 130 and "Traceback" not in err, err  # the CLI's Ctrl-C exit, after uvicorn's graceful stop
+
+
+def test_auto_by_default_and_sigterm_lets_a_stream_finish(serve_artifact):
+    proc = start(serve_artifact, "--reserve", "0")  # --memory auto is the default
+    try:
+        line = proc.stdout.readline()
+        match = re.search(r"on http://127\.0\.0\.1:(\d+)/v1 .*memory target auto \(free memory minus 0 B\);", line)
+        assert match, line + proc.stderr.read() if proc.poll() is not None else line
+        base = f"http://127.0.0.1:{match.group(1)}"
+        with urllib.request.urlopen(base + "/health", timeout=30) as response:
+            health = json.loads(response.read())
+        assert health["status"] == "ok" and health["target_bytes"] > health["weight_resident_bytes"] > 0
+        body = json.dumps({"model": "tiny-serve.bstk", "prompt": "the", "max_tokens": 48, "stream": True,
+                           "ignore_eos": True}).encode()
+        request = urllib.request.Request(base + "/v1/completions", data=body, headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=30) as stream:
+            first = stream.readline()
+            proc.send_signal(signal.SIGTERM)  # while the stream is under way
+            rest = stream.read().decode()
+        assert first.startswith(b"data: {")
+        chunks = [json.loads(line[6:]) for line in rest.splitlines() if line.startswith("data: {")]
+        assert rest.rstrip().endswith("data: [DONE]") and chunks[-1]["choices"][0]["finish_reason"] == "length"
+        code = proc.wait(30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    err = proc.stderr.read()
+    assert code == 143 and "bitstack serve: stopped" in err and "Traceback" not in err, (code, err)
 
 
 @pytest.mark.parametrize("extra,message", [

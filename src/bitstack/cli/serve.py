@@ -7,7 +7,9 @@ imported only when the command runs, so a missing ``serve`` extra is a one-line 
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
+import threading
 
 from bitstack.errors import InputError
 from bitstack.serve.options import ServeOptions
@@ -74,10 +76,30 @@ def run(args: argparse.Namespace) -> int:
     def ready(port: int) -> None:
         print(server.startup_line(options.host, port) + admin, flush=True)
 
+    previous = _exit_on_sigterm()
     try:
         serve_forever(server, options.host, options.port, log_level=args.log_level, on_ready=ready)
+    except SystemExit:  # SIGTERM, after uvicorn's graceful stop: a clean exit with the signal's code
+        server.close()
+        print("bitstack serve: stopped", file=sys.stderr)
+        raise
     except BaseException:
         server.close()
         raise
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
     print("bitstack serve: stopped", file=sys.stderr)
     return 0
+
+
+def _exit_on_sigterm():
+    """Make SIGTERM exit with code 143 through ``SystemExit`` (uvicorn stops gracefully on it, then
+    raises it again on the way out); returns the previous handler (None off the main thread)."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+
+    def terminate(signum, frame):
+        raise SystemExit(128 + signum)
+
+    return signal.signal(signal.SIGTERM, terminate)

@@ -202,10 +202,11 @@ def main(argv=None) -> int:
                  f"{os.getloadavg()[0]:.1f} at the end")
     out = Path(args.out) if args.out else ROOT / "benchmarks" / "results" / "serving" / f"pressure_{device}.json"
     png = Path(args.png) if args.png else out.with_suffix(".png")
-    plot(phase["samples"], png, f"bitstack serve under memory waves ({args.clients} clients, {device})")
     extra["png"] = str(png.relative_to(ROOT)) if png.is_relative_to(ROOT) else str(png)
+    # the result first: its commit is read before this run rewrites a committed PNG (which would mark it dirty)
     write_result(out, title=f"bitstack serve under memory pressure ({device})", topic="serving", columns=COLUMNS,
                  rows=rows, notes="; ".join(notes), extra=extra)
+    plot(phase["samples"], png, f"bitstack serve under memory waves ({args.clients} clients, {device})")
     print(f"wrote {out} and {png}")
     return 0
 

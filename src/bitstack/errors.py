@@ -26,3 +26,7 @@ class UnsupportedModelError(BitstackError):
 
 class ArtifactError(BitstackError):
     """An artifact is malformed, corrupted, truncated or of an unknown format version."""
+
+
+class RemoteError(BitstackError):
+    """A remote artifact cannot be fetched: not found, access denied, no HTTP Range support, the network failing."""

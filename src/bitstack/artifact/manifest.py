@@ -8,6 +8,7 @@ the codec's (:mod:`bitstack.codecs`), and so is their validation.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 from dataclasses import asdict, dataclass, fields
@@ -249,9 +250,9 @@ class Manifest:
                 raise ArtifactError(f"{what}: stack[{pos}] has {b.bytes} bytes, weight {b.tensor!r} blocks have {w.block_bytes}")
             if not 0 <= b.shard < len(self.shards) or b.offset < 0 or b.offset + b.bytes > self.shards[b.shard].bytes:
                 raise ArtifactError(f"{what}: stack[{pos}] points outside its shard")
-            for field_ in fields(b):
-                if field_.name not in ("tensor",) and field_.type == "str":
-                    _digest(getattr(b, field_.name), f"{what}: stack[{pos}].{field_.name}", hex_digits=None)
+            for name, typ in _field_types(BlockEntry).items():
+                if name not in ("tensor",) and typ == "str":
+                    _digest(getattr(b, name), f"{what}: stack[{pos}].{name}", hex_digits=None)
         for w in self.weights:
             if seen[w.name] != w.num_blocks:
                 raise ArtifactError(f"{what}: weight {w.name!r} has {w.num_blocks} blocks but the stack holds {seen[w.name]}")
@@ -344,10 +345,16 @@ def _typed(data: dict, key: str, kind: type, what: str) -> Any:
     return value
 
 
+@functools.cache
+def _field_types(cls: type) -> dict[str, str]:
+    """{field name: annotation} of a dataclass (``dataclasses.fields`` is slow per stack entry)."""
+    return {f.name: f.type for f in fields(cls)}
+
+
 def _record(cls: type, entry: Any, what: str) -> Any:
     if not isinstance(entry, dict):
         raise ArtifactError(f"{what} is not an object")
-    spec = {f.name: f.type for f in fields(cls)}
+    spec = _field_types(cls)
     _check_keys(entry, set(spec), what)
     for name, typ in spec.items():
         value = entry[name]

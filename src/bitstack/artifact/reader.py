@@ -28,6 +28,7 @@ from bitstack.artifact.safetensors_io import DTYPES, SafetensorsHeader, read_hea
 from bitstack.codecs import get_codec
 from bitstack.codecs.base import Block
 from bitstack.errors import ArtifactError, InputError
+from bitstack.remote.urls import is_remote
 
 
 _MAX_IOV = 1024  # buffers per preadv call (Linux IOV_MAX)
@@ -36,12 +37,20 @@ CONVERT_CHUNK_BYTES = 1 << 20  # default bound on the stored bytes held at once 
 _CONVERT_ALIGN = 64  # elements: chunks of a converted tensor are multiples of this (see _read_converted)
 
 
-def open_artifact(path: str | Path, *, verify: bool = True) -> "ArtifactReader":
+def open_artifact(path: str | Path, *, verify: bool = True, remote=None) -> "ArtifactReader":
     """The reader of the artifact at ``path``: what the library opens every artifact with.
 
+    ``path``: a local folder (an :class:`ArtifactReader`), or an ``https://``, ``http://`` or
+    ``hf://`` location (a :class:`~bitstack.remote.reader.RemoteReader`, which fetches what each
+    read needs into the local cache; ``remote``: its :class:`~bitstack.remote.urls.RemoteOptions`,
+    default: :func:`~bitstack.remote.urls.options_for`).
     verify: check every block read against its xxh3-128 and the base and tokenizer files against
     their sha256 (off: only sizes and headers are checked).
     """
+    if is_remote(path):
+        from bitstack.remote.reader import RemoteReader  # only remote artifacts need it
+
+        return RemoteReader(path, verify=verify, options=remote)
     return ArtifactReader(path, verify=verify)
 
 
@@ -81,6 +90,10 @@ class ArtifactReader:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+    def disk_bytes(self) -> int:
+        """Bytes of the artifact's files on disk."""
+        return artifact_size_on_disk(self.path)
 
     # ---- base weights -------------------------------------------------------------------
     def read_base(self, dtype: torch.dtype | None = None, *, chunk_bytes: int = CONVERT_CHUNK_BYTES) -> dict[str, torch.Tensor]:

@@ -9,6 +9,7 @@ import math
 from pathlib import Path
 
 from bitstack.errors import InputError
+from bitstack.remote.cli_options import add_artifact_argument
 
 # Numeric options of any command, checked before the command runs (CompressConfig checks its own).
 _AT_LEAST_ONE = ("seqlen", "max_windows", "limit", "batch_size", "max_new_tokens", "eval_seqlen", "eval_windows",
@@ -16,9 +17,13 @@ _AT_LEAST_ONE = ("seqlen", "max_windows", "limit", "batch_size", "max_new_tokens
 _AT_LEAST_ZERO = ("temperature", "seed")
 
 
-def artifact_arguments(p: argparse.ArgumentParser, *, memory: bool = True) -> None:
-    """The artifact positional, and with ``memory`` the --memory, --device and --dtype options."""
-    p.add_argument("artifact", help="artifact directory")
+def artifact_arguments(p: argparse.ArgumentParser, *, memory: bool = True, remote: bool = True) -> None:
+    """The artifact positional, and with ``memory`` the --memory, --device and --dtype options.
+
+    With ``remote`` the artifact may be a URL (``https://``, ``hf://``) and the remote options
+    (--cache-dir, --timeout, ...) are added: ``args.artifact`` is then what ``bitstack.load`` and
+    ``open_artifact`` take, options included (:mod:`bitstack.remote.cli_options`)."""
+    add_artifact_argument(p, remote=remote)
     if memory:
         p.add_argument("--memory", default=None, help="budget for resident weight bytes, e.g. 120MB, 1.5GiB, 123456; "
                        "'auto' (generate, chat) follows free memory (default: whole stack)")

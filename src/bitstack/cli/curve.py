@@ -7,6 +7,7 @@ from pathlib import Path
 
 from bitstack.cli.common import artifact_arguments, print_json, read_text
 from bitstack.errors import InputError
+from bitstack.remote.urls import is_remote
 
 
 def run(args: argparse.Namespace) -> int:
@@ -41,6 +42,8 @@ def run(args: argparse.Namespace) -> int:
         series[name] = points
     base_bytes, params = artifact_axes(args.artifact, args.dtype)
     out = args.out or f"{str(args.artifact).rstrip('/')}-curve"
+    if is_remote(args.artifact) and not args.out:  # written here, named after the URL's last part
+        out = f"{Path(str(args.artifact).rstrip('/')).name}-curve"
     meta = {"artifact": str(args.artifact), "ppl_file": args.ppl, "seqlen": args.seqlen, "max_windows": args.max_windows,
             "dtype": args.dtype, "series": [name for name, _ in extra], "series_csv": args.series_csv or []}
     paths = write_curve(series, out, base_bytes=base_bytes, params=params, title=args.title, meta=meta)
@@ -67,7 +70,7 @@ def register(sub) -> None:
     p.add_argument("--series-csv", action="append", metavar="FILE", help="extra series from a CSV with columns label,memory_bytes,ppl (repeatable)")
     p.add_argument("--label", default=None, help="name of the main series (default: the artifact's folder name)")
     p.add_argument("--title", default=None, help="plot title")
-    p.add_argument("--out", default=None, help="output prefix (default: ARTIFACT-curve)")
+    p.add_argument("--out", default=None, help="output prefix (default: ARTIFACT-curve; for a URL, NAME-curve here)")
     p.add_argument("--seqlen", type=int, default=2048, help="perplexity window length (default: 2048)")
     p.add_argument("--max-windows", type=int, default=None, help="score only the first N windows")
     p.add_argument("--batch-size", type=int, default=1, help="windows per forward pass (default: 1)")

@@ -8,13 +8,17 @@ import sys
 
 from bitstack.cli.common import artifact_arguments
 from bitstack.errors import BitstackError, InputError
+from bitstack.remote.cli_options import progress_printer
 
 
 def _load_live(args: argparse.Namespace):
     """Load for generate/chat; with ``--memory auto`` start an AutoResizer that reports to stderr."""
     from bitstack.runtime.loader import load, load_tokenizer
 
+    if args.memory == "auto" and args.progressive:
+        raise InputError("--progressive needs a fixed --memory: --memory auto already starts at the floor")
     auto = None
+    tokenizer = load_tokenizer(args.artifact)  # first: a progressive load's blocks follow it on the link
     if args.memory == "auto":
         from bitstack.runtime.auto import AutoResizer
 
@@ -27,14 +31,16 @@ def _load_live(args: argparse.Namespace):
 
         auto = AutoResizer(model, reserve=args.reserve, hysteresis=args.hysteresis, on_change=report).start()
     else:
-        model = load(args.artifact, args.memory, device=args.device, dtype=args.dtype)
-    return model, load_tokenizer(args.artifact), auto
+        model = load(args.artifact, args.memory, device=args.device, dtype=args.dtype, progressive=args.progressive,
+                     on_progress=progress_printer if args.progressive else None)
+        auto = getattr(model.bitstack, "progressive", None)  # stopped like an AutoResizer when done
+    return model, tokenizer, auto
 
 
 def _floor(path: str) -> int:
-    from bitstack.artifact.reader import ArtifactReader
+    from bitstack.artifact.reader import open_artifact
 
-    with ArtifactReader(path, verify=False) as reader:
+    with open_artifact(path, verify=False) as reader:
         return reader.manifest.floor_bytes
 
 
@@ -112,6 +118,8 @@ def _live_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
     p.add_argument("--reserve", default="512MB", help="with --memory auto: memory to leave free (default: 512MB)")
     p.add_argument("--hysteresis", default="16MB", help="with --memory auto: dead band against resize churn (default: 16MB)")
+    p.add_argument("--progressive", action="store_true", help="start at the floor and attach the rest of the budget "
+                   "between forward passes as it arrives (for a URL: as it downloads)")
 
 
 def register(sub) -> None:

@@ -9,9 +9,9 @@ from bitstack.cli.common import artifact_arguments, print_json
 
 def info_dict(path: str) -> dict:
     """What ``bitstack info --json`` prints for the artifact at ``path``."""
-    from bitstack.artifact.reader import ArtifactReader, artifact_size_on_disk
+    from bitstack.artifact.reader import open_artifact
 
-    with ArtifactReader(path, verify=False) as reader:
+    with open_artifact(path, verify=False) as reader:  # a folder or a URL (only its manifest is fetched)
         m = reader.manifest
         params = m.decomposed_params()
         return {
@@ -29,7 +29,7 @@ def info_dict(path: str) -> dict:
             "full_bytes": m.full_bytes,
             "floor_bits_per_param": round(8 * (m.floor_bytes - m.base_bytes) / params, 4),
             "full_bits_per_param": round(8 * (m.full_bytes - m.base_bytes) / params, 4),
-            "disk_bytes": artifact_size_on_disk(path),
+            "disk_bytes": reader.disk_bytes(),  # of a URL: what the cache holds
             "codec": ", ".join(m.codecs),
             "codec_params": {w.codec: w.params for w in reversed(m.weights)},
             "codec_summary": m.codec_summary(),

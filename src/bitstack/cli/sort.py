@@ -29,7 +29,7 @@ def register(sub) -> None:
     p = sub.add_parser("sort", help="re-sort an artifact's universal order (no recompression)",
                        description="Compute a universal order and rewrite the artifact's stack and shards atomically. "
                                    "average/greedy measurements are saved in ARTIFACT.sortcache/ and resumed.")
-    artifact_arguments(p, memory=False)
+    artifact_arguments(p, memory=False, remote=False)  # rewrites the artifact in place
     p.add_argument("--strategy", required=True, choices=SORT_STRATEGIES, help="ordering strategy")
     p.add_argument("--val", default="self", help="validation text for fisher/average/greedy: a text file, or 'self' (sampled from the model; default)")
     p.add_argument("--val-windows", type=int, default=4, help="validation windows (default: 4)")

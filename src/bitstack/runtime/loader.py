@@ -19,6 +19,7 @@ from bitstack.config import resolve_dtype
 from bitstack.devices import resolve_device
 from bitstack.errors import ArtifactError, InputError
 from bitstack.memory import parse_memory
+from bitstack.remote.urls import with_cache_dir
 from bitstack.runtime.budget import check_floor, memory_bytes, prefix_bytes_at
 from bitstack.runtime.linear import BitStackLinear
 from bitstack.runtime.stack import LiveStack
@@ -74,11 +75,13 @@ def _share(model: nn.Module, alias: str, target: str) -> None:
 
 
 def load(path: str | Path, memory: str | int | None = None, *, device: torch.device | str | None = None,
-         dtype: torch.dtype | str | None = None, verify: bool = True) -> nn.Module:
+         dtype: torch.dtype | str | None = None, verify: bool = True, progressive: bool = False,
+         on_progress=None, cache_dir: str | Path | None = None, remote=None) -> nn.Module:
     """Load a BitStack artifact as a transformers ``PreTrainedModel`` within ``memory``.
 
     Args:
-        path: artifact directory.
+        path: artifact directory, or its URL (``https://HOST/PATH/ART``, ``hf://ORG/REPO[@REV]``:
+            only the budget's prefix of the stack is fetched, into a local cache; docs/remote.md).
         memory: budget for resident weight bytes (``"120MB"``, ``"1.5GiB"``, an int); the model
             gets the longest prefix of the block stack that fits.  ``None`` loads the whole stack.
             In kernel mode (CUDA with Triton, for the codecs that have kernels) the prefix also
@@ -89,13 +92,19 @@ def load(path: str | Path, memory: str | int | None = None, *, device: torch.dev
         dtype: dtype of the non-decomposed weights and of computation (default: the artifact's
             storage dtype).  Blocks and the codecs' base buffers keep their stored dtypes.
         verify: check every tensor read against the manifest's sha256.
+        progressive: return the model at the floor at once, then grow it to ``memory`` in the
+            background as blocks arrive (``model.bitstack.progressive``, a
+            :class:`~bitstack.remote.progressive.ProgressiveLoader`; ``on_progress(Progress)`` is
+            called on its thread after each step).
+        cache_dir, remote: for a URL, the cache folder and the
+            :class:`~bitstack.remote.urls.RemoteOptions` (docs/remote.md).
     Returns:
         The model in eval mode; ``model.bitstack`` describes the loaded stack, and
         :func:`bitstack.memory_bytes` gives its resident bytes (always ≤ ``memory``).
     """
     budget = None if memory is None else parse_memory(memory)
     device = resolve_device(device)
-    reader = open_artifact(path, verify=verify)
+    reader = open_artifact(path, verify=verify, remote=with_cache_dir(remote, cache_dir))
     try:
         manifest = reader.manifest
         dtype = resolve_dtype(dtype, manifest.compression.get("dtype", "bfloat16"))
@@ -104,6 +113,7 @@ def load(path: str | Path, memory: str | int | None = None, *, device: torch.dev
         model = _build_skeleton(manifest)
         stack = LiveStack(reader, _bitstack_linears(model, manifest, dtype), 0, dtype, device, budget, prefix)
         count = stack.blocks_for(budget)  # kernel mode: with room for the repacks (budget.repack_reserve)
+        final, count = count, (min(count, manifest.floor_blocks) if progressive else count)
         # Converting a base tensor to ``dtype`` holds one chunk of its stored bytes on top of the
         # base read so far: a chunk no larger than the blocks still to be read (at least the
         # floor's, one per weight) keeps the peak within the final resident bytes, so within the
@@ -127,6 +137,10 @@ def load(path: str | Path, memory: str | int | None = None, *, device: torch.dev
     expected = stack.prefix_bytes[count]
     if resident != expected:
         raise ArtifactError(f"loaded model holds {resident} bytes, the manifest predicts {expected}")
+    if progressive:
+        from bitstack.remote.progressive import ProgressiveLoader
+
+        stack.progressive = ProgressiveLoader(model, budget, final, on_progress).start()
     return model
 
 
@@ -149,9 +163,9 @@ def _bitstack_linears(model: nn.Module, manifest, dtype: torch.dtype) -> dict[st
     return modules
 
 
-def load_tokenizer(path: str | Path):
-    """The tokenizer stored in an artifact."""
-    with open_artifact(path, verify=True) as reader:
+def load_tokenizer(path: str | Path, *, cache_dir: str | Path | None = None, remote=None):
+    """The tokenizer stored in an artifact (a folder, or a URL as for :func:`load`)."""
+    with open_artifact(path, verify=True, remote=with_cache_dir(remote, cache_dir)) as reader:
         tokenizer = reader.load_tokenizer()
     if tokenizer is None:
         raise InputError(f"artifact {path} has no tokenizer")

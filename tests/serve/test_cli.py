@@ -94,6 +94,9 @@ def test_bad_input_is_one_line_and_exit_2(serve_artifact, capsys, extra, message
 def test_missing_artifact_and_bad_curve(tmp_path, serve_artifact, capsys):
     assert main(["serve", str(tmp_path / "nothing.bstk")]) == 2
     assert "is not a bitstack artifact" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:
+        main(["serve", "https://example.org/smol.bstk"])
+    assert exit_info.value.code == 2 and "needs a local artifact directory" in capsys.readouterr().err
     bad = tmp_path / "curve.json"
     bad.write_text("{}")
     assert main(["serve", str(serve_artifact), "--device", "cpu", "--memory", "1MB", "--curve", str(bad)]) == 2

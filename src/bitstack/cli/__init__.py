@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from bitstack.cli import compress, curve, demo, evaluate, generate, info, serve, sort
+from bitstack.cli import compress, curve, demo, evaluate, export, generate, info, serve, sort
 from bitstack.cli.common import check_numbers
 from bitstack.cli.compress import config_from_args
 from bitstack.cli.info import info_dict
@@ -19,7 +19,7 @@ from bitstack.errors import BitstackError
 
 __all__ = ["main", "build_parser", "config_from_args", "info_dict", "COMMANDS"]
 
-COMMANDS = (compress, info, evaluate, generate, demo, sort, curve, serve)
+COMMANDS = (compress, info, evaluate, generate, demo, sort, curve, export, serve)
 
 
 class _Parser(argparse.ArgumentParser):

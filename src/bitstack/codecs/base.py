@@ -194,6 +194,13 @@ class Codec(abc.ABC):
         """Block ``index``'s term of Ŵ, float32 (out, in): Ŵ_j is the sum of the first j terms in
         block order (accumulated in float32)."""
 
+    def uniform_grid(self, module: Any, block: int) -> tuple[torch.Tensor, torch.Tensor, int] | None:
+        """(d, m, bits) when the loaded blocks of ``module`` (a BitStackLinear) are, per row and run
+        of ``block`` consecutive inputs, exactly the uniform grid Ŵ = m + d·q with q an integer in
+        [0, 2^bits): d and m float32 (out, in / block).  None (the default) when they are not; used
+        to store a prefix exactly in another format (GGUF's affine block types)."""
+        return None
+
     # ---- run time (module: a BitStackLinear) -------------------------------------------------
     def kernel_supported(self, weight: Any) -> bool:
         """Whether the Triton kernels take this weight (else it stays on the pure path)."""

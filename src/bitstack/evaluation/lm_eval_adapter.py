@@ -1,9 +1,16 @@
-"""Optional bridge to lm-evaluation-harness for a loaded (BitStack or plain) causal LM.
+"""Optional bridge to lm-evaluation-harness.
 
 lm-eval is not a dependency: it is imported only when these functions are called, and a missing
-install raises :class:`LmEvalNotInstalledError` naming ``pip install lm-eval``. The model is
-wrapped with lm-eval's ``HFLM(pretrained=model, tokenizer=tokenizer)``, so any lm-eval task
-(downloaded by lm-eval itself through ``datasets``) can be run on it.
+install raises :class:`LmEvalNotInstalledError` naming ``pip install lm-eval``.
+
+* :func:`register` adds the model name ``bitstack`` to lm-eval's registry
+  (:class:`bitstack.integrations.lmeval.BitstackLM`: ``--model_args artifact=ART,memory=120MB``)
+  and the ``"bitstack"`` quantization method to transformers (so ``--model hf --model_args
+  pretrained=FOLDER`` loads a ``bitstack export --format bitstack-hf`` folder).
+* :func:`main` is lm-eval's command line with both registered: lm-eval finds no third-party
+  model by itself, so run ``python -m bitstack.evaluation.lm_eval_adapter --model bitstack
+  --model_args artifact=ART,memory=120MB --tasks arc_easy`` (or the ``bitstack-lm-eval`` script).
+* :func:`make_lm_eval_model` / :func:`evaluate_with_lm_eval` wrap a model already loaded.
 """
 
 from __future__ import annotations
@@ -12,8 +19,10 @@ import importlib
 from collections.abc import Sequence
 from typing import Any
 
-__all__ = ["LmEvalNotInstalledError", "make_lm_eval_model", "evaluate_with_lm_eval"]
+__all__ = ["LmEvalNotInstalledError", "register", "main", "make_lm_eval_model", "evaluate_with_lm_eval"]
 
+MODEL_NAME = "bitstack"
+_MODEL_PATH = "bitstack.integrations.lmeval:BitstackLM"
 _INSTALL_HINT = (
     "lm-evaluation-harness is not installed. Fix: pip install lm-eval "
     "(install torch first so pip keeps your torch build), or use "
@@ -30,6 +39,22 @@ def _import(module: str):
         return importlib.import_module(module)
     except ImportError as e:  # also ModuleNotFoundError, and a None entry in sys.modules
         raise LmEvalNotInstalledError(f"{_INSTALL_HINT} (import of {module!r} failed: {e})") from e
+
+
+def register() -> None:
+    """Register the ``bitstack`` model with lm-eval (lazily: lm-eval imports it when a run names it)
+    and the ``"bitstack"`` quantization method with transformers.  Idempotent."""
+    registry = _import("lm_eval.api.registry")
+    if MODEL_NAME not in registry.model_registry:
+        registry.model_registry.register(MODEL_NAME, target=_MODEL_PATH)
+    importlib.import_module("bitstack.integrations.hf")
+
+
+def main() -> None:
+    """lm-eval's command line (``lm_eval ...``) with the ``bitstack`` model registered."""
+    register()
+    cli = _import("lm_eval.__main__")
+    cli.cli_evaluate()
 
 
 def make_lm_eval_model(model, tokenizer, *, batch_size: int | str = 8, **hflm_kwargs: Any):
@@ -74,3 +99,7 @@ def evaluate_with_lm_eval(
         **simple_evaluate_kwargs,
     )
     return out["results"]
+
+
+if __name__ == "__main__":
+    main()

@@ -22,6 +22,7 @@ from bitstack.memory import parse_memory
 from bitstack.remote.urls import with_cache_dir
 from bitstack.runtime.budget import check_floor, memory_bytes, prefix_bytes_at
 from bitstack.runtime.linear import BitStackLinear
+from bitstack.runtime.save import install_save_hook
 from bitstack.runtime.stack import LiveStack
 
 
@@ -111,7 +112,7 @@ def load(path: str | Path, memory: str | int | None = None, *, device: torch.dev
         prefix = prefix_bytes_at(manifest, dtype)
         check_floor(manifest, prefix, budget)  # fails fast, before the model is built
         model = _build_skeleton(manifest)
-        stack = LiveStack(reader, _bitstack_linears(model, manifest, dtype), 0, dtype, device, budget, prefix)
+        stack = LiveStack(reader, bitstack_linears(model, manifest, dtype), 0, dtype, device, budget, prefix)
         count = stack.blocks_for(budget)  # kernel mode: with room for the repacks (budget.repack_reserve)
         final, count = count, (min(count, manifest.floor_blocks) if progressive else count)
         # Converting a base tensor to ``dtype`` holds one chunk of its stored bytes on top of the
@@ -126,17 +127,10 @@ def load(path: str | Path, memory: str | int | None = None, *, device: torch.dev
         missing = [n for n, t in list(model.named_parameters()) + list(model.named_buffers()) if t.device.type == "meta"]
         if missing:
             raise ArtifactError(f"the artifact lacks tensors the model needs: {', '.join(missing[:5])}")
-        model.eval()
-        model.bitstack = stack
-        stack.attach(model)
-        stack.move_to(count, budget)  # from no block to the prefix, as a resize grows
+        start_stack(model, stack, count, budget)
     except BaseException:
         reader.close()
         raise
-    resident = memory_bytes(model)
-    expected = stack.prefix_bytes[count]
-    if resident != expected:
-        raise ArtifactError(f"loaded model holds {resident} bytes, the manifest predicts {expected}")
     if progressive:
         from bitstack.remote.progressive import ProgressiveLoader
 
@@ -144,7 +138,23 @@ def load(path: str | Path, memory: str | int | None = None, *, device: torch.dev
     return model
 
 
-def _bitstack_linears(model: nn.Module, manifest, dtype: torch.dtype) -> dict[str, BitStackLinear]:
+def start_stack(model: nn.Module, stack: LiveStack, count: int, budget: int | None) -> None:
+    """Attach ``stack`` (holding no block yet) to ``model`` (its base assigned) and grow it to the
+    first ``count`` blocks; ``model.save_pretrained`` then writes the artifact
+    (:mod:`bitstack.runtime.save`).  Every load ends here (:func:`load`, and transformers'
+    ``from_pretrained`` through :mod:`bitstack.integrations.hf`)."""
+    model.eval()
+    model.bitstack = stack
+    stack.attach(model)
+    stack.move_to(count, budget)  # from no block to the prefix, as a resize grows
+    resident = memory_bytes(model)
+    expected = stack.prefix_bytes[count]
+    if resident != expected:
+        raise ArtifactError(f"loaded model holds {resident} bytes, the manifest predicts {expected}")
+    install_save_hook(model)
+
+
+def bitstack_linears(model: nn.Module, manifest, dtype: torch.dtype) -> dict[str, BitStackLinear]:
     """Replace every decomposed linear of ``model`` by an empty :class:`BitStackLinear` on the meta
     device; returns them by weight name."""
     modules: dict[str, BitStackLinear] = {}

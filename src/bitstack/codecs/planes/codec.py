@@ -14,7 +14,7 @@ import torch
 from bitstack.codecs.base import Block, Codec, Decomposition, Parts, check_positive_params
 from bitstack.codecs.planes import runtime
 from bitstack.codecs.planes.decompose import plane_decompose, search_scale_power
-from bitstack.codecs.planes.grid import CLIP_RATIOS, num_groups, plane_block_contribution
+from bitstack.codecs.planes.grid import CLIP_RATIOS, num_groups, plane_block_contribution, prefix_grid
 from bitstack.codecs.planes.settings import AUTO_SCALE_POWERS, FEEDBACK_TOKENS_PER_INPUT, PlanesSettings
 from bitstack.kernels.planes.layout import planes_group_supported
 
@@ -71,6 +71,10 @@ class PlanesCodec(Codec):
     def contribution(self, weight: Any, block: Block, index: int, base: Mapping[str, torch.Tensor]) -> torch.Tensor:
         return plane_block_contribution(block, index, base["plane_offset"], base["plane_step"],
                                         weight.params["group_size"])
+
+    def uniform_grid(self, module: Any, block: int) -> tuple[torch.Tensor, torch.Tensor, int] | None:
+        return prefix_grid(module.plane_offset, module.plane_step, module.params["group_size"], len(module.blocks),
+                           module.in_features, block)
 
     def kernel_supported(self, weight: Any) -> bool:
         return planes_group_supported(weight.params["group_size"])

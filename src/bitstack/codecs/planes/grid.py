@@ -113,6 +113,24 @@ def plane_block_contribution(block: Block, level: int, offset: torch.Tensor, ste
     return term
 
 
+def prefix_grid(offset: torch.Tensor, step: torch.Tensor, group_size: int, blocks: int, in_features: int,
+                block: int) -> tuple[torch.Tensor, torch.Tensor, int] | None:
+    """A prefix of ``blocks`` planes as the grid m + d·q per run of ``block`` inputs, or None.
+
+    Ŵ_j = C + step · Σ_{i<j} s_i 2^-i with s_i = 2k_i - 1 (k_i the sign bits) is
+    m + d·q with d = step · 2^(2-j), m = C - step · (2 - 2^(1-j)) and q = Σ_i k_i 2^(j-1-i), an
+    integer in [0, 2^j).  One (d, m) per run needs the runs inside groups: ``group_size`` and
+    ``in_features`` multiples of ``block``.  offset, step: (out, G); returns d, m float32
+    (out, in / block) and j.
+    """
+    if blocks < 1 or group_size % block or in_features % block:
+        return None
+    runs = in_features // block
+    step = step.to(torch.float32).repeat_interleave(group_size // block, dim=1)[:, :runs]
+    offset = offset.to(torch.float32).repeat_interleave(group_size // block, dim=1)[:, :runs]
+    return step * 2.0 ** (2 - blocks), offset - step * (2 - 2.0 ** (1 - blocks)), blocks
+
+
 def planes_reconstruct(blocks: list[Block], offset: torch.Tensor, step: torch.Tensor, group_size: int,
                        dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """Ŵ = C + Σ_i S_i ⊙ M_i over the given blocks: the sum of :func:`plane_block_contribution`

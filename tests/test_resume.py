@@ -131,10 +131,10 @@ def test_a_running_compression_is_not_disturbed(tmp_path, monkeypatch):
 def test_bad_input_midway_leaves_nothing(tmp_path, monkeypatch):
     real = compressor._compress_layer
 
-    def failing(layer, linears, inputs, model, config, prefix, first):
+    def failing(layer, linears, inputs, model, config, prefix, first, *rest):
         if prefix.endswith(".2"):
             raise InputError(f"{prefix} is bad")
-        return real(layer, linears, inputs, model, config, prefix, first)
+        return real(layer, linears, inputs, model, config, prefix, first, *rest)
 
     monkeypatch.setattr(compressor, "_compress_layer", failing)
     with pytest.raises(InputError, match=r"model\.layers\.2 is bad"):

@@ -25,6 +25,7 @@ import copy
 import os
 import shutil
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -41,7 +42,7 @@ from bitstack.artifact.writer import BaseTensorSpec, finish, partial_dir, write_
 from bitstack.calibration.layerwise import LayerInputs, capture_layer_inputs, run_layer
 from bitstack.calibration.samples import calibration_samples, check_source, source_digest
 from bitstack.codecs import get_codec
-from bitstack.codecs.base import Block, WeightShape
+from bitstack.codecs.base import Block, Decomposition, WeightShape
 from bitstack.config import CompressConfig, resolve_dtype
 from bitstack.core.scaling import activation_scale
 from bitstack.devices import resolve_device
@@ -67,8 +68,25 @@ def _check_output(output: Path, overwrite: bool) -> None:
         raise InputError(f"{partial_dir(output)} exists and is not a folder: remove it")
 
 
+@dataclass(frozen=True, eq=False)
+class DecomposeTask:
+    """One weight to decompose: float32 (out, in) ``weight`` (scaled), float32 (in, in) ``hessian``
+    of the scaled inputs (or None) and the ``seed`` of its randomness."""
+
+    weight: torch.Tensor
+    hessian: torch.Tensor | None
+    seed: int
+
+
+def decompose_each(codec: str, settings, tasks: list[DecomposeTask], *, niter: int, calib_tokens: int) -> list[Decomposition]:
+    """``Codec.decompose`` of every task, in order, here (the default of :func:`compress`'s
+    ``decompose``; :mod:`bitstack.distributed.compress` spreads them over ranks)."""
+    return [get_codec(codec).decompose(t.weight, settings, niter=niter, hessian=t.hessian, calib_tokens=calib_tokens,
+                                       seed=t.seed) for t in tasks]
+
+
 def _compress_layer(layer: nn.Module, linears: dict[str, nn.Linear], inputs: LayerInputs, model: nn.Module,
-                    config: CompressConfig, prefix: str, first_weight: int
+                    config: CompressConfig, prefix: str, first_weight: int, decompose=decompose_each
                     ) -> tuple[LayerInputs, tuple[list[tuple[str, torch.Tensor]], LayerRecord]]:
     """Calibrate, scale, fold and decompose one layer (modified in place).
 
@@ -97,15 +115,17 @@ def _compress_layer(layer: nn.Module, linears: dict[str, nn.Linear], inputs: Lay
         fold(layer.get_submodule(rule.producer), 1.0 / scales[rule.consumers[0]])
     blocks: list[tuple[str, torch.Tensor]] = []
     record = LayerRecord([], {}, {}, {})
+    tasks: list[DecomposeTask] = []
     for number, (name, linear) in enumerate(linears.items()):
-        full = f"{prefix}.{name}"
         scaled = linear.weight.detach().float() * scales[name][None, :]
         if not torch.isfinite(scaled).all():
-            raise InputError(f"{full} has NaN or infinite weights or calibration activations: the model cannot be compressed")
+            raise InputError(f"{prefix}.{name} has NaN or infinite weights or calibration activations: the model cannot be compressed")
         s, hessian = scales[name], channel_stats[name].hessian
-        result = codec.decompose(scaled, settings, niter=config.niter,
-                                 hessian=None if hessian is None else hessian / s[:, None] / s[None, :],  # of x / s
-                                 calib_tokens=config.nsamples * config.seqlen, seed=config.seed + first_weight + number)
+        tasks.append(DecomposeTask(scaled, None if hessian is None else hessian / s[:, None] / s[None, :],  # of x / s
+                                   config.seed + first_weight + number))
+    results = decompose(config.codec, settings, tasks, niter=config.niter, calib_tokens=config.nsamples * config.seqlen)
+    for (name, linear), result in zip(linears.items(), results):
+        full = f"{prefix}.{name}"
         shape = WeightShape(linear.out_features, linear.in_features, result.params)
         for i, block in enumerate(result.blocks):
             for tensor_name, tensor in zip(block_tensor_names(full, i, codec.block_parts(shape)), block.tensors):
@@ -169,6 +189,7 @@ def compress(
     device: str | torch.device | None = None,
     overwrite: bool = False,
     progress: bool = True,
+    decompose=decompose_each,
 ) -> Path:
     """Compress ``model`` into a BitStack artifact directory at ``output``.
 
@@ -180,6 +201,9 @@ def compress(
         tokenizer: required when ``model`` is a module; stored in the artifact.
         device: where the math runs (default: CUDA if available, else CPU).
         overwrite: replace an existing ``output``.
+        decompose: how each layer's weights are decomposed (:func:`decompose_each`, or a function
+            of the same signature and results, e.g. spread over ranks by
+            :mod:`bitstack.distributed.compress`).
     Returns:
         The artifact path.
     """
@@ -245,7 +269,8 @@ def compress(
             else:
                 if inputs is None:
                     inputs = capture_layer_inputs(model, decoder.layers[0], samples, config.batch_size, device)
-                inputs, record = _compress_layer(layer, linears, inputs, model, config, f"{decoder.path}.{index}", len(weights))
+                inputs, record = _compress_layer(layer, linears, inputs, model, config, f"{decoder.path}.{index}", len(weights),
+                                                decompose)
                 work.save_layer(index, *record)
                 record = record[1]
             with torch.no_grad():

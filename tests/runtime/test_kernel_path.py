@@ -232,3 +232,62 @@ def test_planes_more_blocks_than_the_kernels_take_use_the_pure_path(tiny_artifac
     scaled = x.float() * (module.input_scale.float() if module.input_scale is not None else 1)
     expected = torch.nn.functional.linear(scaled, module.dense_weight(), None if module.bias is None else module.bias.float())
     assert _rel_err(module(x), expected) < REL_TOL[torch.float16]
+
+
+# ---- compiled models: the kernels are custom operators (bitstack.kernels.ops) -------------------
+def test_compiled_model_has_no_graph_break_and_matches_eager(artifact):
+    """``torch.compile(fullgraph=True)`` of a loaded model in kernel mode: the linears are the
+    ``bitstack::`` operators (run here by Triton's interpreter), the logits equal eager mode's."""
+    torch._dynamo.reset()
+    m, prefix = _prefix(artifact)
+    model = bitstack.load(artifact, prefix[m.floor_blocks + 5], device="cpu", dtype="float16")
+    set_kernels(model, True)
+    ids = torch.randint(4, model.config.vocab_size, (1, 5), generator=torch.Generator().manual_seed(0))
+    eager = _logits(model, ids)
+    compiled = torch.compile(model, fullgraph=True, backend="aot_eager")
+    with torch.no_grad():
+        assert torch.equal(compiled(ids).logits, eager)
+
+
+def test_compiled_static_cache_generate_follows_resizes(artifact, monkeypatch):
+    """transformers' compiled path (static cache, ``generate`` compiles the forward with
+    ``fullgraph=True``): its tokens equal eager ``generate``'s, and after a grow or a shrink they
+    equal those of a fresh load at the new budget.  The operators run the pure-PyTorch
+    reference here (``TRITON_INTERPRET=0`` while generating; kernel mode needs the interpreter
+    on the CPU only to pack)."""
+    from transformers import CompileConfig
+
+    torch._dynamo.reset()
+    m, prefix = _prefix(artifact)
+    small, large = prefix[m.floor_blocks + 3], prefix[len(m.stack)]
+    vocab = m.model["config"]["vocab_size"]
+    ids = torch.randint(4, vocab, (1, 4), generator=torch.Generator().manual_seed(1))
+    config = CompileConfig(backend="aot_eager", fullgraph=True)
+    config._compile_all_devices = True  # transformers compiles on accelerators only by default
+
+    def generate(model, compiled):
+        kwargs = dict(max_new_tokens=4, min_new_tokens=4, do_sample=False, pad_token_id=0)
+        if compiled:
+            kwargs.update(cache_implementation="static", compile_config=config)
+        monkeypatch.setenv("TRITON_INTERPRET", "0")
+        try:
+            with torch.no_grad():
+                return model.generate(ids, **kwargs)[0, ids.shape[1]:].tolist()
+        finally:
+            monkeypatch.setenv("TRITON_INTERPRET", "1")
+
+    def fresh(budget):
+        """A load at ``budget`` in kernel mode (switched after the load, then resized to the
+        prefix that kernel mode's repack room leaves at that budget)."""
+        model = bitstack.load(artifact, budget, device="cpu", dtype="float16")
+        set_kernels(model, True)
+        bitstack.resize(model, budget)
+        return model
+
+    model = fresh(small)
+    first = generate(model, compiled=True)
+    assert first == generate(model, compiled=False)
+    bitstack.resize(model, large)
+    assert generate(model, compiled=True) == generate(fresh(large), compiled=False)
+    bitstack.resize(model, small)
+    assert generate(model, compiled=True) == first

@@ -17,7 +17,7 @@ import math
 import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, Collection
 
 import torch
 import xxhash
@@ -96,8 +96,10 @@ class ArtifactReader:
         return artifact_size_on_disk(self.path)
 
     # ---- base weights -------------------------------------------------------------------
-    def read_base(self, dtype: torch.dtype | None = None, *, chunk_bytes: int = CONVERT_CHUNK_BYTES) -> dict[str, torch.Tensor]:
+    def read_base(self, dtype: torch.dtype | None = None, *, chunk_bytes: int = CONVERT_CHUNK_BYTES,
+                  names: Collection[str] | None = None) -> dict[str, torch.Tensor]:
         """All base tensors on the CPU, by name; floating ``param`` tensors are cast to ``dtype``.
+        ``names``: read only these (a rank's part, :mod:`bitstack.distributed.shard`).
 
         Each tensor is a fresh contiguous CPU tensor of its manifest shape: in its stored dtype,
         or in ``dtype`` for a floating ``param`` when ``dtype`` is given.  A tensor whose stored
@@ -125,6 +127,8 @@ class ArtifactReader:
         out: dict[str, torch.Tensor] = {}
         with open(base_path, "rb") as handle:
             for name, info in header.tensors.items():
+                if names is not None and name not in names:
+                    continue
                 spec = expected[name]
                 if DTYPES[spec.dtype] != info.dtype or tuple(spec.shape) != info.shape:
                     raise ArtifactError(f"{base_path}: tensor {name!r} does not match the manifest's dtype/shape")

@@ -1,5 +1,5 @@
 """Host-side helpers shared by both codecs' kernels and references (pure PyTorch, no Triton):
-argument checks, Triton's interpreter mode, ``next_pow2``."""
+argument checks, Triton's interpreter mode, ``cdiv``, ``next_pow2``."""
 
 from __future__ import annotations
 
@@ -13,6 +13,11 @@ SUPPORTED_DTYPES = (torch.float16, torch.bfloat16)
 def interpret_mode() -> bool:
     """True when Triton runs in its CPU interpreter (``TRITON_INTERPRET=1``)."""
     return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+def cdiv(a: int, b: int) -> int:
+    """ceil(a / b) for ints, on the host (``triton.cdiv`` is a Triton function: slower to call)."""
+    return -(-a // b)
 
 
 def next_pow2(n: int) -> int:

@@ -4,9 +4,12 @@ Programs that share a tile of output rows but cover different column ranges add 
 partials ``acc`` (BN rows × MP tokens) into a float32 workspace with atomics; the last one to
 finish (a per-row-tile counter) reads the total, adds the bias, writes ``y`` in its dtype and
 re-zeroes the workspace tile and the counter, so one launch does everything and the workspace is
-zero again between calls.  Workspace and counters are cached per (device, M, N, BN):
-``4·M·N + 4·ceil(N/BN)`` bytes.  Calls that share a workspace must be serialised (one stream),
-as a layer's forward calls are.
+zero again between calls.  One workspace per (device, N) serves every kernel and token count:
+float32 (rows·N,) for up to ``rows`` tokens and int32 (N,) counters (one per row tile of any
+height), ``4·rows·N + 4·N`` bytes, grown when a call needs more rows.  A repack on CUDA reserves
+it (:func:`reserve_workspace`), so that no call under a CUDA-graph capture or a compiled
+warm-up allocates it (cudagraph trees own the memory allocated there).  Calls that share a
+workspace must be serialised (one stream), as a layer's forward calls are.
 """
 
 from __future__ import annotations
@@ -15,14 +18,23 @@ import torch
 import triton
 import triton.language as tl
 
+from bitstack.kernels._checks import cdiv
+
 _WORKSPACES: dict = {}
 
 
+_SM_COUNTS: dict = {}
+
+
 def sm_count(device: torch.device) -> int:
-    """Multiprocessors of a CUDA device; 4 elsewhere (the Triton interpreter on the CPU)."""
-    if device.type == "cuda":
-        return torch.cuda.get_device_properties(device).multi_processor_count
-    return 4
+    """Multiprocessors of a CUDA device (cached); 4 elsewhere (the Triton interpreter on the CPU)."""
+    if device.type != "cuda":
+        return 4
+    count = _SM_COUNTS.get(device.index)
+    if count is None:
+        count = torch.cuda.get_device_properties(device).multi_processor_count
+        _SM_COUNTS[device.index] = count
+    return count
 
 
 def split_k(n_tiles: int, n_ktiles: int, splits: int | None, programs_per_sm: int,
@@ -31,19 +43,28 @@ def split_k(n_tiles: int, n_ktiles: int, splits: int | None, programs_per_sm: in
     ``splits`` if given, else enough for ``programs_per_sm`` programs per SM; at least 1, at most
     one split per K tile, and no split left empty."""
     if splits is None:
-        splits = triton.cdiv(programs_per_sm * sm_count(device), n_tiles)
+        splits = cdiv(programs_per_sm * sm_count(device), n_tiles)
     splits = max(1, min(splits, n_ktiles))
-    per_split = triton.cdiv(n_ktiles, splits)
-    return triton.cdiv(n_ktiles, per_split), per_split
+    per_split = cdiv(n_ktiles, splits)
+    return cdiv(n_ktiles, per_split), per_split
 
 
 def splitk_workspace(device: torch.device, M: int, N: int, BN: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(float32 (M·N,) zeros, int32 (ceil(N/BN),) zeros), cached per (device, M, N, BN)."""
-    key = (str(device), M, N, BN)
+    """(float32 zeros of at least M·N elements, int32 zeros of at least ceil(N/BN)), the cached
+    workspace of (device, N) (module docstring), grown to M rows if it holds fewer."""
+    buf = _WORKSPACES.get((str(device), N))
+    if buf is None or buf[0].numel() < M * N:
+        buf = reserve_workspace(device, N, M)
+    return buf
+
+
+def reserve_workspace(device: torch.device, N: int, rows: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Make the cached workspace of (device, N) hold at least ``rows`` tokens; returns it."""
+    key = (str(device), N)
     buf = _WORKSPACES.get(key)
-    if buf is None:
-        buf = (torch.zeros(M * N, dtype=torch.float32, device=device),
-               torch.zeros(triton.cdiv(N, BN), dtype=torch.int32, device=device))
+    if buf is None or buf[0].numel() < rows * N:
+        buf = (torch.zeros(max(1, rows) * N, dtype=torch.float32, device=device),
+               torch.zeros(N, dtype=torch.int32, device=device))
         _WORKSPACES[key] = buf
     return buf
 

@@ -134,6 +134,8 @@ def _planes_decode_checked(x: torch.Tensor, packed: PackedPlanes, bias: torch.Te
     K = x.shape[-1]
     M = x.numel() // K
     if 1 <= M <= table.planes_gemv_max_tokens and planes_gemv_supported(1, packed):
+        if M == 1:
+            return gemv_launch(x, packed, bias)
         x2 = x.reshape(M, K)
         y = torch.empty(M, packed.out_features, dtype=x.dtype, device=x.device)
         for m in range(M):
@@ -165,6 +167,13 @@ def planes_linear(x: torch.Tensor, packed: PackedPlanes, bias: torch.Tensor | No
     check_planes_args(x, packed, bias, need_gpu=True)
     if not planes_group_supported(packed.group_size):
         raise ValueError(f"the planes kernels need a power-of-two group_size >= 8, got {packed.group_size}")
+    return planes_linear_packed(x, packed, bias, table)
+
+
+def planes_linear_packed(x: torch.Tensor, packed: PackedPlanes, bias: torch.Tensor | None = None,
+                         table: DispatchTable = DEFAULT_TABLE) -> torch.Tensor:
+    """:func:`planes_linear` for a ``packed`` validated beforehand (once per repack, by the
+    runtime) and x of its width and a kernel dtype: no per-call checks of the packed tensors."""
     tokens = x.numel() // x.shape[-1]
     if tokens == 0:
         return x.new_empty(*x.shape[:-1], packed.out_features)

@@ -27,7 +27,16 @@ mode repacks **this one weight** (``Codec.pack``; the transient it holds is
 ``Codec.repack_transient``, and the loader and the live stack keep that much free:
 :func:`bitstack.runtime.budget.repack_reserve`).  ``forward`` also repacks if it finds
 ``self.blocks`` out of sync with the packed form (a safety net for code that edits the list
-directly; no reserve covers that, nor :func:`set_kernels`, which packs every block).
+directly, in eager mode; no reserve covers that, nor :func:`set_kernels`, which packs every block).
+
+Compiled models
+---------------
+In kernel mode the forward calls the codec's custom operator (``bitstack::planes_linear``,
+``bitstack::avd_linear``: :mod:`bitstack.kernels.ops`), which ``torch.compile`` traces without a
+graph break; the packed tensors are validated once per repack, not per call.  A resize replaces
+the packed tensors: the compiled graph is re-specialised where a block count (a shape) changed,
+and CUDA graphs are re-recorded (the packed tensors are static inputs whose address changed), so
+the next call computes with the new blocks.
 
 Transient memory that is not weight memory (not counted by ``memory_bytes``): the kernels'
 scratch buffers (split-K partial sums for decode; a ≤ 64 MiB rebuilt-row scratch per (dtype, K)
@@ -195,7 +204,9 @@ class BitStackLinear(nn.Module):
         return self.codec.dense_weight(self, dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.packed is not None and not self.in_sync():
+        # The safety net below is eager-only: under torch.compile the blocks are the live stack's,
+        # which calls blocks_changed itself (no per-block guards in the compiled graph).
+        if self.packed is not None and not torch.compiler.is_compiling() and not self.in_sync():
             self.blocks_changed()  # someone edited self.blocks without telling us
         if self.input_scale is not None:
             x = x * self.input_scale

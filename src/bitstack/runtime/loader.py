@@ -77,7 +77,7 @@ def _share(model: nn.Module, alias: str, target: str) -> None:
 
 def load(path: str | Path, memory: str | int | None = None, *, device: torch.device | str | None = None,
          dtype: torch.dtype | str | None = None, verify: bool = True, progressive: bool = False,
-         on_progress=None, cache_dir: str | Path | None = None, remote=None) -> nn.Module:
+         on_progress=None, cache_dir: str | Path | None = None, remote=None, shard=None) -> nn.Module:
     """Load a BitStack artifact as a transformers ``PreTrainedModel`` within ``memory``.
 
     Args:
@@ -99,6 +99,9 @@ def load(path: str | Path, memory: str | int | None = None, *, device: torch.dev
             called on its thread after each step).
         cache_dir, remote: for a URL, the cache folder and the
             :class:`~bitstack.remote.urls.RemoteOptions` (docs/remote.md).
+        shard: load one rank's part of the model (a :class:`bitstack.distributed.shard.LayerShard`:
+            its layers' weights, the base tensors it needs, its sub-stack); ``memory`` is then that
+            rank's budget.  The other tensors stay on the meta device.
     Returns:
         The model in eval mode; ``model.bitstack`` describes the loaded stack, and
         :func:`bitstack.memory_bytes` gives its resident bytes (always ≤ ``memory``).
@@ -107,6 +110,8 @@ def load(path: str | Path, memory: str | int | None = None, *, device: torch.dev
     device = resolve_device(device)
     reader = open_artifact(path, verify=verify, remote=with_cache_dir(remote, cache_dir))
     try:
+        if shard is not None:
+            reader = shard.select(reader)  # the part's manifest and reader: everything below is unchanged
         manifest = reader.manifest
         dtype = resolve_dtype(dtype, manifest.compression.get("dtype", "bfloat16"))
         prefix = prefix_bytes_at(manifest, dtype)
@@ -124,7 +129,8 @@ def load(path: str | Path, memory: str | int | None = None, *, device: torch.dev
             _assign(model, name, tensor.to(device))
         for alias, target in manifest.base["aliases"].items():
             _share(model, alias, target)
-        missing = [n for n, t in list(model.named_parameters()) + list(model.named_buffers()) if t.device.type == "meta"]
+        missing = [n for n, t in list(model.named_parameters()) + list(model.named_buffers())
+                   if t.device.type == "meta" and (shard is None or shard.holds(n))]
         if missing:
             raise ArtifactError(f"the artifact lacks tensors the model needs: {', '.join(missing[:5])}")
         start_stack(model, stack, count, budget)

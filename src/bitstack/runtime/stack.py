@@ -74,13 +74,17 @@ class LiveStack:
         return self.prefix_bytes[-1]
 
     def attach(self, model: nn.Module) -> None:
-        """Make every forward pass of ``model`` hold the lock."""
+        """Make every eager forward pass of ``model`` hold the lock.  A forward that
+        ``torch.compile`` traces takes no lock (a lock is no graph operation): resize a compiled
+        model between its calls, not during one."""
 
         def enter(module, args):
-            self.lock.acquire()
+            if not torch.compiler.is_compiling():
+                self.lock.acquire()
 
         def leave(module, args, output):
-            self.lock.release()
+            if not torch.compiler.is_compiling():
+                self.lock.release()
 
         self._handles = [model.register_forward_pre_hook(enter), model.register_forward_hook(leave, always_call=True)]
 

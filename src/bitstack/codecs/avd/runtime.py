@@ -11,8 +11,8 @@ layout, not the stored one (``view.stored()`` converts).  ``u`` and ``v`` are th
 unchanged: ``input_scale`` is *not* folded into ``v``; the module multiplies x by it (one
 elementwise op), so the blocks stay exactly the artifact's values.  The packed layout has exactly
 the stored blocks' byte size, and ``bitstack.memory_bytes`` counts each storage once, so the
-resident bytes still equal the manifest's prefix bytes.  ``bitstack.kernels.bitstack_linear``
-computes the product without a dense Ŵ.
+resident bytes still equal the manifest's prefix bytes.  The operator ``bitstack::avd_linear``
+(:mod:`bitstack.kernels.ops`, ``bitstack.kernels.bitstack_linear``) computes the product without a dense Ŵ.
 
 Repacking in parts
 ------------------
@@ -43,10 +43,11 @@ import torch
 
 from bitstack.codecs.base import Block, kernel_input_ok, stacked
 from bitstack.codecs.avd.decompose import block_dense, reconstruct
-from bitstack.kernels import bitstack_linear
+from bitstack.kernels.api import decode_max_tokens
 from bitstack.kernels.avd.layout import (DEFAULT_GROUP, PackedBitStack, bitplane_from_standard, standard_from_bitplane,
                                      unpack_bitplane)
 from bitstack.kernels.avd.reference import dense_weight as packed_dense_weight
+from bitstack.kernels.ops import avd_linear_call, prepare_packed
 
 SIGN_CHUNK_BYTES = 8 << 20  # rows of stored signs converted to the bit-plane layout at a time
 
@@ -99,7 +100,10 @@ def pack(module: Any) -> None:
     module.set_blocks([PackedBlockView(signs[i], u[i], b.v, group) for i, b in enumerate(module.blocks)])
     v = stacked([b.v for b in module.blocks])
     views = tuple(PackedBlockView(signs[i], u[i], v[i], group) for i in range(len(v)))
-    module.set_packed(PackedBitStack(signs, u, v, N, K, k, group), views)
+    packed = PackedBitStack(signs, u, v, N, K, k, group)
+    packed.validate()  # once per repack: the forward's kernel calls do not check the packed tensors
+    prepare_packed((signs, u, v), N, decode_max_tokens(k))
+    module.set_packed(packed, views)
 
 
 def unpack(module: Any) -> None:
@@ -111,13 +115,14 @@ def unpack(module: Any) -> None:
 def move_packed(module: Any, move: Callable[[torch.Tensor], torch.Tensor]) -> None:
     p = module.packed
     moved = dataclasses.replace(p, signs=move(p.signs), u=move(p.u), v=move(p.v))
+    prepare_packed((moved.signs, moved.u, moved.v), moved.out_features, decode_max_tokens(moved.rank))
     module.set_packed(moved, tuple(PackedBlockView(moved.signs[i], moved.u[i], moved.v[i], moved.group)
                                    for i in range(moved.num_blocks)))
 
 
 def fast_linear(module: Any, x: torch.Tensor) -> torch.Tensor | None:
     """The kernels (decode kernel for few tokens, chunked prefill otherwise) in kernel mode."""
-    return bitstack_linear(x, module.packed, module.bias) if kernel_input_ok(module, x) else None
+    return avd_linear_call(x, module.packed, module.bias) if kernel_input_ok(module, x) else None
 
 
 def dense_weight(module: Any, dtype: torch.dtype) -> torch.Tensor:

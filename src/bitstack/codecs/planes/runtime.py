@@ -7,7 +7,8 @@ blocks are then :class:`~bitstack.codecs.base.Block` s whose signs are views ``p
 (u, v: shared empty tensors), so the resident bytes are still the stored blocks'.  A repack is one
 part: the new signs (J × one block's) coexist with the old blocks until the views replace them.
 
-Products (``fast_linear``): in kernel mode ``bitstack.kernels.planes_linear`` (its one-token,
+Products (``fast_linear``): in kernel mode the operator ``bitstack::planes_linear``
+(:mod:`bitstack.kernels.ops`: ``bitstack.kernels.planes_linear``'s one-token,
 few-token and prefill kernels) for at most ``KERNEL_MAX_BLOCKS`` blocks and a power-of-two group
 size ≥ 8; on the CPU, for at most ``module.lut_max_tokens`` tokens and no gradient, the byte lookup
 tables of :mod:`bitstack.codecs.planes.lut` (measured faster there: benchmarks/RESULTS.md, "CPU
@@ -24,8 +25,8 @@ import torch
 from bitstack.codecs.base import kernel_input_ok, stacked
 from bitstack.codecs.planes.grid import sign_only_blocks
 from bitstack.codecs.planes.lut import planes_linear_lut, supports_lut
-from bitstack.kernels import planes_linear
-from bitstack.kernels.dispatch import KERNEL_MAX_BLOCKS
+from bitstack.kernels.dispatch import BATCH_MAX_TOKENS, KERNEL_MAX_BLOCKS
+from bitstack.kernels.ops import planes_linear_call, prepare_packed
 from bitstack.kernels.planes.layout import PackedPlanes
 
 
@@ -35,6 +36,8 @@ def pack(module: Any) -> None:
     signs = stacked([b.signs for b in module.blocks])
     packed = PackedPlanes(signs, module.plane_offset, module.plane_step, module.out_features, module.in_features,
                           module.params["group_size"])
+    packed.validate()  # once per repack: the forward's kernel calls do not check the packed tensors
+    prepare_packed((packed.signs,), packed.out_features, BATCH_MAX_TOKENS)
     module.set_packed(packed, sign_only_blocks(packed.signs.unbind(0), packed.in_features))
 
 
@@ -42,6 +45,7 @@ def move_packed(module: Any, move: Callable[[torch.Tensor], torch.Tensor]) -> No
     """The packed signs moved with ``move``, the grids the module's (already moved) buffers."""
     p = module.packed
     moved = dataclasses.replace(p, signs=move(p.signs), offset=module.plane_offset, step=module.plane_step)
+    prepare_packed((moved.signs,), moved.out_features, BATCH_MAX_TOKENS)
     module.set_packed(moved, sign_only_blocks(moved.signs.unbind(0), moved.in_features))
 
 
@@ -53,8 +57,9 @@ def fast_linear(module: Any, x: torch.Tensor) -> torch.Tensor | None:
         if packed.offset is not module.plane_offset or packed.step is not module.plane_step:
             # the grid buffers were replaced (e.g. assigned anew): refer to the current ones
             packed = dataclasses.replace(packed, offset=module.plane_offset, step=module.plane_step)
+            packed.validate()
             module.set_packed(packed, tuple(module.blocks))
-        return planes_linear(x, packed, module.bias)
+        return planes_linear_call(x, packed, module.bias)
     if (module.blocks and x.device.type == "cpu" and x.numel() <= module.lut_max_tokens * x.shape[-1]
             and supports_lut(module.in_features, group_size) and not (x.requires_grad and torch.is_grad_enabled())):
         return planes_linear_lut(x, [b.signs for b in module.blocks], module.plane_offset, module.plane_step,

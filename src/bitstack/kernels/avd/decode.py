@@ -22,7 +22,7 @@ import torch
 import triton
 import triton.language as tl
 
-from bitstack.kernels._checks import interpret_mode, next_pow2
+from bitstack.kernels._checks import cdiv, interpret_mode, next_pow2
 from bitstack.kernels._splitk import split_k, splitk_workspace, store_rows
 from bitstack.kernels.avd.layout import PackedBitStack, check_linear_args
 from bitstack.kernels.avd.signs import sign_plane
@@ -217,8 +217,8 @@ def decode_launch(x: torch.Tensor, packed: PackedBitStack, bias: torch.Tensor | 
     if interpret_mode():
         unpack = 0  # inline PTX cannot run in the interpreter
     BN = cfg.block_n
-    n_tiles = triton.cdiv(N, BN)
-    n_groups = triton.cdiv(K, 8 * G)
+    n_tiles = cdiv(N, BN)
+    n_groups = cdiv(K, 8 * G)
     splits, gps = split_k(n_tiles, n_groups, cfg.splits, 2, x.device)
     y = torch.empty(M, N, dtype=x.dtype, device=x.device)
     if splits > 1:

@@ -11,7 +11,7 @@ import torch
 import triton
 import triton.language as tl
 
-from bitstack.kernels._checks import interpret_mode, next_pow2
+from bitstack.kernels._checks import cdiv, interpret_mode, next_pow2
 from bitstack.kernels._linear import DEFAULT_CHUNK_BYTES, chunked_linear
 from bitstack.kernels.avd.layout import PackedBitStack, check_linear_args
 from bitstack.kernels.avd.signs import signed_add, signed_add16
@@ -136,7 +136,7 @@ def rebuild_rows(packed: PackedBitStack, row0: int, rows: int, out: torch.Tensor
         raise ValueError(f"rows [{row0}, {row0 + rows}) out of range for {N} output features")
     KR = max(16, next_pow2(k))
     interp = interpret_mode()
-    grid = (triton.cdiv(rows, block_n), triton.cdiv(K, 8 * G))
+    grid = (cdiv(rows, block_n), cdiv(K, 8 * G))
     _rebuild_kernel[grid](
         packed.signs, packed.u, packed.v, out, N, K, k, (K + 7) // 8, row0, rows, out.stride(0),
         J=J, G=G, BN=block_n, KR=KR, UNPACK=0 if interp else unpack,

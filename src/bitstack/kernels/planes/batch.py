@@ -22,7 +22,7 @@ import torch
 import triton
 import triton.language as tl
 
-from bitstack.kernels._checks import interpret_mode
+from bitstack.kernels._checks import cdiv, interpret_mode
 from bitstack.kernels._splitk import split_k, splitk_workspace, store_rows
 from bitstack.kernels.dispatch import BATCH_MAX_TOKENS, KERNEL_MAX_BLOCKS
 from bitstack.kernels.planes.codes import rebuild_tile
@@ -119,8 +119,8 @@ def batch_launch(x: torch.Tensor, packed: PackedPlanes, bias: torch.Tensor | Non
         if val < low or val & (val - 1):
             raise ValueError(f"{name} must be a power of two >= {low}, got {val}")
     KB = (K + 7) // 8
-    n_tiles = triton.cdiv(N, cfg.block_n)
-    n_ktiles = triton.cdiv(K, cfg.block_k)
+    n_tiles = cdiv(N, cfg.block_n)
+    n_ktiles = cdiv(K, cfg.block_k)
     splits, tps = split_k(n_tiles, n_ktiles, cfg.splits, cfg.programs_per_sm, x.device)
     MP = 16
     y = torch.empty(M, N, dtype=x.dtype, device=x.device)

@@ -30,7 +30,7 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
-from bitstack.kernels._checks import next_pow2
+from bitstack.kernels._checks import cdiv, next_pow2
 from bitstack.kernels._splitk import split_k, splitk_workspace, store_rows
 from bitstack.kernels.planes.codes import block_words, grid_coeffs, place, transpose4, transpose8
 from bitstack.kernels.planes.layout import PackedPlanes, check_kernel_support, check_planes_args
@@ -248,8 +248,8 @@ def planes_decode_launch(x: torch.Tensor, packed: PackedPlanes, bias: torch.Tens
         raise ValueError(f"block_k must be a power of two >= 32, got {cfg.block_k}")
     NS = cfg.block_k // 32
     KB = (K + 7) // 8
-    n_tiles = triton.cdiv(N, BN)
-    n_ktiles = triton.cdiv(K, cfg.block_k)
+    n_tiles = cdiv(N, BN)
+    n_ktiles = cdiv(K, cfg.block_k)
     splits, tps = split_k(n_tiles, n_ktiles, cfg.splits, cfg.programs_per_sm, x.device)
     MP = next_pow2(M)
     words = KB % 4 == 0 and packed.signs.data_ptr() % 4 == 0

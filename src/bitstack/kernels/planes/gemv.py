@@ -31,12 +31,14 @@ says when it applies, otherwise :func:`bitstack.kernels.planes.decode.planes_dec
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import torch
 import triton
 import triton.language as tl
 
+from bitstack.kernels._checks import cdiv
 from bitstack.kernels._splitk import sm_count, splitk_workspace
 from bitstack.kernels.planes.codes import block_words, grid_coeffs, place, transpose4, transpose8
 from bitstack.kernels.planes.layout import PackedPlanes, check_planes_args
@@ -214,10 +216,11 @@ class PlanesGemvConfig:
     prefetch: bool = True
 
 
+@functools.lru_cache(maxsize=256)
 def gemv_config(in_features: int, config: PlanesGemvConfig | None = None) -> PlanesGemvConfig:
     """``config`` with its None fields filled for a weight of ``in_features`` columns: the rule
     measured best on an H100 over 14336x4096, 4096x14336, 4096x4096 and 1024x4096 at J = 1..8
-    (benchmarks/kernels/NOTES.md)."""
+    (benchmarks/kernels/NOTES.md).  Cached (a pure function of hashable arguments)."""
     cfg = config or PlanesGemvConfig()
     warps = cfg.num_warps
     if warps is None:
@@ -275,10 +278,10 @@ def gemv_launch(x: torch.Tensor, packed: PackedPlanes, bias: torch.Tensor | None
     NW = 32 * cfg.num_warps
     KB = (K + 7) // 8
     KW = (K + 31) // 32
-    splits = triton.cdiv(KW, NW)
-    row_progs = max(1, min(triton.cdiv(N, R), triton.cdiv(cfg.programs_per_sm * sm_count(x.device), splits)))
-    rows_per_prog = triton.cdiv(triton.cdiv(N, row_progs), R) * R
-    row_progs = triton.cdiv(N, rows_per_prog)
+    splits = cdiv(KW, NW)
+    row_progs = max(1, min(cdiv(N, R), cdiv(cfg.programs_per_sm * sm_count(x.device), splits)))
+    rows_per_prog = cdiv(cdiv(N, row_progs), R) * R
+    row_progs = cdiv(N, rows_per_prog)
     words = KB % 4 == 0 and packed.signs.data_ptr() % 4 == 0
     signs = packed.signs.view(torch.int32) if words else packed.signs
     if out is None:

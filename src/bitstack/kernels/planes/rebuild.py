@@ -16,6 +16,7 @@ import torch
 import triton
 import triton.language as tl
 
+from bitstack.kernels._checks import cdiv
 from bitstack.kernels._linear import DEFAULT_CHUNK_BYTES, chunked_linear
 from bitstack.kernels.planes.codes import rebuild_tile
 from bitstack.kernels.planes.layout import PackedPlanes, check_kernel_support, check_planes_args
@@ -66,7 +67,7 @@ def rebuild_planes_rows(packed: PackedPlanes, row0: int, rows: int, out: torch.T
     block_k = block_k or (512 if J <= 4 else 256)
     if block_k < 8 or block_k & (block_k - 1):
         raise ValueError(f"block_k must be a power of two >= 8, got {block_k}")
-    grid = (triton.cdiv(rows, block_n), triton.cdiv(K, block_k))
+    grid = (cdiv(rows, block_n), cdiv(K, block_k))
     compiled = _planes_rebuild_kernel[grid](
         packed.signs, packed.offset, packed.step, out, N, K, (K + 7) // 8, packed.num_groups, row0, rows,
         out.stride(0), 2.0 ** (1 - J) - 6.0,

@@ -1,4 +1,5 @@
-"""The ``bitstack`` command line: compress, info, verify, eval, generate, chat, demo, sort, curve.
+"""The ``bitstack`` command line: compress, info, verify, eval, generate, chat, demo, sort, curve,
+export, serve.
 
 One module per command (or group of commands) with a ``register(subparsers)`` function that adds
 its parser(s) and sets ``func``; :data:`COMMANDS` lists them in the order ``--help`` shows.
@@ -12,7 +13,7 @@ import argparse
 import contextlib
 import sys
 
-from bitstack.cli import compress, curve, demo, evaluate, export, generate, info, sort, verify
+from bitstack.cli import compress, curve, demo, evaluate, export, generate, info, serve, sort, verify
 from bitstack.cli.common import check_numbers
 from bitstack.cli.compress import config_from_args
 from bitstack.cli.info import info_dict
@@ -20,7 +21,7 @@ from bitstack.errors import BitstackError, storage_error
 
 __all__ = ["main", "build_parser", "config_from_args", "info_dict", "COMMANDS"]
 
-COMMANDS = (compress, info, verify, evaluate, generate, demo, sort, curve, export)
+COMMANDS = (compress, info, verify, evaluate, generate, demo, sort, curve, export, serve)
 
 
 class _Parser(argparse.ArgumentParser):

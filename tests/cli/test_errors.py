@@ -28,6 +28,7 @@ CASES = {
     "curve": [["curve", "{art}", "--ppl", "{text}", "--points", "2", "--out", "{tmp}/no/dir/c", "--device", "cpu"],
               ["curve", "{art}", "--ppl", "{text}", "--points", "2", "--seqlen", "100000", "--device", "cpu"]],
     "serve": [["serve", "{tmp}/nope.bstk"]],
+    "export": [["export", "{tmp}/nope.bstk", "-o", "{tmp}/out"], ["export", "{art}", "-o", "{tmp}/out", "--memory", "lots"]],
 }
 
 

@@ -93,10 +93,11 @@ def test_bad_input_is_one_line_and_exit_2(serve_artifact, capsys, extra, message
 
 def test_missing_artifact_and_bad_curve(tmp_path, serve_artifact, capsys):
     assert main(["serve", str(tmp_path / "nothing.bstk")]) == 2
-    assert "is not a bitstack artifact" in capsys.readouterr().err
-    with pytest.raises(SystemExit) as exit_info:
-        main(["serve", "https://example.org/smol.bstk"])
-    assert exit_info.value.code == 2 and "needs a local artifact directory" in capsys.readouterr().err
+    assert "nothing.bstk does not exist" in capsys.readouterr().err
+    # a URL is an artifact too: one nobody answers is one line, exit 2 (port 9 on 127.0.0.1: closed)
+    assert main(["serve", "http://127.0.0.1:9/smol.bstk", "--timeout", "2", "--cache-dir", str(tmp_path / "c")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("bitstack: error: ") and err.count("\n") == 1 and "127.0.0.1:9" in err, err
     bad = tmp_path / "curve.json"
     bad.write_text("{}")
     assert main(["serve", str(serve_artifact), "--device", "cpu", "--memory", "1MB", "--curve", str(bad)]) == 2

@@ -26,7 +26,7 @@ def register(sub) -> argparse.ArgumentParser:
                     "continuous batching. One memory target covers weights, KV cache and working memory: the weights "
                     "shed blocks before a request is refused, and grow back when memory frees. Also /health, "
                     "/metrics (Prometheus), /dashboard and POST /admin/memory (needs the admin key).")
-    add_artifact_argument(p, remote=False)  # the server reads the local manifest before loading
+    add_artifact_argument(p)  # a folder or a URL (https://, hf://)
     p.add_argument("--memory", default=_D.memory, help="memory target: a size (300MB, 1.5GiB) or 'auto' = free device "
                    "memory (available RAM on CPU) minus --reserve, followed live (default: auto)")
     p.add_argument("--reserve", default=_D.reserve, help=f"with --memory auto: memory left to others (default: {_D.reserve})")

@@ -17,8 +17,10 @@ from pathlib import Path
 
 import torch
 
+from bitstack.artifact.reader import open_artifact
 from bitstack.errors import InputError
 from bitstack.memory import format_bytes, parse_memory
+from bitstack.remote.urls import is_remote
 from bitstack.serve import budget
 from bitstack.serve.engine import Engine, EngineConfig
 from bitstack.serve.generation import Limits
@@ -116,13 +118,16 @@ def build(artifact: str | Path, options: ServeOptions = ServeOptions(), *, model
 
     _check_options(options)
     check_host(options.host, options.api_key)
-    path = Path(artifact)
+    remote = is_remote(artifact)
+    # a local folder as a Path; a URL as given (it may carry the command line's remote options)
+    location = artifact if remote else Path(artifact)
+    name_part = _last_part(str(artifact)) if remote else location.name
     if model is None:
         target = Target(options.memory, reserve=options.reserve, device=_device(options.device))
-        floor, full = _floor_and_full(path, options.dtype)
+        floor, full = _floor_and_full(location, options.dtype)
         size = min(full, target.value(0) if not target.auto else max(floor, target.value(0)))
-        model = bitstack.load(path, size, device=options.device, dtype=options.dtype)  # BudgetError below the floor
-        tokenizer = bitstack.load_tokenizer(path)
+        model = bitstack.load(location, size, device=options.device, dtype=options.dtype)  # BudgetError below the floor
+        tokenizer = bitstack.load_tokenizer(location)
         target.device = model.bitstack.device
     else:
         target = Target(options.memory, reserve=options.reserve, device=next(model.parameters()).device)
@@ -136,9 +141,10 @@ def build(artifact: str | Path, options: ServeOptions = ServeOptions(), *, model
                          f"plus one token of KV cache and working memory ({format_bytes(smallest)})")
     limits = Limits(max_prompt_tokens=min(options.max_prompt_tokens or context, context),
                     max_tokens=options.max_tokens_limit, max_body_bytes=parse_memory(options.max_body), context=context)
-    name = options.model_name or path.name or "model"
-    curve = load_curve(Path(options.curve) if options.curve else path.with_name(path.name + "-curve.json"))
-    info = _info(engine, path, curve)
+    name = options.model_name or name_part or "model"
+    default_curve = None if remote else location.with_name(location.name + "-curve.json")
+    curve = load_curve(Path(options.curve)) if options.curve else (load_curve(default_curve) if default_curve else None)
+    info = _info(engine, location, curve)
     admin_key = options.api_key or secrets.token_urlsafe(24)
     engine.start()
     app = create_app(engine, tokenizer, model_name=name, limits=limits, api_key=options.api_key, admin_key=admin_key,
@@ -160,21 +166,27 @@ def _device(name: str | None) -> torch.device:
 _ITEMSIZE = {"float32": 4, "float16": 2, "bfloat16": 2}
 
 
-def _floor_and_full(path: Path, dtype: str | None) -> tuple[int, int]:
+def _last_part(url: str) -> str:
+    """The model id a URL gives by default: its last path part (``https://h/m/smol.bstk`` ->
+    ``smol.bstk``; ``hf://org/repo@v1`` -> ``repo``)."""
+    return url.rstrip("/").removesuffix("/manifest.json").rsplit("/", 1)[-1].split("@", 1)[0]
+
+
+def _floor_and_full(location, dtype: str | None) -> tuple[int, int]:
     """Upper bounds of an artifact's floor and full resident bytes at ``dtype``, from its
     manifest (the stored sizes, with every non-decomposed byte widened when ``dtype`` is wider
-    than the stored one); the loaded model then knows the exact ones."""
-    manifest = path / "manifest.json"
-    if not manifest.is_file():
-        raise InputError(f"{path} is not a bitstack artifact (no manifest.json): make one with 'bitstack compress'")
-    try:
-        data = json.loads(manifest.read_text(encoding="utf-8"))
-        prefix, base = data["prefix_bytes"], int(data["base_bytes"])
-        stored = _ITEMSIZE.get(data["compression"].get("dtype", "bfloat16"), 2)
-        floor, full = int(prefix[data["floor_blocks"]]), int(prefix[-1])
-    except (OSError, ValueError, KeyError, IndexError, TypeError, AttributeError) as err:
-        raise InputError(f"{manifest} is unreadable ({err}); check the artifact with 'bitstack info'") from err
-    widen = base * max(0, _ITEMSIZE.get(dtype or "", stored) // stored - 1)
+    than the stored one); the loaded model then knows the exact ones.  ``location``: a folder or
+    a URL (read through :func:`~bitstack.artifact.reader.open_artifact`)."""
+    with open_artifact(location, verify=False) as reader:  # ArtifactError (a BitstackError) when unreadable
+        m = reader.manifest
+    return widened(m.floor_bytes, m.full_bytes, m.base_bytes, m.compression.get("dtype", "bfloat16"), dtype)
+
+
+def widened(floor: int, full: int, base: int, stored: str, dtype: str | None) -> tuple[int, int]:
+    """(floor, full) resident bytes when the ``base`` non-decomposed bytes, stored at ``stored``,
+    are computed at ``dtype`` (None: as stored): every base byte widens when ``dtype`` is wider."""
+    size = _ITEMSIZE.get(stored, 2)
+    widen = base * max(0, _ITEMSIZE.get(dtype or "", size) // size - 1)
     return floor + widen, full + widen
 
 

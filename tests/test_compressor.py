@@ -6,7 +6,7 @@ from tiny_models import tiny_model, tiny_tokenizer
 import bitstack
 from bitstack.calibration.layerwise import capture_layer_inputs, run_layer
 from bitstack.codecs.planes.settings import FEEDBACK_TOKENS_PER_INPUT
-from bitstack.compressor import decompose_linears, layer_folds, layer_scales
+from bitstack.decomposition import decompose_linears, layer_folds, layer_scales
 from bitstack.config import CompressConfig
 from bitstack.models.architecture import find_decoder_layers, layer_linears
 from bitstack.models.rotation import rotate_model

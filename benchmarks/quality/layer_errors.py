@@ -28,7 +28,7 @@ def layer_errors(settings: dict, calib: str, layers: list[int], nsamples: int, s
     from bitstack.calibration.layerwise import capture_layer_inputs, run_layer
     from bitstack.calibration.samples import calibration_samples
     from bitstack.codecs import get_codec
-    from bitstack.compressor import decompose_linears, layer_folds, layer_scales
+    from bitstack.decomposition import decompose_linears, layer_folds, layer_scales
     from bitstack.config import CompressConfig
     from bitstack.models.architecture import find_decoder_layers, layer_linears
     from bitstack.models.rotation import rotate_model

@@ -23,7 +23,8 @@ import torch.distributed as dist
 
 from bitstack.codecs import get_codec
 from bitstack.codecs.base import Decomposition
-from bitstack.compressor import DecomposeTask, compress
+from bitstack.compressor import compress
+from bitstack.decomposition import DecomposeTask
 from bitstack.errors import BitstackError, InputError
 
 

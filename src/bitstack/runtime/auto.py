@@ -42,7 +42,7 @@ def free_memory(device: torch.device) -> int:
 
         return int(psutil.virtual_memory().available)
     except ImportError as err:
-        raise InputError("cannot read free memory on this system: install psutil") from err
+        raise InputError("cannot read free memory on this system: install psutil or give a fixed size instead of auto") from err
 
 
 @dataclass(frozen=True)

@@ -20,26 +20,8 @@ from typing import Callable
 
 import torch
 
-from bitstack.errors import InputError
 from bitstack.memory import format_bytes, parse_memory
-
-
-def free_memory(device: torch.device) -> int:
-    """Free bytes on ``device``: CUDA free memory, or the system's available RAM on CPU."""
-    if device.type == "cuda":
-        return int(torch.cuda.mem_get_info(device)[0])
-    try:
-        with open("/proc/meminfo") as handle:
-            for line in handle:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    try:
-        import psutil
-    except ImportError as err:
-        raise InputError("cannot read free memory on this system: install psutil or give --memory SIZE") from err
-    return int(psutil.virtual_memory().available)
+from bitstack.runtime.auto import free_memory
 
 
 @dataclass(frozen=True)

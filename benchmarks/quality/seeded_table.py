@@ -52,6 +52,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-windows", type=int, default=None, help="WikiText-2 windows (default: all 148)")
     parser.add_argument("--val-windows", type=int, default=None, help="validation windows (default: all)")
     parser.add_argument("--val-seqlen", type=int, default=2048, help="tokens per validation window")
+    parser.add_argument("--eval-seqlen", type=int, default=2048, help="tokens per test window (WikiText-2)")
     parser.add_argument("--zs-limit", type=int, default=None, help="examples per zero-shot task (default: all)")
     parser.add_argument("--no-zeroshot", action="store_true")
     parser.add_argument("--batch-size", type=int, default=64, help="zero-shot requests per forward")
@@ -72,7 +73,7 @@ def _spec(args) -> dict:
             "model": args.model, "memory_bytes": memories_for(args.model, sorted(set(tags + args.select.split(",")))),
             "nsamples": 4 if quick else args.nsamples, "seqlen": 256 if quick else args.seqlen,
             "memories": tags, "settings": args.settings,
-            "max_windows": 1 if quick else args.max_windows, "eval_seqlen": 512 if quick else 2048,
+            "max_windows": 1 if quick else args.max_windows, "eval_seqlen": 512 if quick else args.eval_seqlen,
             "zs_limit": 5 if quick else args.zs_limit, "zeroshot": not args.no_zeroshot, "batch_size": args.batch_size,
             "val_windows": 1 if quick else args.val_windows, "val_seqlen": 512 if quick else args.val_seqlen}
 

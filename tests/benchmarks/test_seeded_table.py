@@ -76,7 +76,7 @@ def test_seeded_table_end_to_end_on_a_tiny_model(tmp_path):
     argv = ["--model", str(tmp_path / "model"), "--data", str(data), "--work", str(tmp_path / "work"),
             "--candidate", "near=signs=nearest niter=4", "--candidate", "rot=rotate=hadamard niter=4",
             "--seeds", "0,1", "--memories", "w4g64,w2g64", "--select", "w4g64", "--nsamples", "4", "--seqlen", "128",
-            "--max-windows", "2", "--val-seqlen", "128", "--jobs", "4", "--out", str(out)]
+            "--max-windows", "2", "--val-seqlen", "128", "--eval-seqlen", "128", "--jobs", "4", "--out", str(out)]
     assert main(argv) == 0
     result = read_result(out)
     methods = [(r[0], r[1], r[2]) for r in result["rows"]]

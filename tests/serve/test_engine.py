@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 
 import pytest
 import torch
@@ -142,6 +143,13 @@ def test_requests_queue_for_memory_and_all_finish(serve_artifact):
         one = engine._committed([Sequence(PROMPTS[1], 20, GREEDY, print).request])
         two = engine._committed([Sequence(PROMPTS[1], 20, GREEDY, print).request] * 2)
         engine.target.set(engine.weights.floor + (one + two) // 2)  # room for one such request at a time
+        step = engine.batch.step
+
+        def slow_step(tokens):  # a tiny model decodes 5 x 20 tokens before the first poll otherwise
+            time.sleep(0.01)
+            return step(tokens)
+
+        engine.batch.step = slow_step
         runs = [submit(engine, PROMPTS[1], 20) for _ in range(5)]
         assert wait_for(lambda: engine.snapshot["queue_length"] >= 3)
         assert engine.snapshot["running"] + engine.snapshot["prefilling"] <= 1

@@ -10,7 +10,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from bitstack.artifact.reader import open_artifact
+from bitstack.artifact.opening import open_artifact
 from bitstack.config import CompressConfig
 from bitstack.sorting import sort_artifact
 from fixtures.make_golden import expected_outputs

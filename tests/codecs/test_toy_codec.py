@@ -7,7 +7,7 @@ from toy_codec import ToyCodec
 
 import bitstack
 import bitstack.codecs as codecs
-from bitstack.artifact.reader import open_artifact
+from bitstack.artifact.opening import open_artifact
 from bitstack.config import CompressConfig
 from bitstack.errors import InputError
 from bitstack.runtime.linear import BitStackLinear

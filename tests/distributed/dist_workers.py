@@ -82,7 +82,7 @@ def _error(fn):
 
 def _pipeline(rank: int, path: str, out: dict, key: str, budgets_too: bool) -> None:
     import bitstack
-    from bitstack.artifact.reader import open_artifact
+    from bitstack.artifact.opening import open_artifact
     from bitstack.distributed.pipeline import load_pipeline
     from bitstack.distributed.shard import LayerShard, model_names, part_manifest
     from bitstack.runtime.loader import _build_skeleton

@@ -7,7 +7,7 @@ import torch
 from peak_meter import metered_load
 
 import bitstack
-from bitstack.artifact.reader import open_artifact
+from bitstack.artifact.opening import open_artifact
 from bitstack.distributed.pipeline import plan_pipeline
 from bitstack.distributed.shard import LayerShard, model_names, part_manifest, split_layers
 from bitstack.errors import BitstackError, BudgetError, InputError

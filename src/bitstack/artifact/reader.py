@@ -28,7 +28,6 @@ from bitstack.artifact.safetensors_io import DTYPES, SafetensorsHeader, read_hea
 from bitstack.codecs import get_codec
 from bitstack.codecs.base import Block
 from bitstack.errors import ArtifactError, InputError
-from bitstack.remote.urls import is_remote
 
 
 _MAX_IOV = 1024  # buffers per preadv call (Linux IOV_MAX)
@@ -37,27 +36,10 @@ CONVERT_CHUNK_BYTES = 1 << 20  # default bound on the stored bytes held at once 
 _CONVERT_ALIGN = 64  # elements: chunks of a converted tensor are multiples of this (see _read_converted)
 
 
-def open_artifact(path: str | Path, *, verify: bool = True, remote=None) -> "ArtifactReader":
-    """The reader of the artifact at ``path``: what the library opens every artifact with.
-
-    ``path``: a local folder (an :class:`ArtifactReader`), or an ``https://``, ``http://`` or
-    ``hf://`` location (a :class:`~bitstack.remote.reader.RemoteReader`, which fetches what each
-    read needs into the local cache; ``remote``: its :class:`~bitstack.remote.urls.RemoteOptions`,
-    default: :func:`~bitstack.remote.urls.options_for`).
-    verify: check every block read against its xxh3-128 and the base and tokenizer files against
-    their sha256 (off: only sizes and headers are checked).
-    """
-    if is_remote(path):
-        from bitstack.remote.reader import RemoteReader  # only remote artifacts need it
-
-        return RemoteReader(path, verify=verify, options=remote)
-    return ArtifactReader(path, verify=verify)
-
-
 class ArtifactReader:
     """An open artifact directory.  Use as a context manager, or call :meth:`close`.
 
-    Library code opens artifacts through :func:`open_artifact`.
+    Library code opens artifacts through :func:`bitstack.artifact.opening.open_artifact`.
     """
 
     def __init__(self, path: str | Path, *, verify: bool = True):

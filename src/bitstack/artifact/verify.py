@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bitstack.artifact.reader import open_artifact
+from bitstack.artifact.opening import open_artifact
 from bitstack.artifact.safetensors_io import read_header, sha256_file
 from bitstack.errors import ArtifactError
 

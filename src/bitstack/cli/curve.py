@@ -12,7 +12,7 @@ from bitstack.remote.urls import is_remote
 
 
 def run(args: argparse.Namespace) -> int:
-    from bitstack.artifact.reader import open_artifact
+    from bitstack.artifact.opening import open_artifact
     from bitstack.evaluation.curve import artifact_axes, check_curve_prefix, measure_curve, read_series_csv, write_curve
     from bitstack.evaluation.perplexity import check_seqlen
 

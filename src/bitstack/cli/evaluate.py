@@ -11,7 +11,7 @@ from bitstack.evaluation.zeroshot import ZeroShotSettings
 
 
 def run(args: argparse.Namespace) -> int:
-    from bitstack.artifact.reader import open_artifact
+    from bitstack.artifact.opening import open_artifact
     from bitstack.config import resolve_dtype
     from bitstack.devices import resolve_device
     from bitstack.runtime.budget import budget_bytes, check_floor, prefix_bytes_at

@@ -69,7 +69,7 @@ def _load_live(args: argparse.Namespace):
 
 
 def _floor(path: str) -> int:
-    from bitstack.artifact.reader import open_artifact
+    from bitstack.artifact.opening import open_artifact
 
     with open_artifact(path, verify=False) as reader:
         return reader.manifest.floor_bytes

@@ -56,7 +56,7 @@ def _measured_curve(path: str) -> tuple[Path | None, list[dict]]:
 
 def info_dict(path) -> dict:
     """What ``bitstack info --json`` prints for the artifact at ``path``."""
-    from bitstack.artifact.reader import open_artifact
+    from bitstack.artifact.opening import open_artifact
     from bitstack.config import resolve_dtype
 
     with open_artifact(path, verify=False) as reader:  # a folder or a URL (only its manifest is fetched)

@@ -30,7 +30,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from bitstack.artifact.reader import open_artifact
+from bitstack.artifact.opening import open_artifact
 from bitstack.distributed.shard import LayerShard, model_names, split_layers
 from bitstack.errors import ArtifactError, BitstackError, BudgetError, InputError, UnsupportedModelError
 from bitstack.memory import parse_memory

@@ -30,7 +30,7 @@ import torch
 from tqdm.auto import tqdm
 
 from bitstack.artifact.atomic import atomic_write_bytes
-from bitstack.artifact.reader import open_artifact
+from bitstack.artifact.opening import open_artifact
 from bitstack.calibration.samples import tokenize_text
 from bitstack.config import resolve_dtype
 from bitstack.errors import BudgetError, InputError

@@ -25,11 +25,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
-from torch import nn
-
 from bitstack.artifact.atomic import fsync_dir
 from bitstack.errors import InputError
+from bitstack.integrations.dense import densify
 
 FORMATS = ("hf", "bitstack-hf", "gguf")
 
@@ -84,46 +82,11 @@ def export(artifact: str | Path, output: str | Path, config: ExportConfig = Expo
     return report
 
 
-def dense_linear(module) -> nn.Linear:
-    """The ``nn.Linear`` computing what the :class:`~bitstack.runtime.linear.BitStackLinear`
-    ``module`` computes with its loaded blocks: weight Ŵ · diag(input_scale) (float32 math, cast to
-    the dtype of the module's float tensors)."""
-    weight = module.dense_weight(torch.float32)
-    if module.input_scale is not None:
-        weight = weight * module.input_scale.to(torch.float32)[None, :]
-    dtype = module.bias.dtype if module.bias is not None else (
-        module.input_scale.dtype if module.input_scale is not None else None)
-    linear = nn.Linear(module.in_features, module.out_features, bias=module.bias is not None,
-                       device=weight.device, dtype=dtype or weight.dtype)
-    with torch.no_grad():
-        linear.weight.copy_(weight)
-        if module.bias is not None:
-            linear.bias.copy_(module.bias)
-    return linear
-
-
-def densify(model: nn.Module, dtype: torch.dtype) -> nn.Module:
-    """Replace, in place, every BitStackLinear of a loaded model by its :func:`dense_linear` in
-    ``dtype``; the model no longer follows its artifact (no ``bitstack``, transformers'
-    ``save_pretrained``)."""
-    from bitstack.runtime.linear import BitStackLinear
-
-    for name, module in list(model.named_modules()):
-        if isinstance(module, BitStackLinear):
-            parent_name, _, child = name.rpartition(".")
-            setattr(model.get_submodule(parent_name), child, dense_linear(module).to(dtype))
-    for handle in model.bitstack._handles:
-        handle.remove()
-    model.__dict__.pop("save_pretrained", None)
-    del model.bitstack
-    return model
-
-
 def _prefix(artifact, memory, dtype) -> tuple[int, int, int | None]:
     """(blocks, resident bytes) of the prefix ``memory`` holds at the artifact's storage dtype (what
     the budget of ``bitstack.load`` means by default), and the budget selecting the same prefix
     when loaded in ``dtype``."""
-    from bitstack.artifact.reader import open_artifact
+    from bitstack.artifact.opening import open_artifact
     from bitstack.config import resolve_dtype
     from bitstack.memory import parse_memory
     from bitstack.runtime.budget import blocks_for_budget, prefix_bytes_at
@@ -149,7 +112,7 @@ def _check_output(output: Path, config: ExportConfig) -> None:
 
 
 def _export_bitstack_hf(artifact, output: Path, config: ExportConfig) -> dict[str, Any]:
-    from bitstack.artifact.reader import open_artifact
+    from bitstack.artifact.opening import open_artifact
     from bitstack.config import resolve_dtype
     from bitstack.runtime.save import write_artifact_folder
 
@@ -162,7 +125,7 @@ def _export_bitstack_hf(artifact, output: Path, config: ExportConfig) -> dict[st
 
 
 def _write_dense_folder(model, artifact, output: Path, config: ExportConfig) -> None:
-    from bitstack.artifact.reader import open_artifact
+    from bitstack.artifact.opening import open_artifact
 
     dtype = model.bitstack.dtype
     with open_artifact(artifact, verify=True) as reader:

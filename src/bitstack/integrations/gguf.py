@@ -90,7 +90,7 @@ def write_gguf(model, tokenizer, output: str | Path, *, float_type: str = "float
     ``output``; returns the per-tensor report (``name``, ``type``, ``rel_error``)."""
     import gguf
 
-    from bitstack.integrations.export import dense_linear
+    from bitstack.integrations.dense import dense_linear
     from bitstack.runtime.linear import BitStackLinear
 
     config = model.config

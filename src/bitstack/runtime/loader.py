@@ -14,7 +14,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from bitstack.artifact.reader import CONVERT_CHUNK_BYTES, open_artifact
+from bitstack.artifact.opening import open_artifact
+from bitstack.artifact.reader import CONVERT_CHUNK_BYTES
 from bitstack.config import resolve_dtype
 from bitstack.devices import resolve_device
 from bitstack.errors import ArtifactError, InputError

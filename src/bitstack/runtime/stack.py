@@ -18,7 +18,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from bitstack.artifact.reader import ArtifactReader, open_artifact
+from bitstack.artifact.opening import open_artifact
+from bitstack.artifact.reader import ArtifactReader
 from bitstack.errors import ArtifactError, InputError
 from bitstack.runtime.budget import blocks_for_budget, budget_bytes, memory_bytes
 from bitstack.runtime.linear import BitStackLinear, append_blocks, packed_groups

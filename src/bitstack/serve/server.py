@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from bitstack.artifact.reader import open_artifact
+from bitstack.artifact.opening import open_artifact
 from bitstack.errors import InputError
 from bitstack.memory import format_bytes, parse_memory
 from bitstack.remote.urls import is_remote
@@ -176,7 +176,7 @@ def _floor_and_full(location, dtype: str | None) -> tuple[int, int]:
     """Upper bounds of an artifact's floor and full resident bytes at ``dtype``, from its
     manifest (the stored sizes, with every non-decomposed byte widened when ``dtype`` is wider
     than the stored one); the loaded model then knows the exact ones.  ``location``: a folder or
-    a URL (read through :func:`~bitstack.artifact.reader.open_artifact`)."""
+    a URL (read through :func:`~bitstack.artifact.opening.open_artifact`)."""
     with open_artifact(location, verify=False) as reader:  # ArtifactError (a BitstackError) when unreadable
         m = reader.manifest
     return widened(m.floor_bytes, m.full_bytes, m.base_bytes, m.compression.get("dtype", "bfloat16"), dtype)

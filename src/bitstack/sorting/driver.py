@@ -38,7 +38,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from bitstack.artifact.atomic import atomic_write_bytes
-from bitstack.artifact.reader import open_artifact
+from bitstack.artifact.opening import open_artifact
 from bitstack.calibration.samples import calibration_samples, check_source
 from bitstack.codecs.base import setting
 from bitstack.config import SORT_STRATEGIES

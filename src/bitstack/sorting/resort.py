@@ -16,7 +16,7 @@ from typing import Sequence
 
 from bitstack.artifact.atomic import atomic_write_bytes
 from bitstack.artifact.manifest import MANIFEST_NAME, Manifest
-from bitstack.artifact.reader import open_artifact
+from bitstack.artifact.opening import open_artifact
 from bitstack.artifact.writer import finish, write_shards
 from bitstack.sorting.strategies import check_head_first, check_order
 from bitstack.errors import ArtifactError, InputError

@@ -1,6 +1,6 @@
 """Compile the Triton kernels for sm_90 without a GPU (Triton and its bundled ptxas/cuobjdump) and
 report, per kernel and configuration, registers, spills, shared memory, IR op counts and the SASS
-instruction counts: a free check before spending device time, and the way to show that a change
+instruction counts: a check that needs no GPU, and the way to show that a change
 which should not touch the generated code (a move, a rename) does not.
 
     python -m benchmarks.kernels.compile_offline                       # every kernel, a summary line each

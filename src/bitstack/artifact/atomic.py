@@ -42,3 +42,34 @@ def fsync_dir(folder: str | Path) -> None:
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     with atomic_open(path) as handle:
         handle.write(data)
+
+
+@contextmanager
+def atomic_folder(target: str | Path) -> Iterator[Path]:
+    """A temporary sibling folder to fill; on success it replaces ``target`` (a folder that
+    exists is swapped out, then removed), and the parent is fsynced.  On any error the temporary
+    folder is removed and ``target`` is left as it was; an OSError becomes an InputError naming
+    ``target``."""
+    import shutil
+
+    from bitstack.errors import InputError
+
+    target = Path(target)
+    work = target.with_name(f".{target.name}.partial-{os.getpid()}")
+    shutil.rmtree(work, ignore_errors=True)
+    try:
+        yield work
+        if target.exists():
+            old = target.with_name(f".{target.name}.old-{os.getpid()}")
+            os.replace(target, old)
+            os.replace(work, target)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(work, target)
+    except OSError as err:
+        shutil.rmtree(work, ignore_errors=True)
+        raise InputError(f"cannot write {target}: {err.strerror or err}") from err
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+    fsync_dir(target.parent)

@@ -20,12 +20,11 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bitstack.artifact.atomic import fsync_dir
+from bitstack.artifact.atomic import atomic_folder, fsync_dir
 from bitstack.errors import InputError
 from bitstack.integrations.dense import densify
 
@@ -131,23 +130,11 @@ def _write_dense_folder(model, artifact, output: Path, config: ExportConfig) -> 
     with open_artifact(artifact, verify=True) as reader:
         tokenizer = reader.load_tokenizer()
     densify(model, dtype)
-    work = output.with_name(f".{output.name}.partial-{os.getpid()}")
-    shutil.rmtree(work, ignore_errors=True)
-    try:
+    with atomic_folder(output) as work:
         model.config.dtype = str(dtype).removeprefix("torch.")
         model.save_pretrained(work)
         if tokenizer is not None:
             tokenizer.save_pretrained(work)
-        if output.exists():
-            shutil.rmtree(output)
-        os.replace(work, output)
-    except OSError as err:
-        shutil.rmtree(work, ignore_errors=True)
-        raise InputError(f"cannot write {output}: {err.strerror or err}") from err
-    except BaseException:
-        shutil.rmtree(work, ignore_errors=True)
-        raise
-    fsync_dir(output.parent)
 
 
 def _write_gguf_file(model, reader, output: Path, config: ExportConfig) -> list[dict]:

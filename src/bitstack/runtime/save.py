@@ -22,12 +22,11 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
-import os
 import shutil
 from pathlib import Path
 from typing import Any
 
-from bitstack.artifact.atomic import atomic_write_bytes, fsync_dir
+from bitstack.artifact.atomic import atomic_folder, atomic_write_bytes
 from bitstack.artifact.manifest import MANIFEST_NAME
 from bitstack.errors import ArtifactError, InputError
 
@@ -116,25 +115,9 @@ def write_artifact_folder(source: str | Path, target: str | Path, manifest, *, m
         if not overwrite or not (target / MANIFEST_NAME).is_file():
             raise InputError(f"{target} exists{'' if overwrite else ' (pass overwrite)'}; only an artifact folder "
                              "can be replaced: choose a new folder or remove it")
-    work = target.with_name(f".{target.name}.partial-{os.getpid()}")
-    shutil.rmtree(work, ignore_errors=True)
-    try:
+    with atomic_folder(target) as work:
         copy_artifact(source, work, manifest)
         write_loadable(work, manifest, memory=memory, dtype=dtype)
-        if target.exists():
-            old = target.with_name(f".{target.name}.old-{os.getpid()}")
-            os.replace(target, old)
-            os.replace(work, target)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(work, target)
-    except OSError as err:
-        shutil.rmtree(work, ignore_errors=True)
-        raise InputError(f"cannot write {target}: {err.strerror or err}") from err
-    except BaseException:
-        shutil.rmtree(work, ignore_errors=True)
-        raise
-    fsync_dir(target.parent)
     return target
 
 

@@ -76,8 +76,14 @@ class ChannelStats:
 def run_layer(layer: nn.Module, inputs: LayerInputs, linears: dict[str, nn.Linear], *,
               hessians: bool = False) -> tuple[LayerInputs, dict[str, ChannelStats]]:
     """Run one layer on every batch; return its outputs and each linear's input statistics
-    (with ``hessians``, also Σ x xᵀ of each linear's input: in² floats per linear)."""
+    (with ``hessians``, also Σ x xᵀ of each linear's input: in² floats per linear).
+
+    Linears that read the very same input tensor (q, k and v; gate and up) are measured once:
+    their statistics are the same objects, read-only."""
     stats: dict[str, ChannelStats] = {}
+    shares: dict[str, str] = {}  # linear -> the earlier linear whose input tensor it reads
+    seen: dict[int, tuple[torch.Tensor, str]] = {}  # this batch's inputs: id -> (tensor, first reader)
+    first_batch = [True]
     handles = []
     for name, linear in linears.items():
         device = linear.weight.device
@@ -86,12 +92,22 @@ def run_layer(layer: nn.Module, inputs: LayerInputs, linears: dict[str, nn.Linea
             entry.hessian = torch.zeros(linear.in_features, linear.in_features, dtype=torch.float32, device=device)
         stats[name] = entry
 
-        def hook(module, args, entry=entry):
-            sums, count = channel_norm_sum(args[0])
+        def hook(module, args, entry=entry, name=name):
+            x = args[0]
+            earlier = seen.get(id(x))
+            reader = earlier[1] if earlier is not None and earlier[0] is x and earlier[1] != name else None
+            if first_batch[0] and reader is not None:
+                shares[name] = reader
+            if shares.get(name) != reader:
+                raise RuntimeError(f"{name} shares its input with {reader} in one calibration batch but not in another")
+            if reader is not None:
+                return
+            seen[id(x)] = (x, name)
+            sums, count = channel_norm_sum(x)
             entry.norm_sum += sums
             entry.count += count
             if entry.hessian is not None:
-                flat = args[0].reshape(-1, args[0].shape[-1]).to(torch.float32)  # (tokens, in)
+                flat = x.reshape(-1, x.shape[-1]).to(torch.float32)  # (tokens, in)
                 entry.hessian.addmm_(flat.T, flat)
 
         handles.append(linear.register_forward_pre_hook(hook))
@@ -100,7 +116,12 @@ def run_layer(layer: nn.Module, inputs: LayerInputs, linears: dict[str, nn.Linea
         for hidden, kwargs in zip(inputs.hidden, inputs.kwargs):
             out = layer(hidden, **kwargs)
             outputs.append(out[0] if isinstance(out, (tuple, list)) else out)
+            seen.clear()
+            first_batch[0] = False
     finally:
+        seen.clear()
         for handle in handles:
             handle.remove()
+    for name, reader in shares.items():
+        stats[name] = stats[reader]
     return LayerInputs(hidden=outputs, kwargs=inputs.kwargs), stats

@@ -8,6 +8,11 @@ import torch
 
 from bitstack.errors import InputError
 
+# self-sampling generates this many tokens per batch at most (rows = this // seqlen, at least the
+# caller's batch size): one step of many rows costs little more than one of few on a CPU, and the
+# KV cache of the batch stays small (SmolLM2-135M: 32 x 512 tokens, 24 MB in bfloat16)
+SAMPLE_BATCH_TOKENS = 16384
+
 
 def tokenize_text(tokenizer, text: str, *, special_tokens: bool = False) -> torch.Tensor:
     """Token ids of a whole text, int64 (n,); ``special_tokens`` adds the tokenizer's BOS/EOS."""
@@ -68,7 +73,9 @@ def self_samples(model, tokenizer, nsamples: int, seqlen: int, seed: int, *, bat
     """Text sampled from the model itself (temperature 1), for offline calibration.
 
     Each sample starts at the BOS token (or token 0 if the tokenizer has none) and is sampled
-    token by token with the model's KV cache.  The global RNG is left untouched.
+    token by token with the model's KV cache (static on a CPU: no cache growth per step), in
+    batches of max(``batch_size``, SAMPLE_BATCH_TOKENS // seqlen) rows.  The global RNG is left
+    untouched.
 
     Returns int64 (nsamples, seqlen).
     """
@@ -77,6 +84,8 @@ def self_samples(model, tokenizer, nsamples: int, seqlen: int, seed: int, *, bat
     device = next(model.parameters()).device
     start = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else 0
     rows: list[torch.Tensor] = []
+    batch_size = max(batch_size, min(nsamples, SAMPLE_BATCH_TOKENS // seqlen))
+    cache = {"cache_implementation": "static"} if device.type == "cpu" else {}
     # counted in tokens, one update per generated step: the first comes within seconds even at 2048 tokens
     bar = tqdm(total=nsamples * seqlen, desc="sampling calibration text", unit="tok", disable=not progress)
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
@@ -95,6 +104,7 @@ def self_samples(model, tokenizer, nsamples: int, seqlen: int, seed: int, *, bat
                 min_new_tokens=seqlen - 1,
                 pad_token_id=start,
                 streamer=_StepCounter(bar, n) if progress else None,
+                **cache,
             )
             rows.append(out[:, :seqlen].cpu())
     bar.close()

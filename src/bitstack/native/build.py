@@ -40,7 +40,7 @@ ISA_FLAGS = {
     "avx2": ["-mavx2", "-mfma", "-mf16c"],
     "scalar": [],
 }
-_BASE_FLAGS = ["-O3", "-std=c++20", "-shared", "-fPIC", "-fopenmp", "-DNDEBUG", "-w"]
+_BASE_FLAGS = ["-O3", "-std=c++20", "-shared", "-fPIC", "-fopenmp", "-ffp-contract=off", "-DNDEBUG", "-w"]
 BUILD_TIMEOUT_S = 600
 
 

@@ -9,6 +9,7 @@ import torch
 from bitstack.codecs.base import Block
 from bitstack.codecs.planes.grid import expand_groups, plane_grid, sign_only_block
 from bitstack.codecs.planes.signs import feedback_signs, inverse_hessian_factor, joint_signs, joint_signs_batched
+from bitstack.native.signs import joint_signs_block
 
 
 def output_error(residual: torch.Tensor, hessian: torch.Tensor | None) -> float:
@@ -101,7 +102,7 @@ def plane_decompose(weight: torch.Tensor, niter: int, group_size: int, *, hessia
     elif joint is None:
         cols = order if order is not None else slice(None)
         joint = joint_signs(weight[:, cols], current[:, cols], base_step[:, cols], factor,
-                             tuple(level_weights)[:niter])
+                            tuple(level_weights)[:niter], block=joint_signs_block)
         if inverse is not None:
             joint = joint[:, :, inverse]
     blocks: list[Block] = []
@@ -194,7 +195,7 @@ def joint_signs_for(weights: dict[str, torch.Tensor], hessians: dict[str, torch.
     out: dict[str, torch.Tensor] = {}
     for group in prepared.values():
         signs = joint_signs_batched([g[2] for g in group], [g[3] for g in group], [g[4] for g in group],
-                                    [g[5] for g in group], tuple(level_weights)[:niter])
+                                    [g[5] for g in group], tuple(level_weights)[:niter], block=joint_signs_block)
         for (name, order, *_), s in zip(group, signs):
             out[name] = s[:, :, torch.argsort(order)]
     return out

@@ -31,6 +31,9 @@ import itertools
 
 import torch
 
+# columns decided between two matrix updates of the columns after them (GPTQ's lazy batch)
+JOINT_BLOCK_COLUMNS = 128
+
 
 def inverse_hessian_factor(hessian: torch.Tensor, damp: float) -> torch.Tensor:
     """Upper Cholesky factor U of (H + λI)⁻¹ (U with UᵀU = (H + λI)⁻¹), float32 (in, in).
@@ -101,47 +104,82 @@ def _code_table(levels: int, device: torch.device) -> tuple[torch.Tensor, torch.
 
 
 def joint_signs(target: torch.Tensor, centre: torch.Tensor, base_step: torch.Tensor, factor: torch.Tensor,
-                 level_weights: tuple[float, ...], block_columns: int = 128) -> torch.Tensor:
+                level_weights: tuple[float, ...], block_columns: int = JOINT_BLOCK_COLUMNS, *,
+                block=None) -> torch.Tensor:
     """The first J = len(level_weights) blocks' signs, chosen jointly with one GPTQ state per prefix
     length (module docstring, "Joint signs").
 
     target, centre, base_step: float32 (out, in), columns in decision order; factor: U of
-    :func:`inverse_hessian_factor` in the same order.  Returns positive: bool (J, out, in).
+    :func:`inverse_hessian_factor` in the same order.  ``block``: as in :func:`joint_signs_batched`.
+    Returns positive: bool (J, out, in).
     """
-    out_features, columns = target.shape
-    joint = len(level_weights)
-    positive_codes, coefficient = _code_table(joint, target.device)  # (2^J, J), (J, 2^J)
-    lam = torch.tensor([w * 4.0 ** (j + 1) for j, w in enumerate(level_weights)],
-                       device=target.device)[:, None, None]  # (J, 1, 1)
-    work = target[None].repeat(joint, 1, 1)  # (J, out, in): one GPTQ state per prefix length
-    positive = torch.empty(joint, out_features, columns, dtype=torch.bool, device=target.device)
-    for first in range(0, columns, block_columns):
-        last = min(first + block_columns, columns)
-        w_block = work[:, :, first:last].clone()  # (J, out, b)
-        errors = torch.empty_like(w_block)
-        for i in range(last - first):
-            column = first + i
-            w = w_block[:, :, i]  # (J, out)
-            values = centre[None, :, column, None] + base_step[None, :, column, None] * coefficient[:, None, :]  # (J, out, 2^J)
-            best = (lam * (w[:, :, None] - values).square()).sum(0).argmin(1)  # (out,)
-            positive[:, :, column] = positive_codes[best].T
-            chosen = values.gather(2, best[None, :, None].expand(joint, out_features, 1)).squeeze(2)  # (J, out)
-            err = (w - chosen) / factor[column, column]
-            w_block[:, :, i:] -= err[:, :, None] * factor[column, column:last][None, None, :]
-            errors[:, :, i] = err
-        work[:, :, last:] -= torch.einsum("lob,bn->lon", errors, factor[first:last, last:])
-    return positive
+    return joint_signs_batched([target], [centre], [base_step], [factor], level_weights, block_columns, block=block)[0]
+
+
+def _node_coefficients(coefficient: torch.Tensor) -> list[torch.Tensor]:
+    """Per level j, the 2^(j+1) distinct values of coefficient[j] in code order (a code's first
+    j + 1 signs fix its value after j + 1 blocks): float32 (2^(j+1),) each, bit-equal to the table's."""
+    levels = coefficient.shape[0]
+    return [coefficient[j, :: 2 ** (levels - 1 - j)].contiguous() for j in range(levels)]
+
+
+def _best_codes(w: torch.Tensor, centre: torch.Tensor, step: torch.Tensor, nodes: list[torch.Tensor],
+                lam: torch.Tensor) -> torch.Tensor:
+    """argmin over codes k of Σ_j lam_j (w_j - (c + s coefficient[j, k]))², int64 (R,), for the
+    states w float32 (R, J), centre c and step s float32 (R, 1), lam float32 (J,).
+
+    The sum grows level by level over the code tree (2^(j+1) nodes at level j, node n's children
+    2n and 2n + 1): the same terms, order and roundings as summing a (J, R, 2^J) table of every
+    code's terms over j, in a third of the arithmetic.  Ties go to the lowest code.
+    """
+    cost = None
+    for j, node in enumerate(nodes):
+        term = lam[j] * (w[:, j, None] - (centre + step * node)).square()  # (R, 2^(j+1))
+        cost = term if cost is None else (cost[:, :, None] + term.view(term.shape[0], -1, 2)).flatten(1)
+    return cost.argmin(1)
+
+
+def joint_block_reference(w: torch.Tensor, centre: torch.Tensor, step: torch.Tensor, u: torch.Tensor,
+                          owner: torch.Tensor, lam: torch.Tensor, coefficient: torch.Tensor
+                          ) -> tuple[torch.Tensor, torch.Tensor]:
+    """One block of b columns of the joint-sign loop, every row on its own (the reference of the
+    native ``bitstack::joint_signs_block``, same signature).
+
+    w: float32 (R, J, b), the J GPTQ states of each row at the block's start (not modified);
+    centre, step: float32 (R, b); u: float32 (P, b, b), the factor's diagonal block of each of P
+    weights; owner: int64 (R,), the weight of each row; lam: float32 (J,); coefficient: float32
+    (J, 2^J) of :func:`_code_table`.  Returns the scaled errors float32 (R, J, b) (what the
+    columns after the block receive through the factor) and the chosen codes int64 (R, b).
+    """
+    state = w.clone()
+    rows, _, columns = state.shape
+    nodes = _node_coefficients(coefficient)
+    errors = torch.empty_like(state)
+    best = torch.empty(rows, columns, dtype=torch.long, device=state.device)
+    for i in range(columns):
+        c, s = centre[:, i, None], step[:, i, None]  # (R, 1)
+        code = _best_codes(state[:, :, i], c, s, nodes, lam)
+        chosen = c + s * coefficient.T[code]  # (R, J): the values, as in the table
+        err = (state[:, :, i] - chosen) / u[owner, i, i][:, None]
+        if i + 1 < columns:
+            state[:, :, i + 1:] -= err[:, :, None] * u[owner, i, i + 1:][:, None, :]
+        errors[:, :, i] = err
+        best[:, i] = code
+    return errors, best
 
 
 def joint_signs_batched(targets: list[torch.Tensor], centres: list[torch.Tensor], steps: list[torch.Tensor],
                         factors: list[torch.Tensor], level_weights: tuple[float, ...],
-                        block_columns: int = 128) -> list[torch.Tensor]:
+                        block_columns: int = JOINT_BLOCK_COLUMNS, *, block=None) -> list[torch.Tensor]:
     """:func:`joint_signs` of each (target, centre, step, factor) in one loop over the columns
     (module docstring, "Batched joint signs").
 
     targets, centres, steps: float32 (out_w, in) each, the same ``in``, columns in each weight's
-    decision order; factors: float32 (in, in) each.  Returns positive bool (J, out_w, in) per weight.
+    decision order; factors: float32 (in, in) each.  ``block``: the function that decides one
+    block of columns (signature of :func:`joint_block_reference`, the default; the native one is
+    ``bitstack.native.signs.joint_signs_block``).  Returns positive bool (J, out_w, in) per weight.
     """
+    block = joint_block_reference if block is None else block
     columns = targets[0].shape[1]
     if any(t.shape[1] != columns for t in targets):
         raise ValueError("joint_signs_batched needs weights with the same number of input columns")
@@ -151,29 +189,21 @@ def joint_signs_batched(targets: list[torch.Tensor], centres: list[torch.Tensor]
     bounds = [0]
     for r in rows:
         bounds.append(bounds[-1] + r)
-    target, centre, step = torch.cat(targets), torch.cat(centres), torch.cat(steps)  # (R, in)
+    centre, step = torch.cat(centres), torch.cat(steps)  # (R, in)
     factor = torch.stack(factors)  # (P, in, in)
     joint = len(level_weights)
-    positive_codes, coefficient = _code_table(joint, device)
-    lam = torch.tensor([w * 4.0 ** (j + 1) for j, w in enumerate(level_weights)], device=device)[:, None, None]
-    work = target[None].repeat(joint, 1, 1)  # (J, R, in)
-    positive = torch.empty(joint, target.shape[0], columns, dtype=torch.bool, device=device)
-    total = target.shape[0]
+    lam = torch.tensor([w * 4.0 ** (j + 1) for j, w in enumerate(level_weights)], device=device)  # (J,)
+    codes, coefficient = _code_table(joint, device)  # (2^J, J), (J, 2^J)
+    work = torch.cat(targets)[:, None, :].repeat(1, joint, 1)  # (R, J, in): one GPTQ state per prefix length
+    best = torch.empty(work.shape[0], columns, dtype=torch.long, device=device)
     for first in range(0, columns, block_columns):
         last = min(first + block_columns, columns)
-        w_block = work[:, :, first:last].clone()
-        errors = torch.empty_like(w_block)
-        for i in range(last - first):
-            column = first + i
-            w = w_block[:, :, i]  # (J, R)
-            values = centre[None, :, column, None] + step[None, :, column, None] * coefficient[:, None, :]
-            best = (lam * (w[:, :, None] - values).square()).sum(0).argmin(1)
-            positive[:, :, column] = positive_codes[best].T
-            chosen = values.gather(2, best[None, :, None].expand(joint, total, 1)).squeeze(2)
-            err = (w - chosen) / factor[:, column, column][owner][None, :]
-            w_block[:, :, i:] -= err[:, :, None] * factor[:, column, column:last][owner][None, :, :]
-            errors[:, :, i] = err
-        for p in range(len(targets)):
-            lo, hi = bounds[p], bounds[p + 1]
-            work[:, lo:hi, last:] -= torch.einsum("lob,bn->lon", errors[:, lo:hi], factor[p, first:last, last:])
+        errors, best[:, first:last] = block(work[:, :, first:last], centre[:, first:last], step[:, first:last],
+                                            factor[:, first:last, first:last], owner, lam, coefficient)
+        if last < columns:  # the lazy batch update of the columns after the block
+            for p in range(len(targets)):
+                lo, hi = bounds[p], bounds[p + 1]
+                work[lo:hi, :, last:] -= (errors[lo:hi].reshape(-1, last - first) @ factor[p, first:last, last:]
+                                          ).view(hi - lo, joint, columns - last)
+    positive = codes[best].permute(2, 0, 1)  # (J, R, in)
     return [positive[:, bounds[p]:bounds[p + 1]] for p in range(len(targets))]

@@ -25,8 +25,10 @@
 #include <algorithm>
 #include <cstring>
 #include <string>
+#include <tuple>
 #include <vector>
 
+#include "joint_signs.h"
 #include "planes_dense.h"
 #include "planes_lut.h"
 #include "planes_lut_bf16.h"
@@ -205,6 +207,38 @@ at::Tensor planes_dense(const std::vector<at::Tensor>& signs, const at::Tensor& 
 
 std::string native_isa() { return BITSTACK_SIMD_NAME; }
 
+std::tuple<at::Tensor, at::Tensor> joint_signs_block(const at::Tensor& w, const at::Tensor& centre, const at::Tensor& step,
+                                                     const at::Tensor& u, const at::Tensor& owner, const at::Tensor& lam,
+                                                     const at::Tensor& coefficient) {
+  TORCH_CHECK(w.dim() == 3 && w.scalar_type() == at::kFloat, "joint_signs_block: w must be float32 (R, J, b)");
+  const int64_t R = w.size(0), J = w.size(1), b = w.size(2);
+  TORCH_CHECK(J >= 1 && J <= 16, "joint_signs_block: 1 to 16 levels");
+  for (const at::Tensor* t : {&centre, &step})
+    TORCH_CHECK(t->scalar_type() == at::kFloat && t->dim() == 2 && t->size(0) == R && t->size(1) == b,
+                "joint_signs_block: centre and step must be float32 (R, b)");
+  TORCH_CHECK(u.scalar_type() == at::kFloat && u.dim() == 3 && u.size(1) == b && u.size(2) == b,
+              "joint_signs_block: u must be float32 (P, b, b)");
+  TORCH_CHECK(owner.scalar_type() == at::kLong && owner.dim() == 1 && owner.size(0) == R,
+              "joint_signs_block: owner must be int64 (R,)");
+  TORCH_CHECK(lam.scalar_type() == at::kFloat && lam.numel() == J, "joint_signs_block: lam must be float32 (J,)");
+  TORCH_CHECK(coefficient.scalar_type() == at::kFloat && coefficient.dim() == 2 && coefficient.size(0) == J &&
+                  coefficient.size(1) == (int64_t(1) << J),
+              "joint_signs_block: coefficient must be float32 (J, 2^J)");
+  const at::Tensor wc = w.contiguous(), cc = centre.contiguous(), sc = step.contiguous(), uc = u.contiguous(),
+                   oc = owner.contiguous(), lc = lam.contiguous(), kc = coefficient.contiguous();
+  const int64_t P = uc.size(0);
+  const int64_t* own = oc.data_ptr<int64_t>();
+  for (int64_t r = 0; r < R; ++r) TORCH_CHECK(own[r] >= 0 && own[r] < P, "joint_signs_block: owner out of range");
+  at::Tensor errors = at::empty({R, J, b}, w.options());
+  at::Tensor best = at::empty({R, b}, owner.options());
+  at::parallel_for(0, R, 16, [&](int64_t begin, int64_t end) {
+    joint_block_rows(wc.data_ptr<float>(), cc.data_ptr<float>(), sc.data_ptr<float>(), uc.data_ptr<float>(), own,
+                     lc.data_ptr<float>(), kc.data_ptr<float>(), J, b, errors.data_ptr<float>(),
+                     best.data_ptr<int64_t>(), begin, end);
+  });
+  return {errors, best};
+}
+
 }  // namespace
 }  // namespace bitstack_native
 
@@ -212,9 +246,11 @@ TORCH_LIBRARY_FRAGMENT(bitstack, m) {
   m.def("planes_lut_linear(Tensor x, Tensor[] signs, Tensor offset, Tensor step, int group_size, Tensor? bias=None) -> Tensor");
   m.def("planes_dense(Tensor[] signs, Tensor offset, Tensor step, int in_features, int group_size, ScalarType dtype) -> Tensor");
   m.def("native_isa() -> str", &bitstack_native::native_isa);
+  m.def("joint_signs_block(Tensor w, Tensor centre, Tensor step, Tensor u, Tensor owner, Tensor lam, Tensor coefficient) -> (Tensor, Tensor)");
 }
 
 TORCH_LIBRARY_IMPL(bitstack, CPU, m) {
   m.impl("planes_lut_linear", &bitstack_native::planes_lut_linear);
   m.impl("planes_dense", &bitstack_native::planes_dense);
+  m.impl("joint_signs_block", &bitstack_native::joint_signs_block);
 }

@@ -50,7 +50,7 @@ from bitstack.errors import BitstackError, InputError, StorageError, Unsupported
 from bitstack.models.architecture import find_decoder_layers, layer_linears
 from bitstack.models.folding import fold_into_norm, fold_into_rows
 from bitstack.models.rotation import rotate_model, rotation_section
-from bitstack.models.source import load_float_model
+from bitstack.models.source import FloatModel, load_float_model
 from bitstack.sorting.driver import SortSettings, cache_dir, sort_artifact
 from bitstack.sorting.strategies import WeightStats, universal_order
 
@@ -147,7 +147,7 @@ def _sampler(model: nn.Module, config: CompressConfig, device: torch.device) -> 
 
 
 def compress(
-    model: str | nn.Module,
+    model: str | nn.Module | FloatModel,
     output: str | Path,
     config: CompressConfig | None = None,
     *,
@@ -160,7 +160,8 @@ def compress(
     """Compress ``model`` into a BitStack artifact directory at ``output``.
 
     Args:
-        model: a model name/path/id (see :func:`bitstack.models.source.load_float_model`) or a
+        model: a model name/path/id (see :func:`bitstack.models.source.load_float_model`), what
+            that function returned (the model, its tokenizer and its source name), or a
             transformers causal LM (its weights are converted to float32 and modified in place).
         output: artifact directory to create.
         config: compression settings (defaults: :class:`CompressConfig`).
@@ -187,6 +188,8 @@ def compress(
     if isinstance(model, (str, os.PathLike)):
         loaded = load_float_model(str(model))
         model, tokenizer, source = loaded.model, loaded.tokenizer, loaded.source
+    elif isinstance(model, FloatModel):
+        model, tokenizer, source = model.model, model.tokenizer, model.source
     elif isinstance(model, nn.Module):
         if tokenizer is None:
             raise InputError("compress() needs the tokenizer when given a model object")

@@ -8,6 +8,7 @@ stack and the float model.
 
 from __future__ import annotations
 
+import copy
 import sys
 import time
 from pathlib import Path
@@ -73,13 +74,16 @@ def run_demo(*, output: str = "smollm2-135m.bstk", ppl_file: str | None = None, 
     text = _read_ppl_text(ppl_file)  # fail fast, before the long compression
     torch.set_grad_enabled(False)
     path = Path(output)
+    source = load_float_model(DEMO_MODEL)  # once: a bfloat16 copy is evaluated, the float32 model compressed
+    float_model = copy.deepcopy(source.model).to(dev, torch.bfloat16).eval()
     if (path / "manifest.json").is_file():
         print(f"reusing artifact {path} (delete it to recompress)")
     else:
         started = time.time()
         config = CompressConfig(calib="self", nsamples=nsamples, seqlen=seqlen)
-        compress(DEMO_MODEL, path, config, device=dev, progress=progress)
+        compress(source, path, config, device=dev, progress=progress)
         print(f"compressed {DEMO_MODEL} in {time.time() - started:.0f} s -> {path}")
+    del source
     with ArtifactReader(path, verify=False) as reader:
         manifest = reader.manifest
     tokenizer = load_tokenizer(path)
@@ -88,7 +92,6 @@ def run_demo(*, output: str = "smollm2-135m.bstk", ppl_file: str | None = None, 
                                         for bits in DEMO_BITS]
     phases = _Phases(2 + len(budgets), progress, began)
     phases.step(f"sampling {eval_windows} held-out sequences of {eval_seqlen} tokens from the float model")
-    float_model = load_float_model(DEMO_MODEL).model.to(dev, torch.bfloat16).eval()
     held_out = self_samples(float_model, tokenizer, eval_windows, eval_seqlen, EVAL_SEED, progress=progress)
 
     def score(model) -> dict:

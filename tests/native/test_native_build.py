@@ -84,6 +84,13 @@ for n, k, g, j, t in [(37, 200, 64, 3, 1), (9, 100, 8, 5, 7), (33, 576, 128, 16,
         worst = max(worst, err / (1e-5 if dtype == torch.float32 else 1e-2))
     dense = torch.ops.bitstack.planes_dense(list(signs), offset, step, k, g, torch.float32)
     assert torch.equal(dense, planes_reconstruct(list(sign_only_blocks(list(signs), k)), offset, step, g))
+from bitstack.codecs.planes.signs import _code_table, joint_block_reference
+for r, c, j in [(40, 33, 6), (7, 128, 3)]:
+    w, centre, step = torch.randn(r, j, c), torch.randn(r, c), torch.rand(r, c) + 0.1
+    u = torch.linalg.cholesky(torch.eye(c) * c + torch.ones(c, c), upper=True)[None]
+    args = (w, centre, step, u, torch.zeros(r, dtype=torch.long), torch.rand(j) * 16, _code_table(j, torch.device("cpu"))[1])
+    got, want = torch.ops.bitstack.joint_signs_block(*args), joint_block_reference(*args)
+    assert all(torch.equal(a, b) for a, b in zip(got, want))
 print(worst)
 """
     run = _python(code)

@@ -62,3 +62,21 @@ def test_decompose_many_is_decompose_one_by_one(codec, overrides):
         assert one.params == many[name].params and one.residual_sq == many[name].residual_sq
         assert all(torch.equal(a, b) for x, y in zip(one.blocks, many[name].blocks) for a, b in zip(x.tensors, y.tensors))
         assert all(torch.equal(one.base[k], many[name].base[k]) for k in one.base)
+
+
+@pytest.mark.parametrize("levels", [1, 2, 4, 6, 8])
+def test_the_code_tree_scores_as_the_full_table(levels):
+    """signs._best_codes sums each code's terms level by level: the argmin of summing the whole
+    (J, R, 2^J) table of terms over j, code for code (ties included: a zero step)."""
+    from bitstack.codecs.planes.signs import _best_codes, _code_table, _node_coefficients
+
+    g = torch.Generator().manual_seed(levels)
+    rows = 300
+    w = torch.randn(rows, levels, generator=g)
+    centre, step = torch.randn(rows, 1, generator=g) * 0.1, torch.rand(rows, 1, generator=g)
+    step[:5] = 0.0
+    lam = torch.rand(levels, generator=g) * torch.tensor([4.0 ** (j + 1) for j in range(levels)])
+    _, coefficient = _code_table(levels, torch.device("cpu"))
+    values = centre[None] + step[None] * coefficient[:, None, :]  # (J, R, 2^J)
+    table = (lam[:, None, None] * (w.T[:, :, None] - values).square()).sum(0)
+    assert torch.equal(_best_codes(w, centre, step, _node_coefficients(coefficient), lam), table.argmin(1))

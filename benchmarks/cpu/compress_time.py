@@ -1,0 +1,84 @@
+"""Wall time of the README's main job and of a default compression on the CPU, phase by phase.
+
+    python -m benchmarks.cpu.compress_time --runs 2 --out benchmarks/results/cpu/compress_time.json
+
+Runs, ``--runs`` times each, in a fresh temporary folder and a fresh process (the native kernels
+already built, as after a first use):
+
+* ``bitstack compress smollm2-135m --nsamples 32 --seqlen 512`` (defaults otherwise: codec planes,
+  joint signs, leveled sort, calibration text sampled from the model), target 180 s;
+* ``bitstack demo`` (compression included), target 240 s.
+
+Each phase line the command prints (``bitstack: [k/n] ...`` and the demo's ``[k/n] ...``) is
+stamped when it arrives, so the table splits the wall time into phases.  The load average before
+and after each run is recorded: on a shared machine a run competes with other processes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from benchmarks.cpu.common import load_average
+from benchmarks.resultfile import write_result
+
+JOBS = {
+    "compress": (["compress", "smollm2-135m", "-o", "{dir}/out.bstk", "--nsamples", "32", "--seqlen", "512"], 180.0),
+    "demo": (["demo", "--output", "{dir}/demo.bstk"], 240.0),
+}
+PHASE = re.compile(r"^(?:bitstack: )?\[(\d+)/(\d+)\] ([^:(]+)")
+
+
+def run_job(name: str) -> dict:
+    """One run of ``name`` (a key of JOBS): wall seconds, phase start times, loads."""
+    argv, _ = JOBS[name]
+    with tempfile.TemporaryDirectory(prefix="bitstack-time-") as folder:
+        command = [sys.executable, "-m", "bitstack.cli", *[a.format(dir=folder) for a in argv]]
+        load_before = load_average()
+        began = time.perf_counter()
+        process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, bufsize=1)
+        phases = []
+        for line in process.stderr:
+            for part in line.split("\r"):
+                match = PHASE.match(part.strip())
+                if match:
+                    phases.append((match.group(3).strip(), round(time.perf_counter() - began, 1)))
+        if process.wait() != 0:
+            raise SystemExit(f"{name} failed with exit code {process.returncode}")
+        wall = time.perf_counter() - began
+    return {"wall_s": round(wall, 1), "phases": phases, "load_before": load_before, "load_after": load_average()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--runs", type=int, default=2)
+    parser.add_argument("--jobs", default="compress,demo", help="comma-separated: compress, demo")
+    parser.add_argument("--out", help="result file (benchmarks/resultfile.py schema)")
+    args = parser.parse_args()
+    rows, raw = [], {}
+    for run in range(1, args.runs + 1):
+        for name in args.jobs.split(","):
+            result = run_job(name)
+            raw.setdefault(name, []).append(result)
+            target = JOBS[name][1]
+            steps = "; ".join(f"{phase} @{at:g} s" for phase, at in result["phases"])
+            rows.append([name, run, result["wall_s"], target, round(result["wall_s"] / target, 2), steps,
+                         f"{result['load_before']} / {result['load_after']}"])
+            print(f"{name} run {run}: {result['wall_s']} s (target {target:g} s) | {steps}", flush=True)
+    if args.out:
+        write_result(args.out, title="Compression and the main job on the CPU, wall time", topic="cpu",
+                     columns=["job", "run", "wall (s)", "target (s)", "wall / target", "phases (start, s after launch)",
+                              "load average before / after"],
+                     rows=rows, extra={"runs": raw},
+                     notes="`compress` = `bitstack compress smollm2-135m --nsamples 32 --seqlen 512` (defaults otherwise); "
+                           "`demo` = `bitstack demo` (compression with 32 x 512 self-sampled tokens, then evaluation at "
+                           "three budgets). Each run in a fresh process and folder, the native kernels already built.")
+
+
+if __name__ == "__main__":
+    main()

@@ -78,7 +78,7 @@ class _Tail:
         choices=STORAGE_DTYPES,
     )
     sort: str = setting("leveled", "universal-order strategy (leveled: Fisher ranking level by level; see "
-                        "benchmarks/RESULTS.md)", choices=SORT_STRATEGIES)
+                        "docs/results.md)", choices=SORT_STRATEGIES)
     batch_size: int = setting(8, "calibration sequences per forward pass", minimum=1)
     shard_mb: float = setting(64.0, "target size of one block shard file, in MB")
 

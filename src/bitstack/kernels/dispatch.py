@@ -8,7 +8,7 @@ other thresholds, pass ``dataclasses.replace(DEFAULT_TABLE, ...)``.
 
 The module constants below are hard limits of the kernels' code (what they can compute at all),
 not tunable; a table's thresholds are checked against them.  Measurements: H100 80GB HBM3, Triton
-3.6, CUDA-graph replay with the L2 flushed (benchmarks/kernels/NOTES.md, benchmarks/RESULTS.md);
+3.6, CUDA-graph replay with the L2 flushed (benchmarks/kernels/NOTES.md, docs/results.md);
 CPU: the 2-core development machine (docs/cpu.md, benchmarks/results/cpu/).
 """
 
@@ -39,7 +39,7 @@ class DispatchTable:
         planes_decode_max_tokens: codec planes on the GPU: up to this many tokens the decode
             kernels (one-token, few-token; Ŵ never formed), the chunked prefill above.  3 to 16
             tokens: 70-90 µs against 121-139 µs for the chunked prefill at J = 3-4 on the large
-            shapes (RESULTS.md, "Kernels for the default codec").  At most ``BATCH_MAX_TOKENS``.
+            shapes (docs/kernels.md).  At most ``BATCH_MAX_TOKENS``.
         planes_max_blocks: codec planes on the GPU: weights with more loaded blocks take the
             pure-PyTorch path.  The kernels' limit, ``KERNEL_MAX_BLOCKS``.
         lut_max_tokens: codec planes on the CPU without the native library (the PyTorch

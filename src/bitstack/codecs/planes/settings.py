@@ -29,7 +29,7 @@ class PlanesSettings:
         "how block signs are chosen (codec planes): 'nearest' (round to nearest: every prefix is a "
         "round-to-nearest grid), 'hessian' (GPTQ-style error feedback block by block; better at the first "
         "block, worse at the later ones) or 'joint' (GPTQ-style error feedback for every prefix at once, "
-        "the signs chosen jointly with --level-weights; see benchmarks/RESULTS.md). 'hessian' and 'joint' "
+        "the signs chosen jointly with --level-weights; see docs/results.md). 'hessian' and 'joint' "
         "round to nearest for a linear with fewer than 2 calibration tokens (nsamples x seqlen) per input column",
         choices=SIGN_RULES,
     )

@@ -6,7 +6,7 @@ block i's signs are chosen column by column as GPTQ chooses its rounding: the er
 is spread onto the columns not yet decided through the Cholesky factor of H⁻¹, so the block
 minimises the layer's output error ||(W - Ŵ_{i+1}) X||² given the blocks before it.  Every block
 targets the original weight, so each prefix's last block compensates the error of all the blocks
-before it.  Measured: better at the first block, much worse after three (benchmarks/RESULTS.md): a
+before it.  Measured: better at the first block, much worse after three (docs/results.md): a
 block fitted for its own prefix leaves residuals the finer blocks cannot reach.
 
 Joint signs (``level_weights``).  One GPTQ state per prefix length j (the weight as updated by the
@@ -18,11 +18,18 @@ decided, so each prefix compensates its own rounding, as GPTQ does at one bit wi
 prefixes share their signs.  Blocks beyond J round to the nearest half of each bin of the original
 weight, so a long stack still converges to W wherever the first J blocks left it in reach.
 
-Batched joint signs.  The column loop costs one step per column whatever its size, so on a GPU
+Batched joint signs.  The column loop costs one step per column whatever its size, so
 :func:`joint_signs_batched` runs the loops of several weights with the same number of input columns
 (q, k, v, o, gate, up of a Llama layer) as one: their rows are stacked, every row reads the
 inverse-Hessian factor of its own weight, rows never mix, and each row sees exactly the operations
 of :func:`joint_signs`, so the signs are identical.
+
+The search.  Within a block of columns every row is independent: :func:`joint_block_reference`
+decides a block row by row, scoring the 2^J codes over the code tree (:func:`_best_codes`: each
+level adds its term to the cost of the node above, the sums and roundings of the full table of
+terms in a third of its arithmetic), and the native ``bitstack::joint_signs_block`` does the same
+operations in C++ (``bitstack.native.signs``), bit for bit.  Between blocks, the columns after the
+block receive the block's errors in one matrix product (GPTQ's lazy batch update).
 """
 
 from __future__ import annotations

@@ -8,7 +8,8 @@ import torch.nn.functional as F
 
 from bitstack.codecs.planes import lut as planes_lut
 from bitstack.codecs.planes.decompose import plane_decompose
-from bitstack.runtime.linear import LUT_MAX_TOKENS, BitStackLinear
+from bitstack.kernels.dispatch import DEFAULT_TABLE
+from bitstack.runtime.linear import BitStackLinear
 
 
 def _planes_layer(out_features=24, in_features=100, group_size=16, blocks=3) -> BitStackLinear:
@@ -35,14 +36,14 @@ def test_few_tokens_take_the_lookup_tables_many_the_rebuild(monkeypatch):
         return real(*args, **kwargs)
 
     with mock.patch("bitstack.codecs.planes.runtime.planes_linear_lut", spy), torch.no_grad():
-        for tokens in (1, LUT_MAX_TOKENS, LUT_MAX_TOKENS + 1):
+        for tokens in (1, DEFAULT_TABLE.lut_max_tokens, DEFAULT_TABLE.lut_max_tokens + 1):
             x = torch.randn(1, tokens, 100)
             want = F.linear(x, layer.dense_weight(), layer.bias)
             got = layer(x)
             assert float((got - want).abs().max() / want.abs().max()) < 2e-6
         layer.lut_max_tokens = 0  # the rebuild path for every call (what benchmarks/cpu_decode.py compares)
         layer(torch.randn(1, 1, 100))
-    assert calls == [(1, 1, 100), (1, LUT_MAX_TOKENS, 100)]
+    assert calls == [(1, 1, 100), (1, DEFAULT_TABLE.lut_max_tokens, 100)]
 
 
 def test_gradients_take_the_rebuild():

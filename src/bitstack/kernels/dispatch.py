@@ -48,11 +48,11 @@ class DispatchTable:
             tokens slower on one shape, at 64 on three.  0: never.
         native_max_tokens: codec planes on the CPU with the native library (bitstack.native):
             up to this many tokens its lookup-table kernel, above it the native rebuild of Ŵ and
-            one F.linear.  On SmolLM2's four shapes with 3 planes (bfloat16, 2-core EPYC) the
-            lookup tables took 1.8-8.7x less time than the rebuild up to 16 tokens and 1.1-1.6x
-            less at 32, and at 64 were slower on 576x1536 (benchmarks/results/cpu/tokens.json,
-            ``python -m benchmarks.cpu.tokens``).  A module's ``lut_max_tokens`` caps it too.
-            0: never.
+            one F.linear.  On SmolLM2's four shapes with 3 planes (bfloat16, 2-core EPYC, two
+            runs) the lookup tables took 1.1-1.6x and 1.2-1.3x less time than the rebuild at 32
+            tokens, and at 64 were slower on one shape, then on all four
+            (benchmarks/results/cpu/tokens.json, tokens_quiet.json; ``python -m
+            benchmarks.cpu.tokens``).  A module's ``lut_max_tokens`` caps it too.  0: never.
     """
 
     avd_decode_max_width: int = 64
@@ -60,7 +60,7 @@ class DispatchTable:
     planes_decode_max_tokens: int = 16
     planes_max_blocks: int = KERNEL_MAX_BLOCKS
     lut_max_tokens: int = 16
-    native_max_tokens: int = 16
+    native_max_tokens: int = 32
 
     def __post_init__(self) -> None:
         for f in fields(self):

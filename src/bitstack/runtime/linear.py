@@ -57,9 +57,11 @@ from bitstack.codecs import get_codec
 from bitstack.codecs.base import Block, Codec
 from bitstack.kernels import triton_available
 from bitstack.kernels._checks import interpret_mode
+from bitstack.kernels.dispatch import DEFAULT_TABLE
 
 KERNELS_ENV = "BITSTACK_KERNELS"  # "0", "off", "false" or "no": never use the Triton kernels
-LUT_MAX_TOKENS = 16  # a codec's CPU lookup-table product (planes) is used up to this many tokens
+# a module's default cap on a codec's CPU lookup-table products (planes): none below the dispatch table's own thresholds
+LUT_MAX_TOKENS = max(DEFAULT_TABLE.lut_max_tokens, DEFAULT_TABLE.native_max_tokens)
 
 
 def kernels_disabled_by_env() -> bool:

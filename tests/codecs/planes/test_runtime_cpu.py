@@ -13,7 +13,7 @@ from bitstack.codecs.planes.decompose import plane_decompose
 from bitstack.kernels.dispatch import DEFAULT_TABLE, DispatchTable
 from bitstack.native.build import NativeBuildError, find_compiler
 from bitstack.native.planes import native_isa
-from bitstack.runtime.linear import BitStackLinear
+from bitstack.runtime.linear import LUT_MAX_TOKENS, BitStackLinear
 
 TOLERANCE = {torch.float32: 1e-5, torch.bfloat16: 1e-2}
 
@@ -44,7 +44,7 @@ def test_cpu_path_follows_the_table():
     assert runtime.cpu_path(8, 16, 32, False, True, table) == "lut"
     assert runtime.cpu_path(9, 16, 32, False, True, table) is None
     assert runtime.cpu_path(1, 16, 32, False, False, table) is None
-    assert runtime.cpu_path(DEFAULT_TABLE.native_max_tokens, 16, 32, True, True) == "native_lut"
+    assert runtime.cpu_path(DEFAULT_TABLE.native_max_tokens, LUT_MAX_TOKENS, 32, True, True) == "native_lut"  # the module default caps nothing
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])

@@ -54,3 +54,21 @@ def tiny_model(family: str = "llama", seed: int = 0, **overrides):
             if p.dim() == 1 and "norm" in name:
                 p.uniform_(0.5, 1.5)
     return model.eval()
+
+
+def planes_layer(out_features: int, in_features: int, group_size: int, blocks: int, seed: int):
+    """A BitStackLinear of codec planes holding ``blocks`` blocks of a random weight's
+    decomposition (seeded), with a random bias (global RNG) and no input scale."""
+    from bitstack.codecs.planes.decompose import plane_decompose
+    from bitstack.runtime.linear import BitStackLinear
+
+    dec = plane_decompose(torch.randn(out_features, in_features, generator=torch.Generator().manual_seed(seed)),
+                          blocks, group_size)
+    layer = BitStackLinear(in_features, out_features, codec="planes", params={"group_size": group_size}, bias=True,
+                           input_scale=False)
+    layer.plane_offset.copy_(dec.offset)
+    layer.plane_step.copy_(dec.step)
+    layer.bias.data.normal_()
+    layer.blocks = list(dec.blocks)
+    layer.blocks_changed()
+    return layer

@@ -5,24 +5,15 @@ from unittest import mock
 
 import torch
 import torch.nn.functional as F
+from tiny_models import planes_layer
 
 from bitstack.codecs.planes import lut as planes_lut
-from bitstack.codecs.planes.decompose import plane_decompose
 from bitstack.kernels.dispatch import DEFAULT_TABLE
 from bitstack.runtime.linear import BitStackLinear
 
 
 def _planes_layer(out_features=24, in_features=100, group_size=16, blocks=3) -> BitStackLinear:
-    dec = plane_decompose(torch.randn(out_features, in_features, generator=torch.Generator().manual_seed(3)),
-                          blocks, group_size)
-    layer = BitStackLinear(in_features, out_features, codec="planes", params={"group_size": group_size}, bias=True,
-                           input_scale=False)
-    layer.plane_offset.copy_(dec.offset)
-    layer.plane_step.copy_(dec.step)
-    layer.bias.data.normal_()
-    layer.blocks = list(dec.blocks)
-    layer.blocks_changed()
-    return layer
+    return planes_layer(out_features, in_features, group_size, blocks, seed=3)
 
 
 def test_few_tokens_take_the_lookup_tables_many_the_rebuild(monkeypatch):

@@ -7,9 +7,9 @@ from unittest import mock
 import pytest
 import torch
 import torch.nn.functional as F
+from tiny_models import planes_layer
 
 from bitstack.codecs.planes import runtime
-from bitstack.codecs.planes.decompose import plane_decompose
 from bitstack.kernels.dispatch import DEFAULT_TABLE, DispatchTable
 from bitstack.native.build import NativeBuildError, find_compiler
 from bitstack.native.planes import native_isa
@@ -19,16 +19,7 @@ TOLERANCE = {torch.float32: 1e-5, torch.bfloat16: 1e-2}
 
 
 def _layer(out_features=40, in_features=200, group_size=32, blocks=4) -> BitStackLinear:
-    weight = torch.randn(out_features, in_features, generator=torch.Generator().manual_seed(5))
-    dec = plane_decompose(weight, blocks, group_size)
-    layer = BitStackLinear(in_features, out_features, codec="planes", params={"group_size": group_size}, bias=True,
-                           input_scale=False)
-    layer.plane_offset.copy_(dec.offset)
-    layer.plane_step.copy_(dec.step)
-    layer.bias.data.normal_()
-    layer.blocks = list(dec.blocks)
-    layer.blocks_changed()
-    return layer
+    return planes_layer(out_features, in_features, group_size, blocks, seed=5)
 
 
 def _relative_error(got, want):

@@ -66,9 +66,10 @@ def test_decompose_many_is_decompose_one_by_one(codec, overrides):
 
 @pytest.mark.parametrize("levels", [1, 2, 4, 6, 8])
 def test_the_code_tree_scores_as_the_full_table(levels):
-    """signs._best_codes sums each code's terms level by level: the argmin of summing the whole
-    (J, R, 2^J) table of terms over j, code for code (ties included: a zero step)."""
-    from bitstack.codecs.planes.signs import _best_codes, _code_table, _node_coefficients
+    """signs._best_codes sums each code's terms level by level on a CPU: the argmin of summing the
+    whole (J, R, 2^J) table of terms over j (what other devices do), code for code (ties included:
+    a zero step)."""
+    from bitstack.codecs.planes.signs import _best_codes, _code_table, _node_coefficients, _table_codes
 
     g = torch.Generator().manual_seed(levels)
     rows = 300
@@ -79,4 +80,6 @@ def test_the_code_tree_scores_as_the_full_table(levels):
     _, coefficient = _code_table(levels, torch.device("cpu"))
     values = centre[None] + step[None] * coefficient[:, None, :]  # (J, R, 2^J)
     table = (lam[:, None, None] * (w.T[:, :, None] - values).square()).sum(0)
-    assert torch.equal(_best_codes(w, centre, step, _node_coefficients(coefficient), lam), table.argmin(1))
+    tree = _best_codes(w, centre, step, coefficient, _node_coefficients(coefficient), lam)
+    assert torch.equal(tree, table.argmin(1))
+    assert torch.equal(_table_codes(w, centre, step, coefficient, lam), tree)  # the other devices' way

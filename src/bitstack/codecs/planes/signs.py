@@ -130,15 +130,30 @@ def _node_coefficients(coefficient: torch.Tensor) -> list[torch.Tensor]:
     return [coefficient[j, :: 2 ** (levels - 1 - j)].contiguous() for j in range(levels)]
 
 
-def _best_codes(w: torch.Tensor, centre: torch.Tensor, step: torch.Tensor, nodes: list[torch.Tensor],
-                lam: torch.Tensor) -> torch.Tensor:
+def _best_codes(w: torch.Tensor, centre: torch.Tensor, step: torch.Tensor, coefficient: torch.Tensor,
+                nodes: list[torch.Tensor], lam: torch.Tensor) -> torch.Tensor:
     """argmin over codes k of Σ_j lam_j (w_j - (c + s coefficient[j, k]))², int64 (R,), for the
-    states w float32 (R, J), centre c and step s float32 (R, 1), lam float32 (J,).
+    states w float32 (R, J), centre c and step s float32 (R, 1), lam float32 (J,), coefficient
+    float32 (J, 2^J) and its ``nodes`` (:func:`_node_coefficients`).  Ties go to the lowest code.
 
-    The sum grows level by level over the code tree (2^(j+1) nodes at level j, node n's children
-    2n and 2n + 1): the same terms, order and roundings as summing a (J, R, 2^J) table of every
-    code's terms over j, in a third of the arithmetic.  Ties go to the lowest code.
+    On a CPU the sum grows level by level over the code tree (2^(j+1) nodes at level j, node n's
+    children 2n and 2n + 1): a third of the arithmetic of the full (J, R, 2^J) table of terms,
+    which other devices sum in fewer, larger operations (each launch costs more than its
+    arithmetic there).  Both add the same terms in the same order: the same codes, bit for bit.
     """
+    if w.device.type == "cpu":
+        return _tree_codes(w, centre, step, nodes, lam)
+    return _table_codes(w, centre, step, coefficient, lam)
+
+
+def _table_codes(w, centre, step, coefficient, lam) -> torch.Tensor:
+    """:func:`_best_codes` over the full (J, R, 2^J) table of terms."""
+    values = centre[None] + step[None] * coefficient[:, None, :]  # (J, R, 2^J)
+    return (lam[:, None, None] * (w.T[:, :, None] - values).square()).sum(0).argmin(1)
+
+
+def _tree_codes(w, centre, step, nodes, lam) -> torch.Tensor:
+    """:func:`_best_codes` over the code tree."""
     cost = None
     for j, node in enumerate(nodes):
         term = lam[j] * (w[:, j, None] - (centre + step * node)).square()  # (R, 2^(j+1))
@@ -165,7 +180,7 @@ def joint_block_reference(w: torch.Tensor, centre: torch.Tensor, step: torch.Ten
     best = torch.empty(rows, columns, dtype=torch.long, device=state.device)
     for i in range(columns):
         c, s = centre[:, i, None], step[:, i, None]  # (R, 1)
-        code = _best_codes(state[:, :, i], c, s, nodes, lam)
+        code = _best_codes(state[:, :, i], c, s, coefficient, nodes, lam)
         chosen = c + s * coefficient.T[code]  # (R, J): the values, as in the table
         err = (state[:, :, i] - chosen) / u[owner, i, i][:, None]
         if i + 1 < columns:

@@ -66,9 +66,10 @@ def test_decompose_many_is_decompose_one_by_one(codec, overrides):
 
 @pytest.mark.parametrize("levels", [1, 2, 4, 6, 8])
 def test_the_code_tree_scores_as_the_full_table(levels):
-    """signs._best_codes sums each code's terms level by level on a CPU: the argmin of summing the
-    whole (J, R, 2^J) table of terms over j (what other devices do), code for code (ties included:
-    a zero step)."""
+    """signs._best_codes on a CPU sums each code's terms over the code tree: the argmin of the
+    full (J, R, 2^J) table of terms added in level order, code for code (ties included: a zero
+    step).  The other devices' torch.sum of the table picks a code of the same cost within a
+    rounding."""
     from bitstack.codecs.planes.signs import _best_codes, _code_table, _node_coefficients, _table_codes
 
     g = torch.Generator().manual_seed(levels)
@@ -79,7 +80,13 @@ def test_the_code_tree_scores_as_the_full_table(levels):
     lam = torch.rand(levels, generator=g) * torch.tensor([4.0 ** (j + 1) for j in range(levels)])
     _, coefficient = _code_table(levels, torch.device("cpu"))
     values = centre[None] + step[None] * coefficient[:, None, :]  # (J, R, 2^J)
-    table = (lam[:, None, None] * (w.T[:, :, None] - values).square()).sum(0)
+    terms = lam[:, None, None] * (w.T[:, :, None] - values).square()
+    in_order = terms[0]
+    for term in terms[1:]:
+        in_order = in_order + term
     tree = _best_codes(w, centre, step, coefficient, _node_coefficients(coefficient), lam)
-    assert torch.equal(tree, table.argmin(1))
-    assert torch.equal(_table_codes(w, centre, step, coefficient, lam), tree)  # the other devices' way
+    assert torch.equal(tree, in_order.argmin(1))
+    assert (tree[:5] == 0).all()
+    table = _table_codes(w, centre, step, coefficient, lam)
+    chosen = in_order.gather(1, table[:, None])[:, 0]
+    assert torch.allclose(chosen, in_order.min(1).values, rtol=1e-6, atol=0)

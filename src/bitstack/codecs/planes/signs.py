@@ -26,8 +26,8 @@ of :func:`joint_signs`, so the signs are identical.
 
 The search.  Within a block of columns every row is independent: :func:`joint_block_reference`
 decides a block row by row, scoring the 2^J codes over the code tree (:func:`_best_codes`: each
-level adds its term to the cost of the node above, the sums and roundings of the full table of
-terms in a third of its arithmetic), and the native ``bitstack::joint_signs_block`` does the same
+level adds its term to the cost of the node above, the terms of the full table summed level by
+level in a third of its arithmetic), and the native ``bitstack::joint_signs_block`` does the same
 operations in C++ (``bitstack.native.signs``), bit for bit.  Between blocks, the columns after the
 block receive the block's errors in one matrix product (GPTQ's lazy batch update).
 """
@@ -137,9 +137,10 @@ def _best_codes(w: torch.Tensor, centre: torch.Tensor, step: torch.Tensor, coeff
     float32 (J, 2^J) and its ``nodes`` (:func:`_node_coefficients`).  Ties go to the lowest code.
 
     On a CPU the sum grows level by level over the code tree (2^(j+1) nodes at level j, node n's
-    children 2n and 2n + 1): a third of the arithmetic of the full (J, R, 2^J) table of terms,
-    which other devices sum in fewer, larger operations (each launch costs more than its
-    arithmetic there).  Both add the same terms in the same order: the same codes, bit for bit.
+    children 2n and 2n + 1), each code's terms added in level order: a third of the arithmetic of
+    the full (J, R, 2^J) table of terms, which other devices sum with ``torch.sum`` in fewer,
+    larger operations (each launch costs more than its arithmetic there).  The two sums may round
+    differently, so where two codes' costs tie within a rounding they may pick different codes.
     """
     if w.device.type == "cpu":
         return _tree_codes(w, centre, step, nodes, lam)

@@ -80,7 +80,8 @@ def main() -> None:
                          f"{result['load_before']} / {result['load_after']}"])
             print(f"{name} run {run}: {result['wall_s']} s (target {target:g} s) | {steps}", flush=True)
     if args.out:
-        write_result(args.out, title="Compression and the main job on the CPU, wall time", topic="cpu",
+        title = "Compression and the main job on the CPU, wall time" + (", native kernels built in the run" if args.cold_native else "")
+        write_result(args.out, title=title, topic="cpu",
                      columns=["job", "run", "wall (s)", "target (s)", "wall / target", "phases (start, s after launch)",
                               "load average before / after"],
                      rows=rows, extra={"runs": raw},

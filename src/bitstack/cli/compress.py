@@ -39,9 +39,10 @@ def run(args: argparse.Namespace) -> int:
 def register(sub) -> None:
     p = sub.add_parser("compress", help="compress a model into an artifact",
                        description="Compress a causal LM into a BitStack artifact. The defaults (256 x 2048 calibration "
-                                   "tokens, sampled from the model itself) are sized for a GPU; on a CPU they take many hours (sampling alone ran at a few tokens per second "
-                                   "on a 2-core CPU): there, start with --nsamples 32 --seqlen 512 (what `bitstack demo` uses) "
-                                   "or a text file as --calib. Progress is saved per layer: rerunning the same command resumes.")
+                                   "tokens, sampled from the model itself) are sized for a GPU; on a CPU they take much longer (32 times the "
+                                   "tokens of --nsamples 32 --seqlen 512, what `bitstack demo` uses: about 2.5 minutes for SmolLM2-135M "
+                                   "on a 2-core CPU, docs/cpu.md): there, start with those or a text file as --calib. Progress is "
+                                   "saved per layer: rerunning the same command resumes.")
     p.add_argument("model", help="smollm2-135m (embedded), a local HF model folder, a .gguf file, or a Hugging Face id")
     p.add_argument("-o", "--output", required=True, help="artifact directory to write")
     p.add_argument("--device", default=None, help="where the math runs (default: cuda if available)")

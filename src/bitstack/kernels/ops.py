@@ -50,11 +50,8 @@ def _kernels_run_on(x: torch.Tensor) -> bool:
     return x.device.type == "cuda" or interpret_mode()
 
 
-def planes_linear_impl(x: torch.Tensor, signs: torch.Tensor, offset: torch.Tensor, step: torch.Tensor,
-                       bias: Optional[torch.Tensor], in_features: int, group_size: int) -> torch.Tensor:
-    """The real implementation of ``bitstack::planes_linear`` (module docstring)."""
-    _check_x(x, in_features, "bitstack::planes_linear")
-    packed = PackedPlanes(signs, offset, step, signs.shape[1], in_features, group_size)
+def _planes_run(x: torch.Tensor, packed: PackedPlanes, bias: Optional[torch.Tensor]) -> torch.Tensor:
+    _check_x(x, packed.in_features, "bitstack::planes_linear")
     if _kernels_run_on(x):
         from bitstack.kernels.api import planes_linear_packed
 
@@ -62,11 +59,8 @@ def planes_linear_impl(x: torch.Tensor, signs: torch.Tensor, offset: torch.Tenso
     return planes_linear_reference(x, packed, bias)
 
 
-def avd_linear_impl(x: torch.Tensor, signs: torch.Tensor, u: torch.Tensor, v: torch.Tensor,
-                    bias: Optional[torch.Tensor], in_features: int, group: int) -> torch.Tensor:
-    """The real implementation of ``bitstack::avd_linear`` (module docstring)."""
-    _check_x(x, in_features, "bitstack::avd_linear")
-    packed = PackedBitStack(signs, u, v, signs.shape[1], in_features, u.shape[2], group)
+def _avd_run(x: torch.Tensor, packed: PackedBitStack, bias: Optional[torch.Tensor]) -> torch.Tensor:
+    _check_x(x, packed.in_features, "bitstack::avd_linear")
     if x.numel() == 0:
         return x.new_empty(*x.shape[:-1], packed.out_features)
     if _kernels_run_on(x):
@@ -76,16 +70,32 @@ def avd_linear_impl(x: torch.Tensor, signs: torch.Tensor, u: torch.Tensor, v: to
     return bitstack_linear_reference(x, packed, bias)
 
 
+def planes_linear_impl(x: torch.Tensor, signs: torch.Tensor, offset: torch.Tensor, step: torch.Tensor,
+                       bias: Optional[torch.Tensor], in_features: int, group_size: int) -> torch.Tensor:
+    """The real implementation of ``bitstack::planes_linear`` (module docstring)."""
+    return _planes_run(x, PackedPlanes(signs, offset, step, signs.shape[1], in_features, group_size), bias)
+
+
+def avd_linear_impl(x: torch.Tensor, signs: torch.Tensor, u: torch.Tensor, v: torch.Tensor,
+                    bias: Optional[torch.Tensor], in_features: int, group: int) -> torch.Tensor:
+    """The real implementation of ``bitstack::avd_linear`` (module docstring)."""
+    return _avd_run(x, PackedBitStack(signs, u, v, signs.shape[1], in_features, u.shape[2], group), bias)
+
+
+def _fake(op: str):
+    """The fake implementation of ``op``: (*x.shape[:-1], N) in x's dtype, N = signs.shape[1]."""
+
+    def fake(x, signs, *rest):
+        _check_x(x, rest[-2], op)  # rest: ..., in_features, group
+        return x.new_empty((*x.shape[:-1], signs.shape[1]))
+
+    return fake
+
+
 @torch.library.custom_op(f"{NAMESPACE}::planes_linear", mutates_args=())
 def planes_linear_op(x: torch.Tensor, signs: torch.Tensor, offset: torch.Tensor, step: torch.Tensor,
                      bias: Optional[torch.Tensor], in_features: int, group_size: int) -> torch.Tensor:
     return planes_linear_impl(x, signs, offset, step, bias, in_features, group_size)
-
-
-@planes_linear_op.register_fake
-def _planes_linear_fake(x, signs, offset, step, bias, in_features, group_size):
-    _check_x(x, in_features, "bitstack::planes_linear")
-    return x.new_empty((*x.shape[:-1], signs.shape[1]))
 
 
 @torch.library.custom_op(f"{NAMESPACE}::avd_linear", mutates_args=())
@@ -94,10 +104,8 @@ def avd_linear_op(x: torch.Tensor, signs: torch.Tensor, u: torch.Tensor, v: torc
     return avd_linear_impl(x, signs, u, v, bias, in_features, group)
 
 
-@avd_linear_op.register_fake
-def _avd_linear_fake(x, signs, u, v, bias, in_features, group):
-    _check_x(x, in_features, "bitstack::avd_linear")
-    return x.new_empty((*x.shape[:-1], signs.shape[1]))
+planes_linear_op.register_fake(_fake("bitstack::planes_linear"))
+avd_linear_op.register_fake(_fake("bitstack::avd_linear"))
 
 
 def planes_linear_call(x: torch.Tensor, packed: PackedPlanes, bias: Optional[torch.Tensor]) -> torch.Tensor:
@@ -106,21 +114,15 @@ def planes_linear_call(x: torch.Tensor, packed: PackedPlanes, bias: Optional[tor
     if torch.compiler.is_compiling():
         return torch.ops.bitstack.planes_linear(x, packed.signs, packed.offset, packed.step, bias, packed.in_features,
                                                 packed.group_size)
-    _check_x(x, packed.in_features, "bitstack::planes_linear")
-    if _kernels_run_on(x):
-        from bitstack.kernels.api import planes_linear_packed
-
-        return planes_linear_packed(x, packed, bias)
-    return planes_linear_reference(x, packed, bias)
+    return _planes_run(x, packed, bias)
 
 
 def avd_linear_call(x: torch.Tensor, packed: PackedBitStack, bias: Optional[torch.Tensor]) -> torch.Tensor:
     """``bitstack::avd_linear`` of ``packed`` (validated beforehand): the operator under
     ``torch.compile``, its implementation directly otherwise."""
-    args = (x, packed.signs, packed.u, packed.v, bias, packed.in_features, packed.group)
     if torch.compiler.is_compiling():
-        return torch.ops.bitstack.avd_linear(*args)
-    return avd_linear_impl(*args)
+        return torch.ops.bitstack.avd_linear(x, packed.signs, packed.u, packed.v, bias, packed.in_features, packed.group)
+    return _avd_run(x, packed, bias)
 
 
 def prepare_packed(tensors: tuple[torch.Tensor, ...], out_features: int, rows: int) -> None:

@@ -27,7 +27,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from pathlib import Path
 
 from benchmarks.cpu.common import load_average
 from benchmarks.resultfile import write_result

@@ -16,8 +16,6 @@ a JSON summary (also written to ``--json``); exits 1 if anything else escaped.
 from __future__ import annotations
 
 import argparse
-import hashlib
-import importlib.util
 import json
 import platform
 import shutil

@@ -27,7 +27,6 @@ one line per kill and a JSON summary; exits 1 on any difference, leftover or ano
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import platform

@@ -4,7 +4,7 @@ batched samples of the requested shape that leave the global RNG alone."""
 import torch
 from tiny_models import tiny_model, tiny_tokenizer
 
-from bitstack.calibration.samples import SAMPLE_BATCH_TOKENS, _GumbelMax, self_samples
+from bitstack.calibration.samples import _GumbelMax, self_samples
 
 
 def test_gumbel_max_samples_the_softmax():

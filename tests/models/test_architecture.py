@@ -1,5 +1,4 @@
 import pytest
-import torch
 from tiny_models import tiny_model
 from torch import nn
 

@@ -101,7 +101,6 @@ def _planes_decode_kernel(
     WORDS: tl.constexpr, SPLIT: tl.constexpr, HAS_BIAS: tl.constexpr, EVEN_N: tl.constexpr,
     EVEN_K: tl.constexpr,
 ):
-    KT: tl.constexpr = NS * 32  # columns per tile: NS words of each row
     SUB: tl.constexpr = 32 // GS if GS < 32 else 1  # groups per word
     PPS: tl.constexpr = 32 // SUB  # word bits per group piece
     # codes built bit by bit (1), or from words bit-transposed into 4- or 8-bit codes (blocks

@@ -13,7 +13,7 @@ import torch
 
 from bitstack.codecs.base import Block, Codec, Decomposition, Parts, check_positive_params
 from bitstack.codecs.planes import runtime
-from bitstack.codecs.planes.decompose import joint_signs_for, plane_decompose, search_scale_power
+from bitstack.codecs.planes.decompose import joint_signs_for, plane_decompose, search_scale_power, weight_grid
 from bitstack.codecs.planes.grid import CLIP_RATIOS, num_groups, plane_block_contribution, prefix_grid
 from bitstack.codecs.planes.settings import AUTO_SCALE_POWERS, FEEDBACK_TOKENS_PER_INPUT, PlanesSettings
 from bitstack.kernels.planes.layout import planes_group_supported
@@ -40,26 +40,30 @@ class PlanesCodec(Codec):
     def decompose_many(self, weights: Mapping[str, torch.Tensor], settings: PlanesSettings, *, niter: int,
                        hessians: Mapping[str, torch.Tensor | None], calib_tokens: int,
                        seeds: Mapping[str, int]) -> dict[str, Decomposition]:
-        # the joint signs of all weights with one column loop per input width: the same signs
+        # the joint signs of all weights with one column loop per input width: the same signs;
+        # each weight's grid is computed once, for its signs and its blocks
+        grids = {n: weight_grid(w, settings.group_size, hessians[n], _clip_ratios(settings)) for n, w in weights.items()}
         joint = {}
         if settings.signs == "joint":
             chosen = {n: w for n, w in weights.items() if self._feedback_ok(settings, w, calib_tokens)
                       and hessians[n] is not None}
             joint = joint_signs_for(chosen, {n: hessians[n] for n in chosen}, niter, settings.group_size,
-                                    settings.level_weight_values(), damp=settings.damp, clip_ratios=_clip_ratios(settings))
-        return {n: self._decompose(w, settings, niter, hessians[n], calib_tokens, joint.get(n)) for n, w in weights.items()}
+                                    settings.level_weight_values(), damp=settings.damp, clip_ratios=_clip_ratios(settings),
+                                    grids=grids)
+        return {n: self._decompose(w, settings, niter, hessians[n], calib_tokens, joint.get(n), grids[n])
+                for n, w in weights.items()}
 
     def _feedback_ok(self, settings: PlanesSettings, weight: torch.Tensor, calib_tokens: int) -> bool:
         return not self.settings_used(settings, calib_tokens=calib_tokens, in_features=weight.shape[1])
 
     def _decompose(self, weight: torch.Tensor, settings: PlanesSettings, niter: int, hessian: torch.Tensor | None,
-                   calib_tokens: int, joint: torch.Tensor | None) -> Decomposition:
+                   calib_tokens: int, joint: torch.Tensor | None, grid=None) -> Decomposition:
         feedback_ok = self._feedback_ok(settings, weight, calib_tokens)
         result = plane_decompose(weight, niter, settings.group_size, hessian=hessian,
                                  feedback=settings.signs == "hessian" and feedback_ok, damp=settings.damp,
                                  level_weights=(settings.level_weight_values()
                                                 if settings.signs == "joint" and feedback_ok else None),
-                                 clip_ratios=_clip_ratios(settings), joint=joint)
+                                 clip_ratios=_clip_ratios(settings), joint=joint, grid=grid)
         return Decomposition({"group_size": settings.group_size}, result.blocks,
                              {"plane_offset": result.offset, "plane_step": result.step}, result.residual_sq)
 

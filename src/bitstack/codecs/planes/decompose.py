@@ -38,7 +38,8 @@ def plane_decompose(weight: torch.Tensor, niter: int, group_size: int, *, hessia
                     feedback: bool = False, level_weights: tuple[float, ...] | None = None,
                     damp: float = 0.01, act_order: bool = True,
                     clip_ratios: tuple[float, ...] = (1.0,),
-                    joint: torch.Tensor | None = None) -> PlaneDecomposition:
+                    joint: torch.Tensor | None = None,
+                    grid: tuple[torch.Tensor, torch.Tensor] | None = None) -> PlaneDecomposition:
     """Decompose ``weight`` into ``niter`` bit-plane blocks (:mod:`.grid`; signs: :mod:`.signs`).
 
     Args:
@@ -60,6 +61,7 @@ def plane_decompose(weight: torch.Tensor, niter: int, group_size: int, *, hessia
             the diagonal of ``hessian`` (all ones without it).
         joint: with ``level_weights``, the joint signs already chosen with the same arguments
             (bool (J, out, in), natural column order; :func:`joint_signs_for`), else None.
+        grid: :func:`weight_grid` of the same arguments, computed beforehand, else None.
     """
     if weight.dim() != 2 or weight.dtype != torch.float32:
         raise ValueError(f"plane_decompose expects a float32 matrix, got {weight.dtype} of shape {tuple(weight.shape)}")
@@ -70,8 +72,7 @@ def plane_decompose(weight: torch.Tensor, niter: int, group_size: int, *, hessia
     out_features, in_features = weight.shape
     if hessian is not None and tuple(hessian.shape) != (in_features, in_features):
         raise ValueError(f"hessian must be ({in_features}, {in_features}), got {tuple(hessian.shape)}")
-    offset, step = plane_grid(weight, group_size, ratios=clip_ratios,
-                              importance=None if hessian is None else hessian.diagonal().clamp_min(0))
+    offset, step = grid if grid is not None else weight_grid(weight, group_size, hessian, clip_ratios)
     base_step = expand_groups(step, in_features, group_size)  # (out, in)
     current = expand_groups(offset, in_features, group_size)  # Ŵ_0 = C
     energy_h = hessian.to(torch.float32) if hessian is not None else None
@@ -170,20 +171,29 @@ def search_scale_power(weights: list[torch.Tensor], hessians: list[torch.Tensor]
     return powers[min(range(len(powers)), key=totals.__getitem__)]
 
 
+def weight_grid(weight: torch.Tensor, group_size: int, hessian: torch.Tensor | None,
+                clip_ratios: tuple[float, ...]) -> tuple[torch.Tensor, torch.Tensor]:
+    """The grid :func:`plane_decompose` decomposes ``weight`` on: :func:`~.grid.plane_grid` with
+    the clipping search weighted by the diagonal of ``hessian`` (all ones without it)."""
+    return plane_grid(weight, group_size, ratios=clip_ratios,
+                      importance=None if hessian is None else hessian.diagonal().clamp_min(0))
+
+
 def joint_signs_for(weights: dict[str, torch.Tensor], hessians: dict[str, torch.Tensor], niter: int, group_size: int,
                     level_weights: tuple[float, ...], *, damp: float = 0.01, act_order: bool = True,
-                    clip_ratios: tuple[float, ...] = (1.0,)) -> dict[str, torch.Tensor]:
+                    clip_ratios: tuple[float, ...] = (1.0,),
+                    grids: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None) -> dict[str, torch.Tensor]:
     """The joint signs :func:`plane_decompose` would choose for each weight (same grid, order and
     factor), with one column loop per input width (:func:`~.signs.joint_signs_batched`).
 
-    weights: name -> float32 (out, in) in the scaled space; hessians: name -> float32 (in, in).
-    Returns name -> positive bool (J, out, in), J = len(level_weights[:niter]), natural column order.
+    weights: name -> float32 (out, in) in the scaled space; hessians: name -> float32 (in, in);
+    grids: name -> :func:`weight_grid` of the same arguments, if already computed.  Returns name -> positive bool (J, out, in), J = len(level_weights[:niter]), natural column order.
     """
     prepared: dict[int, list] = {}
     for name, weight in weights.items():
         hessian = hessians[name]
         in_features = weight.shape[1]
-        offset, step = plane_grid(weight, group_size, ratios=clip_ratios, importance=hessian.diagonal().clamp_min(0))
+        offset, step = grids[name] if grids is not None else weight_grid(weight, group_size, hessian, clip_ratios)
         base_step = expand_groups(step, in_features, group_size)
         centre = expand_groups(offset, in_features, group_size)
         h = hessian.to(torch.float32)
